@@ -1,0 +1,59 @@
+# flocker-pulumi: `make up` runs the ELK example on a local cluster, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+NODES ?= 3
+STACK ?= local
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+# Local state inside the clone, no cloud login; the engine and its plugins from .venv.
+export PATH := $(VENV)/bin:$(PATH)
+export PULUMI_BACKEND_URL ?= file://$(ROOT)/.pulumi-state
+export PULUMI_CONFIG_PASSPHRASE ?=
+export PULUMI_SKIP_UPDATE_CHECK := true
+export PULUMI_PYTHON_CMD := $(VENV)/bin/python
+export FLOCKER_NODES_FILE ?= $(ROOT)/.cluster/nodes.json
+
+.PHONY: help install cluster cluster-down images up down test unit lint bench clean
+
+help:
+	@echo "make up     - install, start a $(NODES)-node local cluster, deploy the ELK example"
+	@echo "make test   - run the whole test suite (starts and stops its own cluster)"
+	@echo "make down   - destroy the example stack, then the cluster"
+	@echo "make bench  - benchmarks; results in bench/results/"
+
+install:
+	@bash scripts/install.sh
+
+cluster: install
+	@bash scripts/cluster.sh up $(NODES)
+
+cluster-down:
+	@bash scripts/cluster.sh down
+
+images: cluster
+	@bash scripts/build-images.sh
+
+up: images
+	@bash scripts/elk-up.sh $(STACK)
+
+down:
+	@if [ -x $(VENV)/bin/pulumi ] && [ -d .pulumi-state ]; then \
+	  pulumi destroy --yes --stack $(STACK) --non-interactive || exit 1; fi
+	@bash scripts/cluster.sh down
+
+unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check provider sdk examples tests
+	$(VENV)/bin/ruff format --check provider sdk examples tests
+
+test: install
+	@bash scripts/run-tests.sh
+
+bench: install
+	@bash scripts/run-bench.sh
+
+clean: cluster-down
+	rm -rf .pulumi-state .cluster

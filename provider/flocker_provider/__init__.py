@@ -1,0 +1,1 @@
+"""The engine behind flocker-pulumi: models, planner, Docker layer and dynamic providers."""

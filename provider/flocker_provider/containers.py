@@ -1,0 +1,110 @@
+"""The Docker-level description of one application's container, derived from the model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from . import labels as L
+from .models import Application, Link, Owner, Port, RestartPolicy
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything Docker needs to run an application; equal specs mean nothing to change."""
+
+    name: str
+    image: str
+    environment: tuple[tuple[str, str], ...] = ()
+    ports: tuple[Port, ...] = ()
+    volume_name: str | None = None
+    mountpoint: str | None = None
+    mem_limit: int | None = None
+    cpu_shares: int | None = None
+    restart_policy: RestartPolicy = RestartPolicy()
+    command: tuple[str, ...] | None = None
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def config_hash(self) -> str:
+        body = asdict(self)
+        body["labels"] = [kv for kv in self.labels if kv[0] not in (L.CONFIG_HASH, L.SPEC)]
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def docker_labels(self) -> dict[str, str]:
+        found = dict(self.labels)
+        found[L.CONFIG_HASH] = self.config_hash()
+        found[L.SPEC] = self.to_json()
+        return found
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> ContainerSpec:
+        raw = json.loads(text)
+        return ContainerSpec(
+            name=raw["name"],
+            image=raw["image"],
+            environment=tuple(tuple(kv) for kv in raw["environment"]),
+            ports=tuple(Port(**p) for p in raw["ports"]),
+            volume_name=raw["volume_name"],
+            mountpoint=raw["mountpoint"],
+            mem_limit=raw["mem_limit"],
+            cpu_shares=raw["cpu_shares"],
+            restart_policy=RestartPolicy(**raw["restart_policy"]),
+            command=tuple(raw["command"]) if raw["command"] is not None else None,
+            extra_hosts=tuple(tuple(kv) for kv in raw["extra_hosts"]),
+            labels=tuple(tuple(kv) for kv in raw["labels"]),
+        )
+
+
+@dataclass(frozen=True)
+class MountedContainer:
+    """A container of ours found mounting a volume, with the spec it was started from."""
+
+    name: str
+    spec: ContainerSpec
+    running: bool
+
+
+def link_environment(link: Link, address: str) -> tuple[tuple[str, str], ...]:
+    """Docker-link-style variables, as Flocker injected them."""
+    alias = link.alias.upper().replace("-", "_")
+    base = f"{alias}_PORT_{link.local_port}_TCP"
+    return (
+        (base, f"tcp://{address}:{link.remote_port}"),
+        (f"{base}_ADDR", address),
+        (f"{base}_PORT", str(link.remote_port)),
+        (f"{base}_PROTO", "tcp"),
+    )
+
+
+def container_spec(
+    app: Application,
+    owner: Owner,
+    volume_name: str | None,
+    link_addresses: dict[str, str],
+) -> ContainerSpec:
+    """Build the spec; ``link_addresses`` maps a link alias to the address that serves it."""
+    env = dict(app.environment)
+    hosts: list[tuple[str, str]] = []
+    for link in app.links:
+        address = link_addresses[link.alias]
+        env.update(link_environment(link, address))
+        hosts.append((link.alias, address))
+    return ContainerSpec(
+        name=L.container_name(owner),
+        image=app.image,
+        environment=tuple(sorted(env.items())),
+        ports=tuple(sorted(app.ports, key=lambda p: (p.external, p.internal))),
+        volume_name=volume_name,
+        mountpoint=app.volume.mountpoint if app.volume else None,
+        mem_limit=app.mem_limit,
+        cpu_shares=app.cpu_shares,
+        restart_policy=app.restart_policy,
+        command=app.command,
+        extra_hosts=tuple(sorted(set(hosts))),
+        labels=tuple(sorted(L.owner_labels(owner, L.KIND_APPLICATION).items())),
+    )

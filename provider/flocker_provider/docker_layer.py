@@ -1,0 +1,249 @@
+"""The thin layer over docker-py: one object per node engine, nothing clever.
+
+Every call has a deadline (docker-py's client timeout plus our own loops), because the
+Pulumi engine enforces none for dynamic providers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+import docker.tls
+import docker.utils
+
+from . import labels as L
+from .containers import ContainerSpec, MountedContainer
+from .models import Node, NodeVolumeState, RunningContainer
+
+API_TIMEOUT = 60
+
+
+class NodeUnreachable(Exception):
+    """A node's Docker engine did not answer; the message names the node and endpoint."""
+
+
+class NotOurs(Exception):
+    """An object with our name exists but we did not create it: we will not touch it."""
+
+
+@contextlib.contextmanager
+def connect(node: Node) -> Iterator[DockerNode]:
+    try:
+        tls = None
+        if node.tls is not None:
+            tls = docker.tls.TLSConfig(
+                client_cert=(node.tls.client_cert, node.tls.client_key),
+                ca_cert=node.tls.ca_cert,
+                verify=True,
+            )
+        client = docker.DockerClient(
+            base_url=node.docker_host,
+            tls=tls,
+            timeout=API_TIMEOUT,
+            use_ssh_client=node.docker_host.startswith("ssh://"),
+        )
+        client.ping()
+    except Exception as exc:  # docker-py raises many unrelated types for "cannot connect"
+        raise NodeUnreachable(
+            f"node {node.name}: Docker engine at {node.docker_host} did not answer: {_short(exc)}"
+        ) from exc
+    try:
+        yield DockerNode(node, client)
+    finally:
+        client.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+class DockerNode:
+    def __init__(self, node: Node, client: docker.DockerClient) -> None:
+        self.node = node
+        self.client = client
+
+    # -- discovery ---------------------------------------------------------------------
+
+    def find_container(self, name: str) -> docker.models.containers.Container | None:
+        try:
+            container = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        if not L.is_ours(container.labels):
+            raise NotOurs(
+                f"node {self.node.name}: a container named {name} exists that flocker-pulumi "
+                "did not create; rename or remove it, or choose another application name"
+            )
+        return container
+
+    def discover_application(self, name: str) -> RunningContainer | None:
+        container = self.find_container(name)
+        if container is None:
+            return None
+        return RunningContainer(
+            name=name,
+            container_id=container.id,
+            running=container.status == "running",
+            config_hash=container.labels.get(L.CONFIG_HASH, ""),
+        )
+
+    def discover_volume(self, name: str) -> NodeVolumeState:
+        try:
+            volume = self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            return NodeVolumeState(name, exists=False)
+        labels = volume.attrs.get("Labels") or {}
+        if not L.is_ours(labels):
+            raise NotOurs(f"node {self.node.name}: a volume named {name} exists that flocker-pulumi did not create")
+        return NodeVolumeState(name, exists=True, retired=self._holder(name) is not None)
+
+    def mounting_containers(self, volume: str) -> tuple[MountedContainer, ...]:
+        """Our application containers that mount ``volume``, with the spec each was started from."""
+        found = []
+        for container in self.client.containers.list(
+            all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}"], "volume": volume}
+        ):
+            spec = ContainerSpec.from_json(container.labels[L.SPEC])
+            found.append(MountedContainer(container.name, spec, container.status == "running"))
+        return tuple(sorted(found, key=lambda c: c.name))
+
+    # A retired copy is marked by a never-started container that mounts it: Docker volume
+    # labels cannot change after creation, and the holder also keeps `docker volume prune`
+    # from deleting the copy.
+    def _holder(self, volume: str) -> docker.models.containers.Container | None:
+        holders = self.client.containers.list(
+            all=True, filters={"label": [f"{L.RETIRED}=true", f"{L.VOLUME}={volume}"]}
+        )
+        return holders[0] if holders else None
+
+    def retire_volume(self, volume: str, image: str, labels: dict[str, str]) -> None:
+        if self._holder(volume) is None:
+            self.client.containers.create(
+                image,
+                command=["true"],
+                name=f"{volume}-retired",
+                labels={**labels, L.KIND: "retired-copy", L.RETIRED: "true", L.VOLUME: volume},
+                volumes={volume: {"bind": "/retired", "mode": "ro"}},
+            )
+
+    def unretire_volume(self, volume: str) -> None:
+        holder = self._holder(volume)
+        if holder is not None:
+            holder.remove(force=True)
+
+    def start_existing(self, name: str) -> None:
+        container = self.find_container(name)
+        if container is not None and container.status != "running":
+            container.start()
+
+    def volume_size(self, name: str) -> int | None:
+        """Bytes used, from the engine's own accounting (a read: it creates nothing)."""
+        for volume in self.client.df().get("Volumes") or []:
+            if volume.get("Name") == name:
+                return (volume.get("UsageData") or {}).get("Size")
+        return None
+
+    def published_port_owner(self, port: int) -> str | None:
+        """Name of a container (ours or not) publishing ``port`` on this node, if any."""
+        for container in self.client.containers.list():
+            for bindings in (container.attrs.get("HostConfig", {}).get("PortBindings") or {}).values():
+                for binding in bindings or []:
+                    if str(binding.get("HostPort")) == str(port):
+                        return container.name
+        return None
+
+    # -- changes -----------------------------------------------------------------------
+
+    def create_volume(self, name: str, labels: dict[str, str]) -> None:
+        state = self.discover_volume(name)
+        if not state.exists:
+            self.client.volumes.create(name=name, labels=labels)
+
+    def remove_volume(self, name: str) -> None:
+        state = self.discover_volume(name)
+        if state.exists:
+            self.unretire_volume(name)
+            self.client.volumes.get(name).remove(force=True)
+
+    def start_container(self, spec: ContainerSpec) -> str:
+        self.ensure_image(spec.image)
+        kwargs: dict = {
+            "name": spec.name,
+            "detach": True,
+            "environment": dict(spec.environment),
+            "labels": spec.docker_labels(),
+            "ports": {f"{p.internal}/tcp": (self.node_bind_address(), p.external) for p in spec.ports},
+            "restart_policy": _restart_policy(spec),
+            "extra_hosts": dict(spec.extra_hosts),
+        }
+        if spec.volume_name:
+            kwargs["volumes"] = {spec.volume_name: {"bind": spec.mountpoint, "mode": "rw"}}
+        if spec.mem_limit:
+            kwargs["mem_limit"] = spec.mem_limit
+        if spec.cpu_shares:
+            kwargs["cpu_shares"] = spec.cpu_shares
+        if spec.command:
+            kwargs["command"] = list(spec.command)
+        container = self.client.containers.run(spec.image, **kwargs)
+        return container.id
+
+    def node_bind_address(self) -> str:
+        # Publishing on every interface of the node is what Flocker did; the node's own
+        # namespace (local cluster) or host (real nodes) decides which addresses exist.
+        return "0.0.0.0"
+
+    def ensure_image(self, image: str) -> None:
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            repository, tag = docker.utils.parse_repository_tag(image)
+            try:
+                self.client.images.pull(repository, tag=tag or "latest")
+            except docker.errors.APIError as exc:
+                raise RuntimeError(
+                    f"node {self.node.name}: image {image} is not on the node and could not be pulled: {_short(exc)}"
+                ) from exc
+
+    def wait_running(self, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            container = self.find_container(name)
+            if container is None:
+                raise RuntimeError(f"node {self.node.name}: container {name} disappeared while starting")
+            if container.status == "running":
+                health = (container.attrs.get("State", {}).get("Health") or {}).get("Status")
+                if health in (None, "healthy"):
+                    return
+            elif container.status in ("exited", "dead"):
+                logs = container.logs(tail=20).decode(errors="replace").strip()
+                raise RuntimeError(f"node {self.node.name}: {name} exited while starting; last log lines:\n{logs}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.node.name}: {name} not up after {timeout:.0f}s (status {container.status})")
+            time.sleep(0.3)
+
+    def stop_container(self, name: str, timeout: int = 10) -> None:
+        container = self.find_container(name)
+        if container is not None and container.status == "running":
+            container.stop(timeout=timeout)
+
+    def remove_container(self, name: str, timeout: int = 10) -> None:
+        container = self.find_container(name)
+        if container is None:
+            return
+        if container.status == "running":
+            container.stop(timeout=timeout)
+        container.remove(force=True)
+
+
+def _restart_policy(spec: ContainerSpec) -> dict:
+    policy = spec.restart_policy
+    name = {"never": "no", "always": "always", "on-failure": "on-failure"}[policy.name]
+    result: dict = {"Name": name}
+    if policy.name == "on-failure" and policy.maximum_retry_count is not None:
+        result["MaximumRetryCount"] = policy.maximum_retry_count
+    return result

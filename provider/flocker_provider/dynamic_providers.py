@@ -1,0 +1,179 @@
+"""The Pulumi-facing hooks: check, diff, create, read, update, delete.
+
+Each hook reads inputs, discovers what the nodes really run, asks the planner for a
+plan and hands it to the executor. The engine gives diff/update/delete the old
+*outputs*, so every input is echoed into the outputs and compared by key here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+from pulumi.runtime import rpc
+
+from . import labels as L
+from .containers import container_spec
+from .docker_layer import connect
+from .errors import ProviderError
+from .executor import Engines, execute
+from .inputs import (
+    ApplicationInputs,
+    InvalidInputs,
+    VolumeInputs,
+    node_from_props,
+    node_props,
+    parse_application,
+    parse_volume,
+)
+from .migration import move_volume, plan_line
+from .models import Node
+from .planner import plan_application, plan_volume
+
+# Keys the provider adds to the outputs; everything else in the outputs is an input.
+APPLICATION_OUTPUTS = ("container_id", "addresses")
+VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies")
+_INTERNAL = ("__provider",)
+
+
+def _check(news: dict, parse: Any) -> CheckResult:
+    # During preview some inputs may still be unknown; they are checked again in `up`.
+    if _has_unknown(news):
+        return CheckResult(news, [])
+    try:
+        parse(news)
+    except InvalidInputs as exc:
+        return CheckResult(news, [CheckFailure(p, r) for p, r in exc.failures])
+    return CheckResult(news, [])
+
+
+def _has_unknown(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_unknown(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_unknown(v) for v in value)
+    return value == rpc.UNKNOWN
+
+
+def _changed_keys(olds: dict, news: dict, outputs: tuple[str, ...]) -> list[str]:
+    keys = (set(olds) | set(news)) - set(outputs) - set(_INTERNAL)
+    return sorted(k for k in keys if olds.get(k) != news.get(k))
+
+
+class ApplicationProvider(ResourceProvider):
+    def check(self, _olds: dict, news: dict) -> CheckResult:
+        return _check(news, parse_application)
+
+    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
+        changed = _changed_keys(olds, news, APPLICATION_OUTPUTS)
+        if "node" in changed and olds.get("node"):
+            # A node change is a move (an update), never a replace: a replace would delete
+            # the old container before anything is ready on the new node.
+            print(f"flocker: plan: application {news.get('name')} moves from {olds['node']} to {news['node']}", flush=True)
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def create(self, props: dict) -> CreateResult:
+        inputs = _parse_or_raise(parse_application, props)
+        outs = _converge_application(inputs, (inputs.node,))
+        return CreateResult(id_=L.container_name(inputs.owner), outs={**props, **outs})
+
+    def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
+        inputs = _parse_or_raise(parse_application, news)
+        old = _parse_or_raise(parse_application, olds)
+        outs = _converge_application(inputs, (old.node, inputs.node))
+        return UpdateResult(outs={**news, **outs})
+
+    def read(self, id_: str, props: dict) -> ReadResult:
+        inputs = _parse_or_raise(parse_application, props)
+        with connect(inputs.node) as engine:
+            found = engine.discover_application(L.container_name(inputs.owner))
+        if found is None:
+            return ReadResult("", {})  # gone: the engine drops it from state, `up` recreates it
+        return ReadResult(id_, {**props, "container_id": found.container_id})
+
+    def delete(self, _id: str, props: dict) -> None:
+        inputs = _parse_or_raise(parse_application, props)
+        name = L.container_name(inputs.owner)
+        with Engines() as engines:
+            discovered = {inputs.node: engines[inputs.node].discover_application(name)}
+            execute(plan_application(None, discovered), engines)
+
+
+def _converge_application(inputs: ApplicationInputs, nodes: tuple[Node, ...]) -> dict[str, Any]:
+    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name, dict(inputs.link_addresses))
+    with Engines() as engines:
+        discovered = {node: engines[node].discover_application(spec.name) for node in dict.fromkeys(nodes)}
+        execute(plan_application((inputs.node, spec), discovered), engines, inputs.wait_timeout)
+        found = engines[inputs.node].discover_application(spec.name)
+    return {
+        "container_id": found.container_id if found else "",
+        "addresses": [f"{inputs.node.address}:{p.external}" for p in inputs.application.ports],
+    }
+
+
+class VolumeProvider(ResourceProvider):
+    def check(self, _olds: dict, news: dict) -> CheckResult:
+        return _check(news, parse_volume)
+
+    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
+        changed = _changed_keys(olds, news, VOLUME_OUTPUTS)
+        if "node" in changed and olds.get("node"):
+            print(plan_line(_parse_or_raise(parse_volume, olds), _parse_or_raise(parse_volume, news)), flush=True)
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def create(self, props: dict) -> CreateResult:
+        inputs = _parse_or_raise(parse_volume, props)
+        with Engines() as engines:
+            discovered = {inputs.node: engines[inputs.node].discover_volume(inputs.name)}
+            execute(plan_volume((inputs.node, inputs.name, _volume_labels(inputs)), discovered), engines)
+        return CreateResult(id_=inputs.name, outs={**props, "volume_name": inputs.name})
+
+    def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
+        inputs = _parse_or_raise(parse_volume, news)
+        old = _parse_or_raise(parse_volume, olds)
+        outs = {**news, "volume_name": inputs.name, "last_move": olds.get("last_move")}
+        retired = [n for n in olds.get("retired_copies") or [] if n.get("node") != inputs.node.name]
+        if old.node != inputs.node:
+            outs["last_move"] = move_volume(old, inputs, _volume_labels(inputs)).as_output()
+            if inputs.keep_retired:
+                retired.append(node_props(old.node))
+            else:
+                with connect(old.node) as engine:
+                    engine.remove_volume(old.name)
+        else:
+            self.create(news)
+        return UpdateResult(outs={**outs, "retired_copies": retired})
+
+    def read(self, id_: str, props: dict) -> ReadResult:
+        inputs = _parse_or_raise(parse_volume, props)
+        with connect(inputs.node) as engine:
+            state = engine.discover_volume(inputs.name)
+        if not state.exists or state.retired:
+            return ReadResult("", {})
+        return ReadResult(id_, {**props, "volume_name": inputs.name})
+
+    def delete(self, _id: str, props: dict) -> None:
+        inputs = _parse_or_raise(parse_volume, props)
+        nodes = [inputs.node] + [node_from_props(n) for n in props.get("retired_copies") or []]
+        with Engines() as engines:
+            discovered = {node: engines[node].discover_volume(inputs.name) for node in nodes}
+            execute(plan_volume(None, discovered), engines)
+
+
+def _volume_labels(inputs: VolumeInputs) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(L.owner_labels(inputs.owner, L.KIND_VOLUME).items()))
+
+
+def _parse_or_raise(parse: Any, props: dict) -> Any:
+    try:
+        return parse(props)
+    except InvalidInputs as exc:
+        raise ProviderError(f"invalid inputs: {exc}") from exc

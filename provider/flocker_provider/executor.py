@@ -1,0 +1,76 @@
+"""Runs a plan, step by step, through the Docker layer. No decisions are made here."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from .docker_layer import DockerNode, connect
+from .models import Node
+from .progress import report
+from .steps import (
+    CreateVolume,
+    Plan,
+    RemoveApplication,
+    RemoveVolume,
+    StartApplication,
+    Step,
+    StopApplication,
+    WaitForApplication,
+    describe,
+)
+
+
+class StepFailed(Exception):
+    """Which step failed on which node, and why."""
+
+    def __init__(self, step: Step, cause: BaseException) -> None:
+        super().__init__(f"step '{describe(step)}' failed: {cause}")
+        self.step = step
+        self.cause = cause
+
+
+class Engines:
+    """Docker connections opened on first use and closed together."""
+
+    def __init__(self, opener: Callable[[Node], contextlib.AbstractContextManager[DockerNode]] = connect) -> None:
+        self._opener = opener
+        self._stack = contextlib.ExitStack()
+        self._open: dict[Node, DockerNode] = {}
+
+    def __getitem__(self, node: Node) -> DockerNode:
+        if node not in self._open:
+            self._open[node] = self._stack.enter_context(self._opener(node))
+        return self._open[node]
+
+    def __enter__(self) -> Engines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
+    engine = engines[step.node]
+    match step:
+        case CreateVolume(_, volume, labels):
+            engine.create_volume(volume, dict(labels))
+        case RemoveVolume(_, volume):
+            engine.remove_volume(volume)
+        case StartApplication(_, spec):
+            engine.start_container(spec)
+        case WaitForApplication(_, container):
+            engine.wait_running(container, wait_timeout)
+        case StopApplication(_, container):
+            engine.stop_container(container)
+        case RemoveApplication(_, container):
+            engine.remove_container(container)
+
+
+def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0) -> None:
+    for step in plan:
+        report(describe(step))
+        try:
+            run_step(step, engines, wait_timeout)
+        except Exception as exc:
+            raise StepFailed(step, exc) from exc

@@ -1,0 +1,53 @@
+"""Labels that mark what we created, so we never touch anything we did not create."""
+
+from __future__ import annotations
+
+from .models import Owner
+
+PREFIX = "io.flocker-pulumi"
+MANAGED = f"{PREFIX}.managed"
+PROJECT = f"{PREFIX}.project"
+STACK = f"{PREFIX}.stack"
+RESOURCE = f"{PREFIX}.resource"
+KIND = f"{PREFIX}.kind"
+CONFIG_HASH = f"{PREFIX}.config-hash"
+SPEC = f"{PREFIX}.spec"
+VOLUME = f"{PREFIX}.volume"
+RETIRED = f"{PREFIX}.retired"
+
+KIND_APPLICATION = "application"
+KIND_VOLUME = "volume"
+KIND_TRANSFER = "transfer"
+
+
+def owner_labels(owner: Owner, kind: str) -> dict[str, str]:
+    return {
+        MANAGED: "true",
+        PROJECT: owner.project,
+        STACK: owner.stack,
+        RESOURCE: owner.resource,
+        KIND: kind,
+    }
+
+
+def is_ours(labels: dict[str, str] | None) -> bool:
+    return bool(labels) and labels.get(MANAGED) == "true"
+
+
+def same_owner(labels: dict[str, str] | None, owner: Owner) -> bool:
+    labels = labels or {}
+    return (
+        is_ours(labels)
+        and labels.get(PROJECT) == owner.project
+        and labels.get(STACK) == owner.stack
+        and labels.get(RESOURCE) == owner.resource
+    )
+
+
+def container_name(owner: Owner) -> str:
+    """Docker container name of an application; the stack is in it so stacks can share nodes."""
+    return f"flocker-{owner.stack}-{owner.resource}"
+
+
+def volume_name(owner: Owner) -> str:
+    return f"flocker-{owner.stack}-{owner.resource}"

@@ -1,0 +1,292 @@
+"""Moving a volume, and the applications that mount it, to another node (two-phase push).
+
+The plan comes from the pure planner (`plan_move`); this module runs it. What the plan
+cannot say as values lives here: the credentials made for this one move, the transfer
+channel that exists for its duration, and the rule that a failure before the handoff
+starts the stopped applications again on the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import docker.errors
+
+from . import labels as L
+from .docker_layer import DockerNode, NodeUnreachable, connect
+from .errors import ProviderError
+from .executor import Engines, StepFailed, run_step
+from .inputs import VolumeInputs
+from .planner import MoveState, PlanError, plan_move
+from .progress import report
+from .steps import HandoffVolume, Plan, PushVolume, StopApplication, VerifyVolume, WaitForApplication, describe
+from .transfer import (
+    DAEMON_PORT,
+    MOUNT,
+    VANISHED,
+    Credentials,
+    TransferStats,
+    client_command,
+    daemon_command,
+    human_bytes,
+    itemized_differences,
+    new_credentials,
+    parse_progress,
+    parse_stats,
+)
+
+# Pre-copy stops when a round sends less than this, or no longer halves the delta.
+SMALL_DELTA = 16 * 1024 * 1024
+MAX_ROUNDS = 5
+PROGRESS_EVERY = 3.0
+
+
+@dataclass
+class MoveReport:
+    """Measured facts about one move, kept in the volume's outputs."""
+
+    source: str
+    destination: str
+    rounds: list[dict] = field(default_factory=list)
+    downtime_seconds: float | None = None
+
+    def as_output(self) -> dict:
+        return {
+            "from": self.source,
+            "to": self.destination,
+            "rounds": self.rounds,
+            "phase2_bytes_sent": next((r["bytes_sent"] for r in self.rounds if r["final"]), None),
+            "downtime_seconds": self.downtime_seconds,
+        }
+
+
+def plan_line(old: VolumeInputs, new: VolumeInputs) -> str:
+    """What preview prints for a move: reads the source, changes nothing."""
+    try:
+        with connect(old.node) as engine:
+            size = human_bytes(engine.volume_size(old.name))
+            apps = [c.spec.name for c in engine.mounting_containers(old.name)]
+    except NodeUnreachable as exc:
+        size, apps = f"size unknown: {exc}", []
+    with_apps = f" with {', '.join(apps)}" if apps else ""
+    return f"flocker: plan: volume {new.owner.resource}{with_apps} moves from {old.node.name} to {new.node.name} ({size})"
+
+
+def discover_move(engines: Engines, old: VolumeInputs, new: VolumeInputs) -> MoveState:
+    source, destination = engines[old.node], engines[new.node]
+    return MoveState(
+        source_volume=source.discover_volume(old.name),
+        destination_volume=destination.discover_volume(new.name),
+        source_containers=source.mounting_containers(old.name),
+        destination_containers=destination.mounting_containers(new.name),
+    )
+
+
+def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, str], ...]) -> MoveReport:
+    report_ = MoveReport(old.node.name, new.node.name)
+    with Engines() as engines:
+        try:
+            state = discover_move(engines, old, new)
+            plan = plan_move(new.name, labels, old.node, new.node, state)
+        except (PlanError, NodeUnreachable) as exc:
+            raise ProviderError(f"cannot move volume {new.owner.resource}: {exc}") from exc
+        for step in plan:
+            report(f"move {new.owner.resource}: {describe(step)}")
+        with TransferChannel(engines, old, new) as channel:
+            run_move(plan, engines, channel, report_, new.move_timeout)
+    return report_
+
+
+def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: MoveReport, timeout: float) -> None:
+    stopped: list[StopApplication] = []
+    handed_over = False
+    stop_time: float | None = None
+    try:
+        for step in plan:
+            report(f"move {channel.label}: {describe(step)}")
+            match step:
+                case PushVolume(final=final):
+                    report_.rounds += channel.push(final, timeout)
+                case VerifyVolume():
+                    channel.verify(timeout)
+                case HandoffVolume(source, destination, volume, labels):
+                    engines[destination].unretire_volume(volume)
+                    engines[source].retire_volume(volume, channel.image, dict(labels))
+                    handed_over = True
+                case StopApplication():
+                    run_step(step, engines, timeout)
+                    stopped.append(step)
+                    stop_time = stop_time or time.monotonic()
+                case WaitForApplication():
+                    run_step(step, engines, timeout)
+                    if stop_time is not None:
+                        report_.downtime_seconds = round(time.monotonic() - stop_time, 3)
+                case _:
+                    run_step(step, engines, timeout)
+    except Exception as exc:
+        failure = exc if isinstance(exc, StepFailed) else StepFailed(step, exc)
+        if handed_over:
+            raise ProviderError(f"{failure}; the volume was handed over already: run 'pulumi up' again to finish the move") from exc
+        restarted = _restart(stopped, engines)
+        raise ProviderError(f"{failure}; nothing was lost: {restarted}") from exc
+
+
+def _restart(stopped: list[StopApplication], engines: Engines) -> str:
+    if not stopped:
+        return "the application kept running on the source"
+    problems = []
+    for step in stopped:
+        try:
+            engines[step.node].start_existing(step.container)
+        except Exception as exc:  # keep going: every other application must restart too
+            problems.append(f"{step.container} on {step.node.name}: {exc}")
+    if problems:
+        return "restarting on the source failed for " + "; ".join(problems)
+    return "restarted " + ", ".join(s.container for s in stopped) + f" on {stopped[0].node.name}"
+
+
+class TransferChannel:
+    """An rsync daemon on the destination for the duration of one move.
+
+    It is always torn down, on success and on failure; a channel left behind by a crash
+    (labelled with the volume) is removed when the next move of that volume starts.
+    """
+
+    def __init__(self, engines: Engines, old: VolumeInputs, new: VolumeInputs) -> None:
+        self.engines = engines
+        self.source, self.destination = old.node, new.node
+        self.volume = new.name
+        self.label = new.owner.resource
+        self.image = new.transfer_image
+        self.move_id = secrets.token_hex(4)
+        self.credentials: Credentials = new_credentials()
+        self.labels = {**L.owner_labels(new.owner, L.KIND_TRANSFER), L.VOLUME: new.name}
+        self.volume_labels = dict(L.owner_labels(new.owner, L.KIND_VOLUME))
+        self.port: int | None = None
+
+    def __enter__(self) -> TransferChannel:
+        for node in (self.source, self.destination):
+            _remove_transfer_containers(self.engines[node], self.volume)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in (self.source, self.destination):
+            with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
+                _remove_transfer_containers(self.engines[node], self.volume)
+
+    def _open(self) -> int:
+        if self.port is not None:
+            return self.port
+        destination = self.engines[self.destination]
+        destination.create_volume(self.volume, self.volume_labels)
+        destination.ensure_image(self.image)
+        container = destination.client.containers.run(
+            self.image,
+            command=daemon_command(self.source.address),
+            name=f"{self.volume}-receive-{self.move_id}",
+            detach=True,
+            environment={"FLOCKER_SECRET": self.credentials.password},
+            labels=self.labels,
+            volumes={self.volume: {"bind": MOUNT, "mode": "rw"}},
+            ports={f"{DAEMON_PORT}/tcp": None},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            container.reload()
+            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{DAEMON_PORT}/tcp") or []
+            if container.status != "running":
+                raise RuntimeError(f"rsync daemon on {self.destination.name} stopped: {container.logs(tail=5).decode(errors='replace')}")
+            if bindings and b"rsyncd version" in container.logs():
+                self.port = int(bindings[0]["HostPort"])
+                return self.port
+            time.sleep(0.2)
+        raise TimeoutError(f"rsync daemon on {self.destination.name} did not start within 30s")
+
+    def _run_client(self, command: list[str], timeout: float, phase: str) -> tuple[int, str]:
+        source = self.engines[self.source]
+        source.ensure_image(self.image)
+        container = source.client.containers.run(
+            self.image,
+            command=command,
+            name=f"{self.volume}-send-{self.move_id}-{secrets.token_hex(2)}",
+            detach=True,
+            environment={"RSYNC_PASSWORD": self.credentials.password},
+            labels=self.labels,
+            volumes={self.volume: {"bind": MOUNT, "mode": "ro"}},
+        )
+        deadline = time.monotonic() + timeout
+        last = 0.0
+        try:
+            while True:
+                container.reload()
+                if container.status in ("exited", "dead"):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"copy from {self.source.name} to {self.destination.name} took over {timeout:.0f}s")
+                if time.monotonic() - last >= PROGRESS_EVERY:
+                    last = time.monotonic()
+                    progress = parse_progress(container.logs(tail=3).decode(errors="replace"))
+                    if progress:
+                        report(
+                            f"move {self.label}: {phase}: {human_bytes(progress.bytes_copied)} copied "
+                            f"({progress.percent}%), {progress.rate}, {progress.remaining} left"
+                        )
+                time.sleep(0.25)
+            code = container.attrs["State"]["ExitCode"]
+            return code, container.logs().decode(errors="replace")
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+
+    def push(self, final: bool, timeout: float) -> list[dict]:
+        port = self._open()
+        rounds: list[dict] = []
+        previous: int | None = None
+        while True:
+            phase = "phase 2" if final else f"phase 1 round {len(rounds) + 1}"
+            started = time.monotonic()
+            code, output = self._run_client(client_command(self.destination.address, port), timeout, phase)
+            allowed = (0,) if final else (0, VANISHED)
+            if code not in allowed:
+                raise RuntimeError(f"rsync from {self.source.name} to {self.destination.name} exited {code}: {_tail(output)}")
+            stats = parse_stats(output)
+            rounds.append(_round(stats, final, time.monotonic() - started))
+            report(f"move {self.label}: {phase}: sent {human_bytes(stats.bytes_sent)} of {human_bytes(stats.total_size)}")
+            delta = stats.literal_bytes
+            if final or delta < SMALL_DELTA or len(rounds) >= MAX_ROUNDS or (previous is not None and delta > previous // 2):
+                return rounds
+            previous = delta
+
+    def verify(self, timeout: float) -> None:
+        port = self._open()
+        code, output = self._run_client(client_command(self.destination.address, port, dry_run=True), timeout, "verify")
+        differences = itemized_differences(output)
+        if code != 0 or differences:
+            raise RuntimeError(
+                f"destination copy on {self.destination.name} differs from the source: "
+                + ("; ".join(differences[:5]) or _tail(output))
+            )
+
+
+def _round(stats: TransferStats, final: bool, seconds: float) -> dict:
+    return {
+        "final": final,
+        "bytes_sent": stats.bytes_sent,
+        "literal_bytes": stats.literal_bytes,
+        "total_size": stats.total_size,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _tail(output: str) -> str:
+    return " / ".join(line for line in output.strip().splitlines()[-3:])
+
+
+def _remove_transfer_containers(engine: DockerNode, volume: str) -> None:
+    for container in engine.client.containers.list(
+        all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}
+    ):
+        container.remove(force=True)

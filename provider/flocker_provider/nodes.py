@@ -1,0 +1,106 @@
+"""Where nodes are and how to reach their Docker engines.
+
+A node is named in a resource by a name from the node file (``.cluster/nodes.json``
+of the local cluster, or one you write for real hosts) or by a bare address. A bare
+address is reached through a template, ``ssh://root@{address}`` by default, as
+Flocker reached its nodes over SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from .models import Node, TLSConfig
+
+DEFAULT_TEMPLATE = "ssh://root@{address}"
+NODES_FILE_ENV = "FLOCKER_NODES_FILE"
+TEMPLATE_ENV = "FLOCKER_DOCKER_HOST_TEMPLATE"
+TLS_DIR_ENV = "FLOCKER_TLS_DIR"
+
+
+class NodeFileError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Known nodes plus the rule for addresses that are not listed."""
+
+    nodes: tuple[Node, ...] = ()
+    template: str = DEFAULT_TEMPLATE
+    tls: TLSConfig | None = None
+    source: str | None = None
+
+    def resolve(self, ref: str) -> Node:
+        """The node ``ref`` names; raises LookupError with a message for people."""
+        ref = ref.strip()
+        for node in self.nodes:
+            if ref in (node.name, node.address):
+                return node
+        if not ref:
+            raise LookupError("node is empty; name a node from the node file or give an address")
+        if self.source is not None and not _looks_like_address(ref):
+            known = ", ".join(n.name for n in self.nodes) or "none"
+            raise LookupError(
+                f"unknown node '{ref}': not in node file {self.source} (known: {known}) "
+                "and not an address"
+            )
+        return Node(name=ref, address=ref, docker_host=self.template.format(address=ref), tls=self.tls)
+
+
+def _looks_like_address(ref: str) -> bool:
+    # An IPv4/IPv6 literal or a dotted host name: anything else is a typo of a node name.
+    return ":" in ref or ref.count(".") >= 1
+
+
+def tls_from_dir(path: str) -> TLSConfig:
+    """Docker's convention: ca.pem, cert.pem, key.pem in one directory."""
+    return TLSConfig(
+        ca_cert=os.path.join(path, "ca.pem"),
+        client_cert=os.path.join(path, "cert.pem"),
+        client_key=os.path.join(path, "key.pem"),
+    )
+
+
+def _node_from_entry(entry: object, path: str, index: int) -> Node:
+    if not isinstance(entry, dict):
+        raise NodeFileError(f"{path}: nodes[{index}]: expected a mapping with name, address, docker_host")
+    missing = [k for k in ("name", "address") if not isinstance(entry.get(k), str) or not entry.get(k)]
+    if missing:
+        raise NodeFileError(f"{path}: nodes[{index}]: missing {', '.join(missing)}")
+    tls = entry.get("tls")
+    tls_config = None
+    if isinstance(tls, dict):
+        tls_config = TLSConfig(tls["ca_cert"], tls["client_cert"], tls["client_key"])
+    elif isinstance(tls, str):
+        tls_config = tls_from_dir(tls)
+    docker_host = entry.get("docker_host") or DEFAULT_TEMPLATE.format(address=entry["address"])
+    return Node(name=entry["name"], address=entry["address"], docker_host=docker_host, tls=tls_config)
+
+
+def load_node_file(path: str, template: str = DEFAULT_TEMPLATE, tls: TLSConfig | None = None) -> Inventory:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError as exc:
+        raise NodeFileError(f"{path}: node file not found (start the local cluster with 'make cluster')") from exc
+    except (OSError, ValueError) as exc:
+        raise NodeFileError(f"{path}: cannot read node file: {exc}") from exc
+    entries = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise NodeFileError(f"{path}: expected {{\"nodes\": [...]}}")
+    nodes = tuple(_node_from_entry(e, path, i) for i, e in enumerate(entries))
+    return Inventory(nodes=nodes, template=template, tls=tls, source=path)
+
+
+def inventory_from_settings(nodes_file: str | None, template: str | None, tls_dir: str | None) -> Inventory:
+    """Settings come from Pulumi config or the environment; the environment wins."""
+    nodes_file = os.environ.get(NODES_FILE_ENV) or nodes_file
+    template = os.environ.get(TEMPLATE_ENV) or template or DEFAULT_TEMPLATE
+    tls_dir = os.environ.get(TLS_DIR_ENV) or tls_dir
+    tls = tls_from_dir(tls_dir) if tls_dir else None
+    if nodes_file:
+        return load_node_file(nodes_file, template, tls)
+    return Inventory(template=template, tls=tls)

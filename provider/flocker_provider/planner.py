@@ -1,0 +1,123 @@
+"""Pure planning: (desired state, discovered state) -> plan. No I/O here, ever."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .containers import ContainerSpec, MountedContainer
+from .models import Node, NodeVolumeState, RunningContainer
+from .steps import (
+    CreateVolume,
+    HandoffVolume,
+    Plan,
+    PushVolume,
+    RemoveApplication,
+    RemoveVolume,
+    StartApplication,
+    StopApplication,
+    VerifyVolume,
+    WaitForApplication,
+)
+
+
+def plan_application(
+    desired: tuple[Node, ContainerSpec] | None,
+    discovered: Mapping[Node, RunningContainer | None],
+) -> Plan:
+    """Converge one application.
+
+    The new container is started and up before any old copy elsewhere is stopped, so an
+    application without a volume is never down during a move. (With a volume, the
+    volume's move has already stopped the source and started the destination.)
+    """
+    if desired is None:
+        return tuple(RemoveApplication(node, c.name) for node, c in _present(discovered))
+    node, spec = desired
+    steps: list = []
+    here = discovered.get(node)
+    if here is None or not here.running or here.config_hash != spec.config_hash():
+        if here is not None:
+            steps.append(RemoveApplication(node, here.name))
+        steps += [StartApplication(node, spec), WaitForApplication(node, spec.name)]
+    steps += [RemoveApplication(other, c.name) for other, c in _present(discovered) if other != node]
+    return tuple(steps)
+
+
+def plan_volume(
+    desired: tuple[Node, str, tuple[tuple[str, str], ...]] | None,
+    discovered: Mapping[Node, NodeVolumeState],
+) -> Plan:
+    """Converge one volume that is not moving (moves are planned by the migration planner)."""
+    present = [(node, v) for node, v in sorted(discovered.items(), key=lambda kv: kv[0].name) if v.exists]
+    if desired is None:
+        return tuple(RemoveVolume(node, v.name) for node, v in present)
+    node, name, labels = desired
+    if discovered.get(node, NodeVolumeState(name, exists=False)).exists:
+        return ()
+    return (CreateVolume(node, name, labels),)
+
+
+def _present(discovered: Mapping[Node, RunningContainer | None]) -> list[tuple[Node, RunningContainer]]:
+    return [(n, c) for n, c in sorted(discovered.items(), key=lambda kv: kv[0].name) if c is not None]
+
+
+class PlanError(Exception):
+    """The discovered state allows no safe plan; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class MoveState:
+    """What the two nodes of a move hold right now."""
+
+    source_volume: NodeVolumeState
+    destination_volume: NodeVolumeState
+    source_containers: tuple[MountedContainer, ...]
+    destination_containers: tuple[MountedContainer, ...]
+
+
+def plan_move(
+    volume: str,
+    labels: tuple[tuple[str, str], ...],
+    source: Node,
+    destination: Node,
+    state: MoveState,
+) -> Plan:
+    """Two-phase push of ``volume`` and the applications that mount it.
+
+    Re-planning from discovered state is what makes `pulumi up` safe to re-run: a move
+    that failed after the handoff only has its remaining steps left.
+    """
+    handed_over = (
+        state.source_volume.retired and state.destination_volume.exists and not state.destination_volume.retired
+    )
+    on_destination = {c.name for c in state.destination_containers if c.running}
+    if handed_over:
+        steps: list = []
+        for c in state.source_containers:
+            if c.name not in on_destination:
+                steps += _start_on(destination, c, state.destination_containers)
+            steps.append(RemoveApplication(source, c.name))
+        return tuple(steps)
+    if not state.source_volume.exists or state.source_volume.retired:
+        raise PlanError(
+            f"volume {volume} has no live copy on {source.name} to move to {destination.name}; "
+            f"run 'pulumi refresh' to see where it is"
+        )
+    running = [c for c in state.source_containers if c.running]
+    steps = [PushVolume(source, destination, volume, final=False)]
+    steps += [StopApplication(source, c.name) for c in running]
+    steps += [
+        PushVolume(source, destination, volume, final=True),
+        VerifyVolume(source, destination, volume),
+        HandoffVolume(source, destination, volume, labels),
+    ]
+    for c in running:
+        steps += _start_on(destination, c, state.destination_containers)
+    steps += [RemoveApplication(source, c.name) for c in state.source_containers]
+    return tuple(steps)
+
+
+def _start_on(node: Node, container: MountedContainer, present: tuple[MountedContainer, ...]) -> list:
+    stale = [RemoveApplication(node, c.name) for c in present if c.name == container.name]
+    return [*stale, StartApplication(node, container.spec), WaitForApplication(node, container.name)]

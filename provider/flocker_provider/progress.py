@@ -1,0 +1,17 @@
+"""Progress lines for people watching `pulumi up`.
+
+The dynamic provider process is not connected to the engine's log, but its stdout is
+shown as stack diagnostics, so progress goes there, one flushed line at a time.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+_lock = threading.Lock()
+
+
+def report(line: str) -> None:
+    with _lock:
+        print(f"flocker: {line}", file=sys.stdout, flush=True)

@@ -1,0 +1,120 @@
+"""Steps of a plan: verbs, as immutable values. A plan is a tuple of them, run in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .containers import ContainerSpec
+from .models import Node
+
+
+@dataclass(frozen=True)
+class CreateVolume:
+    node: Node
+    volume: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class RemoveVolume:
+    node: Node
+    volume: str
+
+
+@dataclass(frozen=True)
+class StartApplication:
+    node: Node
+    spec: ContainerSpec
+
+
+@dataclass(frozen=True)
+class WaitForApplication:
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
+class StopApplication:
+    """Stop the container but keep it, so a failed move can start it again."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
+class RemoveApplication:
+    """Stop and remove the container: its state lives in its volume, not in the container."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
+class PushVolume:
+    """Copy a volume node to node; ``final`` is phase 2 (the application is stopped).
+
+    Phase 1 repeats rounds while the remaining delta keeps shrinking (pre-copy).
+    """
+
+    source: Node
+    destination: Node
+    volume: str
+    final: bool
+
+
+@dataclass(frozen=True)
+class VerifyVolume:
+    """Compare the destination copy with the source (file list, sizes, times)."""
+
+    source: Node
+    destination: Node
+    volume: str
+
+
+@dataclass(frozen=True)
+class HandoffVolume:
+    """The destination copy becomes the live one; the source copy is kept, retired."""
+
+    source: Node
+    destination: Node
+    volume: str
+    labels: tuple[tuple[str, str], ...]
+
+
+Step = (
+    CreateVolume
+    | RemoveVolume
+    | StartApplication
+    | WaitForApplication
+    | StopApplication
+    | RemoveApplication
+    | PushVolume
+    | VerifyVolume
+    | HandoffVolume
+)
+Plan = tuple[Step, ...]
+
+
+def describe(step: Step) -> str:
+    """One line for people reading `pulumi up` output."""
+    match step:
+        case CreateVolume(node, volume, _):
+            return f"create volume {volume} on {node.name}"
+        case RemoveVolume(node, volume):
+            return f"remove volume {volume} from {node.name}"
+        case StartApplication(node, spec):
+            return f"start {spec.name} ({spec.image}) on {node.name}"
+        case WaitForApplication(node, container):
+            return f"wait for {container} on {node.name}"
+        case StopApplication(node, container):
+            return f"stop {container} on {node.name}"
+        case RemoveApplication(node, container):
+            return f"remove {container} from {node.name}"
+        case PushVolume(source, destination, volume, final):
+            phase = "phase 2: copy what changed in" if final else "phase 1: copy"
+            return f"{phase} {volume} from {source.name} to {destination.name}"
+        case VerifyVolume(source, destination, volume):
+            return f"verify {volume} on {destination.name} against {source.name}"
+        case HandoffVolume(source, destination, volume, _):
+            return f"hand {volume} over from {source.name} to {destination.name}"
+    raise TypeError(step)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make install`: everything the project needs, idempotent, quick when already done.
+# Slow builds (the Pulumi CLI, images) are cached outside the clone, keyed by version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+venv=$root/.venv
+
+# --- system packages (Debian) -------------------------------------------------------
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v ip >/dev/null || need+=(iproute2)
+command -v rsync >/dev/null || need+=(rsync)
+command -v socat >/dev/null || need+=(socat)
+command -v iptables >/dev/null || need+=(iptables)
+command -v nsenter >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install: apt packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- Python packages, pinned --------------------------------------------------------
+stamp=$venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "install: Python packages into .venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.lock
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+  rm -f "$venv"/.installed-*
+  touch "$stamp"
+fi
+
+# --- Pulumi CLI and the programs the engine launches ----------------------------------
+version=$(sed -n 's/^pulumi==//p' requirements.lock)
+bash scripts/install-pulumi-cli.sh "$version" "$venv/bin"
+bash scripts/install-engine-scripts.sh "$version" "$venv/bin"
+echo "install: ready (pulumi $("$venv/bin/pulumi" version), $("$venv/bin/python" --version))"

@@ -1,0 +1,186 @@
+"""`FlockerVolume` and `FlockerApplication`: the resources users write in their programs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+import pulumi.dynamic
+
+from flocker_provider import labels as L
+from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
+from flocker_provider.inputs import DEFAULT_TRANSFER_IMAGE, node_props
+from flocker_provider.models import Owner
+from flocker_provider.nodes import Inventory, NodeFileError, inventory_from_settings
+
+from .flocker_config import parse_size
+
+
+@functools.cache
+def _inventory() -> Inventory:
+    config = pulumi.Config("flocker")
+    try:
+        return inventory_from_settings(
+            config.get("nodesFile"), config.get("dockerHostTemplate"), config.get("tlsDir")
+        )
+    except NodeFileError as exc:
+        raise pulumi.RunError(str(exc)) from exc
+
+
+def node_inputs(node: str) -> dict[str, Any]:
+    """How to reach ``node``; an unknown node becomes a check failure naming it."""
+    try:
+        return {**node_props(_inventory().resolve(node)), "node_error": None}
+    except LookupError as exc:
+        return {"node": node, "node_address": "", "docker_host": "", "tls": None, "node_error": str(exc)}
+
+
+def _size(resource_name: str, value: int | str | None) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise pulumi.RunError(f"volume {resource_name}: maximum_size: {exc}") from exc
+
+
+def _owner(resource_name: str) -> Owner:
+    return Owner(project=pulumi.get_project(), stack=pulumi.get_stack(), resource=resource_name)
+
+
+class FlockerVolume(pulumi.dynamic.Resource):
+    """A Docker volume on one node. Changing ``node`` moves the data (two-phase push).
+
+    ``keep_retired``: after a move the old copy stays on the old node, marked retired,
+    so a move back only sends what changed; set False to remove it once the move is done.
+    """
+
+    volume_name: pulumi.Output[str]
+    node: pulumi.Output[str]
+    last_move: pulumi.Output[Any]
+    retired_copies: pulumi.Output[Any]
+
+    def __init__(
+        self,
+        resource_name: str,
+        node: str,
+        maximum_size: int | str | None = None,
+        keep_retired: bool = True,
+        move_timeout: float = 3600,
+        transfer_image: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        config = pulumi.Config("flocker")
+        props = {
+            "name": resource_name,
+            "project": pulumi.get_project(),
+            "stack": pulumi.get_stack(),
+            **node_inputs(node),
+            "maximum_size": _size(resource_name, maximum_size),
+            "keep_retired": keep_retired,
+            "move_timeout": move_timeout,
+            "transfer_image": transfer_image or config.get("transferImage") or DEFAULT_TRANSFER_IMAGE,
+            "volume_name": None,
+            "last_move": None,
+            "retired_copies": None,
+        }
+        super().__init__(VolumeProvider(), resource_name, props, opts)
+        # Known at construction (not an output), so applications can use it in preview.
+        self.docker_volume_name = L.volume_name(_owner(resource_name))
+        self.node_name = node
+
+
+class FlockerApplication(pulumi.dynamic.Resource):
+    """One container on one node, as Flocker's application.yml described it.
+
+    ``volume`` is ``{"volume": FlockerVolume, "mountpoint": "/path"}``, or just
+    ``{"mountpoint": "/path"}`` (optionally with ``maximum_size``), which creates a
+    volume named after the application on the same node, as Flocker did.
+    ``links`` are ``{"alias", "local_port", "remote_port"}``: the linking container
+    gets Docker-link-style variables and the alias as a host name.
+    """
+
+    container_id: pulumi.Output[str]
+    addresses: pulumi.Output[list]
+    node: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        image: str,
+        node: str,
+        ports: Sequence[Mapping[str, int]] | None = None,
+        environment: Mapping[str, str] | None = None,
+        volume: Mapping[str, Any] | None = None,
+        links: Sequence[Mapping[str, Any]] | None = None,
+        mem_limit: int | None = None,
+        cpu_shares: int | None = None,
+        restart_policy: Mapping[str, Any] | None = None,
+        command: Sequence[str] | None = None,
+        wait_timeout: float = 120,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        opts = opts or pulumi.ResourceOptions()
+        volume_props, volume_resource = _volume(resource_name, node, volume, opts)
+        if volume_resource is not None:
+            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[volume_resource]))
+        node_settings = node_inputs(node)
+        props = {
+            "name": resource_name,
+            "project": pulumi.get_project(),
+            "stack": pulumi.get_stack(),
+            **node_settings,
+            "image": image,
+            "ports": [dict(p) for p in ports or []],
+            "environment": dict(environment or {}),
+            "volume": volume_props,
+            "links": [_link(resource_name, link, node_settings["node_address"]) for link in links or []],
+            "mem_limit": mem_limit,
+            "cpu_shares": cpu_shares,
+            "restart_policy": dict(restart_policy) if restart_policy else None,
+            "command": list(command) if command else None,
+            "wait_timeout": wait_timeout,
+            "container_id": None,
+            "addresses": None,
+        }
+        super().__init__(ApplicationProvider(), resource_name, props, opts)
+        self.volume = volume_resource
+        _published.update({int(p["external"]): (resource_name, node_settings["node_address"]) for p in ports or []})
+
+
+# External port -> (application, node address) of applications declared so far; links
+# find their target here.
+_published: dict[int, tuple[str, str]] = {}
+
+
+def _link(resource_name: str, link: Mapping[str, Any], own_address: str) -> dict[str, Any]:
+    remote = link.get("remote_port")
+    target = _published.get(int(remote)) if isinstance(remote, (int, float)) else None
+    if target is None:
+        raise pulumi.RunError(
+            f"application {resource_name}: link '{link.get('alias')}' to port {remote}: no application "
+            "declared before this one publishes that external port; declare the target first"
+        )
+    return {**link, "address": target[1] or own_address}
+
+
+def _volume(
+    resource_name: str, node: str, volume: Mapping[str, Any] | None, opts: pulumi.ResourceOptions
+) -> tuple[dict[str, Any] | None, FlockerVolume | None]:
+    if not volume:
+        return None, None
+    resource = volume.get("volume")
+    if resource is None:
+        resource = FlockerVolume(
+            resource_name,
+            node=node,
+            maximum_size=volume.get("maximum_size"),
+            opts=pulumi.ResourceOptions(parent=opts.parent, provider=None),
+        )
+    return {
+        "name": resource.docker_volume_name,
+        "node": resource.node_name,
+        "mountpoint": volume.get("mountpoint"),
+    }, resource
