@@ -1,0 +1,105 @@
+"""Input validation: what `pulumi preview` reports as check failures, before any change."""
+
+import pytest
+
+from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
+
+NODE = {"node": "node1", "node_address": "10.0.0.1", "docker_host": "tcp://10.0.0.1:2375", "tls": None}
+
+
+def app(**changes: object) -> dict:
+    return {"name": "es", "project": "p", "stack": "s", **NODE, "image": "es:1", **changes}
+
+
+def failures(props: dict, provider: object = None) -> list[tuple[str, str]]:
+    result = (provider or ApplicationProvider()).check({}, props)
+    return [(f.property, f.reason) for f in result.failures]
+
+
+def test_valid_application_has_no_failures() -> None:
+    assert failures(app(ports=[{"internal": 9200.0, "external": 9200.0}])) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"image": ""}, [("image", "expected an image name such as 'repo:tag'; got an empty value")]),
+        ({"image": "   "}, [("image", "expected an image name such as 'repo:tag'; got an empty value")]),
+        (
+            {"ports": [{"internal": 0, "external": 80}]},
+            [("ports[0].internal", "expected a number 1-65535, got 0")],
+        ),
+        (
+            {"ports": [{"internal": 80, "external": 70000}]},
+            [("ports[0].external", "expected a number 1-65535, got 70000")],
+        ),
+        (
+            {"ports": [{"internal": "x", "external": 80}]},
+            [("ports[0].internal", "expected a whole number, got 'x'")],
+        ),
+        (
+            {"ports": [{"internal": 80}]},
+            [("ports[0]", "expected {internal, external}, got {'internal': 80}")],
+        ),
+        (
+            {"ports": [{"internal": 80, "external": 80}, {"internal": 81, "external": 80}]},
+            [("ports", "external port 80 is published twice")],
+        ),
+        (
+            {"volume": {"name": "v", "node": "node1", "mountpoint": "data"}},
+            [("volume.mountpoint", "must be an absolute path, got 'data'")],
+        ),
+        (
+            {"environment": {"A": 1}},
+            [("environment.A", "must be a string; got type 'int'")],
+        ),
+        (
+            {"restart_policy": {"name": "sometimes"}},
+            [("restart_policy.name", "expected one of never, always, on-failure, got 'sometimes'")],
+        ),
+        (
+            {"restart_policy": {"name": "always", "maximum_retry_count": 3}},
+            [("restart_policy.maximum_retry_count", "only allowed with on-failure")],
+        ),
+        (
+            {"node_error": "unknown node 'nodeX': not in node file n.json (known: node1) and not an address"},
+            [("node", "unknown node 'nodeX': not in node file n.json (known: node1) and not an address")],
+        ),
+        (
+            {"volume": {"name": "v", "node": "node2", "mountpoint": "/d"}},
+            [
+                (
+                    "node",
+                    "application is on 'node1' but its volume is on 'node2'; give both the same node "
+                    "(moving the volume moves the application with it)",
+                )
+            ],
+        ),
+    ],
+)
+def test_bad_application_inputs_are_check_failures(changes: dict, expected: list) -> None:
+    assert failures(app(**changes)) == expected
+
+
+def test_unknown_values_during_preview_are_not_judged() -> None:
+    from pulumi.runtime import rpc
+
+    assert failures(app(image=rpc.UNKNOWN)) == []
+
+
+def test_unknown_node_of_a_volume() -> None:
+    props = {"name": "v", "project": "p", "stack": "s", **NODE, "node_error": "unknown node 'x'"}
+    assert failures(props, VolumeProvider()) == [("node", "unknown node 'x'")]
+
+
+def test_node_change_is_an_update_never_a_replace() -> None:
+    old = app(container_id="abc", addresses=["10.0.0.1:9200"])
+    new = app(node="node2", node_address="10.0.0.2", docker_host="tcp://10.0.0.2:2375")
+    result = ApplicationProvider().diff("id", old, new)
+    assert result.changes is True
+    assert not result.replaces
+
+
+def test_outputs_alone_are_not_a_change() -> None:
+    old = app(container_id="abc", addresses=["10.0.0.1:9200"], __provider="blob")
+    assert ApplicationProvider().diff("id", old, app()).changes is False

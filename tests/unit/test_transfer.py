@@ -1,0 +1,56 @@
+"""Parsing what rsync says, and the shape of the transfer commands."""
+
+from flocker_provider.transfer import (
+    TransferStats,
+    client_command,
+    daemon_command,
+    itemized_differences,
+    parse_progress,
+    parse_stats,
+)
+
+STATS = """
+Number of files: 2,003 (reg: 2,001, dir: 2)
+Number of regular files transferred: 1
+Total file size: 1,090,519,040 bytes
+Total transferred file size: 1,073,741,824 bytes
+Literal data: 1,048,576 bytes
+Matched data: 1,072,693,248 bytes
+Total bytes sent: 1,215,345
+Total bytes received: 65,583
+"""
+
+
+def test_stats() -> None:
+    assert parse_stats(STATS) == TransferStats(
+        files=2003, total_size=1_090_519_040, literal_bytes=1_048_576, bytes_sent=1_215_345
+    )
+
+
+def test_progress_takes_the_newest_carriage_return_line() -> None:
+    output = "   1,000   1%  1.00MB/s    0:01:40\r  52,428,800  50%   95.37MB/s    0:00:01 (xfr#1, to-chk=0/3)"
+    progress = parse_progress(output)
+    assert (progress.bytes_copied, progress.percent, progress.rate, progress.remaining) == (
+        52_428_800,
+        50,
+        "95.37MB/s",
+        "0:00:01",
+    )
+
+
+def test_itemized_differences_ignore_directory_times_and_stats() -> None:
+    output = ".d..t...... ./\n>f.st...... big.db\n*deleting   old.log\nNumber of files: 3\n"
+    assert itemized_differences(output) == [">f.st...... big.db", "*deleting   old.log"]
+
+
+def test_daemon_accepts_only_the_source_and_one_user() -> None:
+    script = daemon_command("10.0.0.1")[2]
+    assert "hosts allow = 10.0.0.1" in script
+    assert "hosts deny = *" in script
+    assert "auth users = flocker" in script
+
+
+def test_client_sends_only_changed_blocks() -> None:
+    command = client_command("10.0.0.2", 31337)
+    assert {"--inplace", "--no-whole-file", "--delete"} <= set(command)
+    assert command[-1] == "rsync://flocker@10.0.0.2:31337/volume/"
