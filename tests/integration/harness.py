@@ -1,0 +1,173 @@
+"""Driving the real Pulumi CLI and the real node engines from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MANAGED = "io.flocker-pulumi.managed"
+STACK_LABEL = "io.flocker-pulumi.stack"
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    name: str
+    address: str
+    docker_host: str
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.docker_host, timeout=60)
+
+
+def load_nodes() -> list[ClusterNode] | None:
+    path = os.environ.get("FLOCKER_NODES_FILE")
+    if not path or not Path(path).exists():
+        return None
+    data = json.loads(Path(path).read_text())
+    return [ClusterNode(n["name"], n["address"], n["docker_host"]) for n in data["nodes"]]
+
+
+class Pulumi:
+    """One project directory, one stack, its own file backend: tests never share state."""
+
+    def __init__(self, workdir: Path, stack: str, project_dir: Path | None = None) -> None:
+        self.state = workdir / "state"
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.dir = project_dir or workdir / "project"
+        self.stack = stack
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "PULUMI_BACKEND_URL": f"file://{self.state}",
+            "PULUMI_CONFIG_PASSPHRASE": "",
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_PYTHON_CMD": sys.executable,
+        }
+
+    def write_program(self, program: str, name: str = "flocker-test") -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "Pulumi.yaml").write_text(f"name: {name}\nruntime: python\n")
+        (self.dir / "__main__.py").write_text(textwrap.dedent(program))
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        command = ["pulumi", *args, "--stack", self.stack, "--non-interactive", "--cwd", str(self.dir)]
+        result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        command = ["pulumi", *args, "--stack", self.stack, "--non-interactive", "--cwd", str(self.dir)]
+        return subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def init(self, config: dict[str, str] | None = None) -> None:
+        subprocess.run(
+            ["pulumi", "stack", "init", self.stack, "--cwd", str(self.dir), "--non-interactive"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.config(config or {})
+
+    def config(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self.run("config", "set", key, value)
+
+    def up(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("up", "--yes", "--skip-preview", check=check)
+
+    def outputs(self) -> dict[str, Any]:
+        return json.loads(self.run("stack", "output", "--json").stdout)
+
+    def destroy(self) -> None:
+        self.run("destroy", "--yes", "--skip-preview", check=False)
+
+
+def ours(nodes: list[ClusterNode], stack: str) -> dict[str, list[str]]:
+    """Names of containers and volumes of this stack on each node."""
+    found: dict[str, list[str]] = {}
+    for node in nodes:
+        client = node.client()
+        filters = {"label": [f"{MANAGED}=true", f"{STACK_LABEL}={stack}"]}
+        names = [f"container:{c.name}" for c in client.containers.list(all=True, filters=filters)]
+        names += [f"volume:{v.name}" for v in client.volumes.list(filters=filters)]
+        found[node.name] = sorted(names)
+    return found
+
+
+def node_state(nodes: list[ClusterNode]) -> dict[str, list[tuple[str, str, str]]]:
+    """Everything on every node: containers with their state, and volumes."""
+    state = {}
+    for node in nodes:
+        client = node.client()
+        items = [("container", c.name, c.status) for c in client.containers.list(all=True)]
+        items += [("volume", v.name, "") for v in client.volumes.list()]
+        state[node.name] = sorted(items)
+    return state
+
+
+def eventually(check: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the thing being waited for may not answer yet
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last error: {last})")
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 5) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+def http_text(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def es_count(address: str, index: str = "logstash") -> int:
+    try:
+        return http_json("GET", f"http://{address}:9200/{index}/_count")["count"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return 0
+        raise
+
+
+def send_lines(address: str, lines: list[str], port: int = 5000) -> None:
+    with socket.create_connection((address, port), timeout=10) as conn:
+        conn.sendall("".join(line + "\n" for line in lines).encode())
+
+
+def volume_checksums(node: ClusterNode, volume: str, image: str = "flocker/base:local") -> str:
+    """sha256 of every file in a volume, read by a helper container on that node."""
+    output = node.client().containers.run(
+        image,
+        ["sh", "-c", "cd /data && find . -type f -print0 | sort -z | xargs -0r sha256sum"],
+        volumes={volume: {"bind": "/data", "mode": "ro"}},
+        remove=True,
+    )
+    return output.decode()

@@ -1,0 +1,70 @@
+"""FlockerApplication / FlockerVolume behaviour on the real cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .harness import ClusterNode, Pulumi, eventually, http_json, ours
+
+pytestmark = pytest.mark.cluster
+
+STORE = """
+import pulumi
+from flocker_pulumi import FlockerApplication
+
+config = pulumi.Config()
+store = FlockerApplication(
+    "store",
+    image=config.get("image") or "flocker/elasticsearch:local",
+    node=config.get("node") or "node1",
+    ports=[{"internal": 9200, "external": 9200}],
+    environment={"GREETING": config.get("greeting") or "hello"},
+    volume={"mountpoint": "/var/lib/elasticsearch"},
+)
+pulumi.export("container_id", store.container_id)
+"""
+
+
+@pytest.fixture
+def store(nodes: list[ClusterNode], workdir: Path, stack_name: str):
+    pulumi = Pulumi(workdir, stack_name)
+    pulumi.write_program(STORE)
+    pulumi.init()
+    yield pulumi
+    pulumi.destroy()
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+
+
+def test_data_survives_image_and_environment_changes(store: Pulumi, nodes: list[ClusterNode]) -> None:
+    node1 = nodes[0]
+    url = f"http://{node1.address}:9200"
+    store.up()
+    first = store.outputs()["container_id"]
+    eventually(lambda: http_json("PUT", f"{url}/books/_doc/1", {"title": "Flocker"}), what="store accepts writes")
+
+    store.config({"greeting": "bonjour"})
+    store.up()
+    second = store.outputs()["container_id"]
+    assert second != first, "an environment change must replace the container"
+    env = node1.client().containers.get(second).attrs["Config"]["Env"]
+    assert "GREETING=bonjour" in env
+    doc = eventually(lambda: http_json("GET", f"{url}/books/_doc/1"), what="document after env change")
+    assert doc["_source"] == {"title": "Flocker"}
+
+    node1.client().images.get("flocker/elasticsearch:local").tag("flocker/elasticsearch", "v2")
+    store.config({"image": "flocker/elasticsearch:v2"})
+    store.up()
+    assert store.outputs()["container_id"] not in (first, second)
+    doc = eventually(lambda: http_json("GET", f"{url}/books/_doc/1"), what="document after image change")
+    assert doc["_source"] == {"title": "Flocker"}
+
+
+def test_bad_inputs_fail_at_preview_and_change_nothing(store: Pulumi, nodes: list[ClusterNode], stack_name: str) -> None:
+    store.config({"node": "node9"})
+    preview = store.run("preview", check=False)
+    assert preview.returncode != 0
+    assert "unknown node 'node9'" in preview.stdout + preview.stderr
+    assert "Traceback" not in preview.stdout + preview.stderr
+    assert all(not items for items in ours(nodes, stack_name).values())
