@@ -48,9 +48,7 @@ def connect(node: Node) -> Iterator[DockerNode]:
         )
         client.ping()
     except Exception as exc:  # docker-py raises many unrelated types for "cannot connect"
-        raise NodeUnreachable(
-            f"node {node.name}: Docker engine at {node.docker_host} did not answer: {_short(exc)}"
-        ) from exc
+        raise NodeUnreachable(f"node {node.name}: Docker engine at {node.docker_host} did not answer: {_short(exc)}") from exc
     try:
         yield DockerNode(node, client)
     finally:
@@ -116,9 +114,7 @@ class DockerNode:
     # labels cannot change after creation, and the holder also keeps `docker volume prune`
     # from deleting the copy.
     def _holder(self, volume: str) -> docker.models.containers.Container | None:
-        holders = self.client.containers.list(
-            all=True, filters={"label": [f"{L.RETIRED}=true", f"{L.VOLUME}={volume}"]}
-        )
+        holders = self.client.containers.list(all=True, filters={"label": [f"{L.RETIRED}=true", f"{L.VOLUME}={volume}"]})
         return holders[0] if holders else None
 
     def retire_volume(self, volume: str, image: str, labels: dict[str, str]) -> None:

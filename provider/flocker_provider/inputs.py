@@ -197,8 +197,11 @@ def parse_application(props: dict) -> ApplicationInputs:
     volume_node = str(volume.get("node")) if volume and volume.get("node") else None
     if volume_node and props.get("node") and volume_node != props.get("node"):
         failures.append(
-            ("node", f"application is on '{props.get('node')}' but its volume is on '{volume_node}'; "
-             "give both the same node (moving the volume moves the application with it)")
+            (
+                "node",
+                f"application is on '{props.get('node')}' but its volume is on '{volume_node}'; "
+                "give both the same node (moving the volume moves the application with it)",
+            )
         )
     if failures:
         raise InvalidInputs(failures)

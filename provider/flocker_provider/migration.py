@@ -266,8 +266,7 @@ class TransferChannel:
         differences = itemized_differences(output)
         if code != 0 or differences:
             raise RuntimeError(
-                f"destination copy on {self.destination.name} differs from the source: "
-                + ("; ".join(differences[:5]) or _tail(output))
+                f"destination copy on {self.destination.name} differs from the source: " + ("; ".join(differences[:5]) or _tail(output))
             )
 
 
@@ -286,7 +285,5 @@ def _tail(output: str) -> str:
 
 
 def _remove_transfer_containers(engine: DockerNode, volume: str) -> None:
-    for container in engine.client.containers.list(
-        all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}
-    ):
+    for container in engine.client.containers.list(all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}):
         container.remove(force=True)

@@ -43,10 +43,7 @@ class Inventory:
             raise LookupError("node is empty; name a node from the node file or give an address")
         if self.source is not None and not _looks_like_address(ref):
             known = ", ".join(n.name for n in self.nodes) or "none"
-            raise LookupError(
-                f"unknown node '{ref}': not in node file {self.source} (known: {known}) "
-                "and not an address"
-            )
+            raise LookupError(f"unknown node '{ref}': not in node file {self.source} (known: {known}) and not an address")
         return Node(name=ref, address=ref, docker_host=self.template.format(address=ref), tls=self.tls)
 
 
@@ -90,7 +87,7 @@ def load_node_file(path: str, template: str = DEFAULT_TEMPLATE, tls: TLSConfig |
         raise NodeFileError(f"{path}: cannot read node file: {exc}") from exc
     entries = data.get("nodes") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise NodeFileError(f"{path}: expected {{\"nodes\": [...]}}")
+        raise NodeFileError(f'{path}: expected {{"nodes": [...]}}')
     nodes = tuple(_node_from_entry(e, path, i) for i, e in enumerate(entries))
     return Inventory(nodes=nodes, template=template, tls=tls, source=path)
 

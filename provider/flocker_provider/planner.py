@@ -88,9 +88,7 @@ def plan_move(
     Re-planning from discovered state is what makes `pulumi up` safe to re-run: a move
     that failed after the handoff only has its remaining steps left.
     """
-    handed_over = (
-        state.source_volume.retired and state.destination_volume.exists and not state.destination_volume.retired
-    )
+    handed_over = state.source_volume.retired and state.destination_volume.exists and not state.destination_volume.retired
     on_destination = {c.name for c in state.destination_containers if c.running}
     if handed_over:
         steps: list = []
@@ -101,8 +99,7 @@ def plan_move(
         return tuple(steps)
     if not state.source_volume.exists or state.source_volume.retired:
         raise PlanError(
-            f"volume {volume} has no live copy on {source.name} to move to {destination.name}; "
-            f"run 'pulumi refresh' to see where it is"
+            f"volume {volume} has no live copy on {source.name} to move to {destination.name}; run 'pulumi refresh' to see where it is"
         )
     running = [c for c in state.source_containers if c.running]
     steps = [PushVolume(source, destination, volume, final=False)]

@@ -22,9 +22,7 @@ from .flocker_config import parse_size
 def _inventory() -> Inventory:
     config = pulumi.Config("flocker")
     try:
-        return inventory_from_settings(
-            config.get("nodesFile"), config.get("dockerHostTemplate"), config.get("tlsDir")
-        )
+        return inventory_from_settings(config.get("nodesFile"), config.get("dockerHostTemplate"), config.get("tlsDir"))
     except NodeFileError as exc:
         raise pulumi.RunError(str(exc)) from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from flocker_provider.models import Application, Link, Port, RestartPolicy, VolumeMount
 from flocker_pulumi.flocker_config import (
     ConfigError,
@@ -439,8 +440,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
     ),
     (
         "unparsable YAML with its line",
-        "version: 1\napplications:\n  web:\n    image: nginx\n"
-        "    ports: [\n      {internal: 80, external: 80}\n    bad: here: now\n",
+        "version: 1\napplications:\n  web:\n    image: nginx\n    ports: [\n      {internal: 80, external: 80}\n    bad: here: now\n",
         ALONE,
         "application.yml, line 7: not valid YAML (expected ',' or ']', but got '<scalar>').",
     ),
@@ -580,22 +580,19 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "missing image",
         app("web", "{ports: []}"),
         ALONE,
-        "application.yml: application 'web', key 'image': missing; "
-        "expected an image name such as 'clusterhq/elasticsearch'.",
+        "application.yml: application 'web', key 'image': missing; expected an image name such as 'clusterhq/elasticsearch'.",
     ),
     (
         "image not a string",
         app("web", "{image: 5}"),
         ALONE,
-        "application.yml: application 'web', key 'image': "
-        "expected an image name such as 'clusterhq/elasticsearch', got 5.",
+        "application.yml: application 'web', key 'image': expected an image name such as 'clusterhq/elasticsearch', got 5.",
     ),
     (
         "empty repository in image",
         app("web", "{image: ':1.0'}"),
         ALONE,
-        "application.yml: application 'web', key 'image': not a valid image name "
-        "':1.0': the repository part of the image name is empty.",
+        "application.yml: application 'web', key 'image': not a valid image name ':1.0': the repository part of the image name is empty.",
     ),
     (
         "bad image name",
@@ -609,15 +606,13 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "ports not a list",
         app("web", "{image: nginx, ports: {internal: 80, external: 80}}"),
         ALONE,
-        "application.yml: application 'web', key 'ports': "
-        "expected a list of {internal, external} mappings, got a mapping.",
+        "application.yml: application 'web', key 'ports': expected a list of {internal, external} mappings, got a mapping.",
     ),
     (
         "port not a mapping",
         app("web", "{image: nginx, ports: [80]}"),
         ALONE,
-        "application.yml: application 'web', key 'ports[0]': "
-        "expected a mapping with 'internal' and 'external', got 80.",
+        "application.yml: application 'web', key 'ports[0]': expected a mapping with 'internal' and 'external', got 80.",
     ),
     (
         "port missing internal",
@@ -635,8 +630,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "port not an integer",
         app("logstash", "{image: x, ports: [{internal: 5000, external: abc}]}"),
         ALONE,
-        "application.yml: application 'logstash', key 'ports[0].external': "
-        "expected an integer port 1-65535, got 'abc'.",
+        "application.yml: application 'logstash', key 'ports[0].external': expected an integer port 1-65535, got 'abc'.",
     ),
     (
         "port out of range",
@@ -660,8 +654,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "unknown port keys",
         app("web", "{image: nginx, ports: [{internal: 80, external: 80, udp: 1}]}"),
         ALONE,
-        "application.yml: application 'web', key 'ports[0]': unrecognised keys: udp; "
-        "allowed keys are external, internal.",
+        "application.yml: application 'web', key 'ports[0]': unrecognised keys: udp; allowed keys are external, internal.",
     ),
     # ---- volume
     (
@@ -674,29 +667,25 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "volume missing mountpoint",
         app("db", "{image: pg, volume: {maximum_size: 1G}}"),
         ALONE,
-        "application.yml: application 'db', key 'volume.mountpoint': missing; "
-        "expected an absolute path such as '/var/lib/data'.",
+        "application.yml: application 'db', key 'volume.mountpoint': missing; expected an absolute path such as '/var/lib/data'.",
     ),
     (
         "volume mountpoint not absolute",
         app("db", "{image: pg, volume: {mountpoint: data}}"),
         ALONE,
-        "application.yml: application 'db', key 'volume.mountpoint': "
-        "expected an absolute path such as '/var/lib/data', got 'data'.",
+        "application.yml: application 'db', key 'volume.mountpoint': expected an absolute path such as '/var/lib/data', got 'data'.",
     ),
     (
         "volume mountpoint root",
         app("db", "{image: pg, volume: {mountpoint: /}}"),
         ALONE,
-        "application.yml: application 'db', key 'volume.mountpoint': "
-        "the volume cannot be mounted over the container's root '/'.",
+        "application.yml: application 'db', key 'volume.mountpoint': the volume cannot be mounted over the container's root '/'.",
     ),
     (
         "unknown volume keys",
         app("db", "{image: pg, volume: {mountpoint: /d, name: x}}"),
         ALONE,
-        "application.yml: application 'db', key 'volume': unrecognised keys: name; "
-        "allowed keys are maximum_size, mountpoint.",
+        "application.yml: application 'db', key 'volume': unrecognised keys: name; allowed keys are maximum_size, mountpoint.",
     ),
     (
         "maximum_size not a string",
@@ -710,8 +699,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "maximum_size unparsable",
         app("db", "{image: pg, volume: {mountpoint: /d, maximum_size: lots}}"),
         ALONE,
-        "application.yml: application 'db', key 'volume.maximum_size': "
-        "expected a size such as '500M', '2.5G' or '1073741824', got 'lots'.",
+        "application.yml: application 'db', key 'volume.maximum_size': expected a size such as '500M', '2.5G' or '1073741824', got 'lots'.",
     ),
     (
         "maximum_size zero",
@@ -724,8 +712,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "environment not a mapping",
         app("web", "{image: nginx, environment: [A=1]}"),
         ALONE,
-        "application.yml: application 'web', key 'environment': "
-        "expected a mapping of variable names to strings, got a list.",
+        "application.yml: application 'web', key 'environment': expected a mapping of variable names to strings, got a list.",
     ),
     (
         "environment value not a string",
@@ -746,8 +733,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "links not a list",
         app("web", "{image: nginx, links: db}"),
         ALONE,
-        "application.yml: application 'web', key 'links': "
-        "expected a list of {local_port, remote_port, alias} mappings, got 'db'.",
+        "application.yml: application 'web', key 'links': expected a list of {local_port, remote_port, alias} mappings, got 'db'.",
     ),
     (
         "link missing alias",
@@ -773,8 +759,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "unknown link keys",
         app("web", "{image: nginx, links: [{local_port: 1, remote_port: 2, alias: a, proto: udp}]}"),
         ALONE,
-        "application.yml: application 'web', key 'links[0]': unrecognised keys: proto; "
-        "allowed keys are alias, local_port, remote_port.",
+        "application.yml: application 'web', key 'links[0]': unrecognised keys: proto; allowed keys are alias, local_port, remote_port.",
     ),
     # ---- resources and restart policy
     (
@@ -793,15 +778,13 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "restart_policy missing name",
         app("web", "{image: nginx, restart_policy: {maximum_retry_count: 2}}"),
         ALONE,
-        "application.yml: application 'web', key 'restart_policy.name': missing; "
-        "expected one of never, always, on-failure.",
+        "application.yml: application 'web', key 'restart_policy.name': missing; expected one of never, always, on-failure.",
     ),
     (
         "restart_policy unknown name",
         app("web", "{image: nginx, restart_policy: {name: sometimes}}"),
         ALONE,
-        "application.yml: application 'web', key 'restart_policy.name': "
-        "expected one of never, always, on-failure, got 'sometimes'.",
+        "application.yml: application 'web', key 'restart_policy.name': expected one of never, always, on-failure, got 'sometimes'.",
     ),
     (
         "maximum_retry_count without on-failure",
@@ -814,8 +797,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "maximum_retry_count negative",
         app("web", "{image: nginx, restart_policy: {name: on-failure, maximum_retry_count: -1}}"),
         ALONE,
-        "application.yml: application 'web', key 'restart_policy.maximum_retry_count': "
-        "expected a whole number 0 or more, got -1.",
+        "application.yml: application 'web', key 'restart_policy.maximum_retry_count': expected a whole number 0 or more, got -1.",
     ),
     # ---- across applications
     (
@@ -833,8 +815,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "one application publishes an external port twice",
         app("web", "{image: nginx, ports: [{internal: 80, external: 80}, {internal: 81, external: 80}]}"),
         ALONE,
-        "application.yml: application 'web', key 'ports[1].external': external port "
-        "80 is published twice by this application.",
+        "application.yml: application 'web', key 'ports[1].external': external port 80 is published twice by this application.",
     ),
     (
         "link to a port nobody publishes",
@@ -851,15 +832,13 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "fig build",
         "web:\n  build: .\n",
         ALONE,
-        "application.yml: application 'web', key 'build': not supported yet; "
-        "build and push the image, then name it with 'image'.",
+        "application.yml: application 'web', key 'build': not supported yet; build and push the image, then name it with 'image'.",
     ),
     (
         "fig image and build",
         "web:\n  image: nginx\n  build: .\n",
         ALONE,
-        "application.yml: application 'web': has both 'image' and 'build'; "
-        "Flocker runs a ready-made image, so give only 'image'.",
+        "application.yml: application 'web': has both 'image' and 'build'; Flocker runs a ready-made image, so give only 'image'.",
     ),
     (
         "fig unsupported keys",
@@ -879,15 +858,13 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "fig missing image",
         "web:\n  image: nginx\ndb:\n  ports: ['1:1']\n",
         ALONE,
-        "application.yml: application 'db', key 'image': missing; "
-        "expected an image name such as 'clusterhq/elasticsearch'.",
+        "application.yml: application 'db', key 'image': missing; expected an image name such as 'clusterhq/elasticsearch'.",
     ),
     (
         "fig application not a mapping",
         "web:\n  image: nginx\ndb: postgres\n",
         ALONE,
-        "application.yml: application 'db': expected a mapping of settings such as "
-        "'image' and 'ports', got 'postgres'.",
+        "application.yml: application 'db': expected a mapping of settings such as 'image' and 'ports', got 'postgres'.",
     ),
     (
         "fig ports not a list",
@@ -899,8 +876,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "fig port without external",
         "web:\n  image: nginx\n  ports: ['8080']\n",
         ALONE,
-        "application.yml: application 'web', key 'ports[0]': "
-        "expected 'external:internal' such as '80:8080', got '8080'.",
+        "application.yml: application 'web', key 'ports[0]': expected 'external:internal' such as '80:8080', got '8080'.",
     ),
     (
         "fig port read by YAML as a number",
@@ -920,15 +896,13 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "fig link to unknown application",
         "web:\n  image: nginx\n  links: [db]\n",
         ALONE,
-        "application.yml: application 'web', key 'links[0]': "
-        "links to application 'db', which is not defined in application.yml.",
+        "application.yml: application 'web', key 'links[0]': links to application 'db', which is not defined in application.yml.",
     ),
     (
         "fig link not a string",
         "web:\n  image: nginx\n  links: [{db: x}]\n",
         ALONE,
-        "application.yml: application 'web', key 'links[0]': "
-        "expected 'application' or 'application:alias', got a mapping.",
+        "application.yml: application 'web', key 'links[0]': expected 'application' or 'application:alias', got a mapping.",
     ),
     (
         "fig two volumes",
@@ -949,8 +923,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "fig relative volume",
         "db:\n  image: pg\n  volumes: [data]\n",
         ALONE,
-        "application.yml: application 'db', key 'volumes[0]': "
-        "expected an absolute path such as '/var/lib/data', got 'data'.",
+        "application.yml: application 'db', key 'volumes[0]': expected an absolute path such as '/var/lib/data', got 'data'.",
     ),
     (
         "fig environment item without '='",
@@ -975,23 +948,20 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "fig restart unknown",
         "web:\n  image: nginx\n  restart: sometimes\n",
         ALONE,
-        "application.yml: application 'web', key 'restart': "
-        "expected 'no', 'always', 'on-failure' or 'on-failure:N', got 'sometimes'.",
+        "application.yml: application 'web', key 'restart': expected 'no', 'always', 'on-failure' or 'on-failure:N', got 'sometimes'.",
     ),
     # ---- deployment.yml against application.yml
     (
         "node value not a list",
         ARTICLE_APPLICATION_YML,
         "version: 1\nnodes:\n  '10.0.0.1': elasticsearch\n",
-        "deployment.yml: key 'nodes.10.0.0.1': expected a list of application names "
-        "(use [] for none), got 'elasticsearch'.",
+        "deployment.yml: key 'nodes.10.0.0.1': expected a list of application names (use [] for none), got 'elasticsearch'.",
     ),
     (
         "node value empty",
         ARTICLE_APPLICATION_YML,
         "version: 1\nnodes:\n  '10.0.0.1':\n",
-        "deployment.yml: key 'nodes.10.0.0.1': expected a list of application names "
-        "(use [] for none), got nothing (null).",
+        "deployment.yml: key 'nodes.10.0.0.1': expected a list of application names (use [] for none), got nothing (null).",
     ),
     (
         "node entry not a name",
@@ -1009,8 +979,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         "unknown application on a node",
         ARTICLE_APPLICATION_YML,
         "version: 1\nnodes:\n  '10.0.0.1': [kibana]\n  '10.0.0.2': [elasticsearch, mongodb]\n",
-        "deployment.yml: application 'mongodb', key 'nodes.10.0.0.2[1]': "
-        "not defined in application.yml (listed on node '10.0.0.2').",
+        "deployment.yml: application 'mongodb', key 'nodes.10.0.0.2[1]': not defined in application.yml (listed on node '10.0.0.2').",
     ),
     (
         "application on two nodes",
@@ -1033,9 +1002,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
     ("application_yml", "deployment_yml", "message"),
     [pytest.param(a, d, m, id=i) for i, a, d, m in BAD_INPUTS],
 )
-def test_bad_input_gives_one_exact_message(
-    workdir: Path, application_yml: str | None, deployment_yml: str | None, message: str
-) -> None:
+def test_bad_input_gives_one_exact_message(workdir: Path, application_yml: str | None, deployment_yml: str | None, message: str) -> None:
     if application_yml is not None:
         write(workdir, "application.yml", application_yml)
     if deployment_yml not in (ALONE, MISSING):

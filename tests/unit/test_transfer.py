@@ -22,9 +22,7 @@ Total bytes received: 65,583
 
 
 def test_stats() -> None:
-    assert parse_stats(STATS) == TransferStats(
-        files=2003, total_size=1_090_519_040, literal_bytes=1_048_576, bytes_sent=1_215_345
-    )
+    assert parse_stats(STATS) == TransferStats(files=2003, total_size=1_090_519_040, literal_bytes=1_048_576, bytes_sent=1_215_345)
 
 
 def test_progress_takes_the_newest_carriage_return_line() -> None:

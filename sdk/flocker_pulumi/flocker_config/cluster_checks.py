@@ -33,8 +33,4 @@ def check_links_reach_a_port(applications: Sequence[ParsedApplication]) -> None:
     for parsed in applications:
         for link, where in zip(parsed.application.links, parsed.link_places, strict=True):
             if link.remote_port not in published:
-                where.fail(
-                    f"link '{link.alias}' connects to port {link.remote_port}, "
-                    "which no "
-                    "application publishes as an external port"
-                )
+                where.fail(f"link '{link.alias}' connects to port {link.remote_port}, which no application publishes as an external port")

@@ -76,8 +76,7 @@ def check_version(where: Where, document: Mapping) -> None:
 def application_name(where: Where, name: object) -> str:
     if not (isinstance(name, str) and _APPLICATION_NAME.fullmatch(name)):
         where.fail(
-            "expected an application name of letters, digits, '_', '.' and '-', "
-            f"starting with a letter or digit, got {describe(name)}"
+            f"expected an application name of letters, digits, '_', '.' and '-', starting with a letter or digit, got {describe(name)}"
         )
     return name
 
@@ -116,9 +115,7 @@ def environment(
         if not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):
             where.fail(f"expected an environment variable name without '=' or spaces, got {describe(name)}")
         if not isinstance(value, str):
-            where.fail(
-                f"the value of '{name}' must be a string; got type '{type(value).__name__}' (quote it in the YAML)"
-            )
+            where.fail(f"the value of '{name}' must be a string; got type '{type(value).__name__}' (quote it in the YAML)")
         if name in result:
             where.fail(f"environment variable '{name}' is set twice")
         result[name] = value
@@ -154,11 +151,7 @@ def maximum_size(where: Where, value: object) -> int:
 
 def link_alias(where: Where, value: object) -> str:
     if not (isinstance(value, str) and _LINK_ALIAS.fullmatch(value)):
-        where.fail(
-            "expected a link alias of letters, digits, '_' and '-', "
-            "starting with a letter "
-            f"or digit, got {describe(value)}"
-        )
+        where.fail(f"expected a link alias of letters, digits, '_' and '-', starting with a letter or digit, got {describe(value)}")
     return value
 
 

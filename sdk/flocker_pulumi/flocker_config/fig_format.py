@@ -132,11 +132,7 @@ def _ports(where: Where, value: object) -> tuple[tuple[Port, ...], tuple[Where, 
 def _volume(where: Where, name: str, value: object) -> VolumeMount:
     items = fields.expect_list(where, value, "a list with exactly one container path")
     if len(items) != 1:
-        where.fail(
-            f"expected exactly one volume, got {len(items)}; "
-            "Flocker gives each application "
-            "one volume, which moves with it"
-        )
+        where.fail(f"expected exactly one volume, got {len(items)}; Flocker gives each application one volume, which moves with it")
     path = items[0]
     # 'host:/container' would bind a directory of one host, which cannot follow the
     # application to another node; only a Flocker-managed volume can.

@@ -57,10 +57,7 @@ def parse_image_name(text: str) -> ImageName:
     if colon > last_slash:
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
         if not _TAG.fullmatch(tag):
-            raise ValueError(
-                f"the tag {tag!r} is not valid (letters, digits, '_', '.' and '-', "
-                "at most 128, not starting with '.' or '-')"
-            )
+            raise ValueError(f"the tag {tag!r} is not valid (letters, digits, '_', '.' and '-', at most 128, not starting with '.' or '-')")
     if not remainder:
         raise ValueError("the repository part of the image name is empty")
     _check_repository(remainder)

@@ -20,15 +20,10 @@ def load_application_config(
     path: str | os.PathLike[str],
 ) -> dict[str, tuple[Application, int | None]]:
     """name -> (application, volume maximum size), in file order."""
-    return {
-        parsed.application.name: (parsed.application, parsed.maximum_size)
-        for parsed in _parse_application_file(os.fspath(path))
-    }
+    return {parsed.application.name: (parsed.application, parsed.maximum_size) for parsed in _parse_application_file(os.fspath(path))}
 
 
-def load_configuration(
-    deployment_path: str | os.PathLike[str], application_path: str | os.PathLike[str]
-) -> Configuration:
+def load_configuration(deployment_path: str | os.PathLike[str], application_path: str | os.PathLike[str]) -> Configuration:
     deployment_file = os.fspath(deployment_path)
     application_file = os.fspath(application_path)
     # deployment.yml first, as flocker-deploy read it: its own mistakes need no
@@ -43,9 +38,7 @@ def load_configuration(
         other = placement.get(entry.application)
         if other is not None:
             # Flocker accepted this and ran two copies fighting over one volume.
-            entry.where.fail(
-                f"listed on both node '{other}' and node '{entry.node}'; an application runs on exactly one node"
-            )
+            entry.where.fail(f"listed on both node '{other}' and node '{entry.node}'; an application runs on exactly one node")
         placement[entry.application] = entry.node
 
     return Configuration(

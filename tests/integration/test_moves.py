@@ -1,0 +1,237 @@
+"""Two-phase push on the real cluster: move an application with its volume by changing `node`."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from .harness import REPO, ClusterNode, Pulumi, eventually, http_json, node_state, ours, volume_checksums
+
+pytestmark = pytest.mark.cluster
+
+STORE = """
+import pulumi
+from flocker_pulumi import FlockerApplication
+
+config = pulumi.Config()
+store = FlockerApplication(
+    "store",
+    image="flocker/elasticsearch:local",
+    node=config.require("node"),
+    ports=[{"internal": 9200, "external": 9200}],
+    volume={"mountpoint": "/var/lib/elasticsearch"},
+)
+pulumi.export("node", store.node)
+pulumi.export("last_move", store.volume.last_move)
+"""
+
+# Writes a 1 GiB file once, then rewrites 1 MiB at a random offset in place every two
+# seconds, as a database does: phase 2 must send the changed blocks, not the file.
+BIG_FILE = """
+import pulumi
+from flocker_pulumi import FlockerApplication
+
+WRITER = (
+    "import os, random, time\\n"
+    "path = '/data/big'\\n"
+    "if not os.path.exists('/data/ready'):\\n"
+    "    with open(path, 'wb') as f:\\n"
+    "        for _ in range(1024): f.write(os.urandom(1 << 20))\\n"
+    "    open('/data/ready', 'w').close()\\n"
+    "while True:\\n"
+    "    with open(path, 'r+b') as f:\\n"
+    "        f.seek(random.randrange(1024) << 20); f.write(os.urandom(1 << 20))\\n"
+    "    time.sleep(2)\\n"
+)
+config = pulumi.Config()
+app = FlockerApplication(
+    "bigdb",
+    image="flocker/base:local",
+    node=config.require("node"),
+    command=["python3", "-c", WRITER],
+    volume={"mountpoint": "/data"},
+)
+pulumi.export("last_move", app.volume.last_move)
+"""
+
+
+def make(workdir: Path, stack: str, program: str, node: str) -> Pulumi:
+    pulumi = Pulumi(workdir, stack)
+    pulumi.write_program(program)
+    pulumi.init({"node": node})
+    return pulumi
+
+
+@pytest.fixture
+def cleanup(nodes: list[ClusterNode], stack_name: str):
+    stacks: list[Pulumi] = []
+    yield stacks
+    for pulumi in stacks:
+        pulumi.destroy()
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+
+
+def by_name(nodes: list[ClusterNode], name: str) -> ClusterNode:
+    return next(n for n in nodes if n.name == name)
+
+
+class Writer(threading.Thread):
+    """Indexes documents as fast as acknowledged, following the store to its new node."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.addresses = addresses
+        self.acknowledged: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            for address in self.addresses:
+                try:
+                    http_json("PUT", f"http://{address}:9200/acks/_doc/{i}", {"n": i}, timeout=2)
+                except (OSError, urllib.error.URLError):
+                    continue
+                self.acknowledged.append(i)
+                i += 1
+                break
+            else:
+                time.sleep(0.05)
+
+
+def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
+    source, destination = by_name(nodes, "node1"), by_name(nodes, "node2")
+    store = make(workdir, stack_name, STORE, "node1")
+    cleanup.append(store)
+    store.up()
+    eventually(lambda: http_json("GET", f"http://{source.address}:9200/"), what="store up")
+    writer = Writer([source.address, destination.address])
+    writer.start()
+    eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
+
+    store.config({"node": "node2"})
+    result = store.up()
+    assert "moves from node1 to node2" in result.stdout
+    time.sleep(1)
+    writer.stop.set()
+    writer.join()
+
+    assert store.outputs()["node"] == "node2"
+    url = f"http://{destination.address}:9200/acks/_search?size=10000"
+    found = {hit["_source"]["n"] for hit in http_json("GET", url)["hits"]["hits"]}
+    missing = sorted(set(writer.acknowledged) - found)
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+
+    # Every file of the source copy (kept, retired) is byte-identical on the destination;
+    # the destination only has more: the documents written after the move.
+    volume = f"flocker-{stack_name}-store"
+    before = set(volume_checksums(source, volume).splitlines())
+    after = set(volume_checksums(destination, volume).splitlines())
+    assert before and before <= after
+    last_move = store.outputs()["last_move"]
+    assert last_move["from"] == "node1" and last_move["to"] == "node2"
+    assert last_move["downtime_seconds"] is not None
+
+
+def test_move_there_and_back_sends_only_the_delta(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
+    store = make(workdir, stack_name, STORE, "node1")
+    cleanup.append(store)
+    store.up()
+    node1 = by_name(nodes, "node1")
+    url = f"http://{node1.address}:9200"
+    eventually(lambda: http_json("GET", url + "/"), what="store up")
+    blob = "x" * 200_000
+    for i in range(100):  # ~20 MB of documents
+        http_json("PUT", f"{url}/bulk/_doc/{i}", {"blob": blob})
+
+    store.config({"node": "node2"})
+    store.up()
+    first = store.outputs()["last_move"]
+    assert first["rounds"][0]["literal_bytes"] > 15_000_000
+
+    http_json("PUT", f"http://{by_name(nodes, 'node2').address}:9200/bulk/_doc/new", {"blob": "small"})
+    store.config({"node": "node1"})
+    store.up()
+    back = store.outputs()["last_move"]
+    total = back["rounds"][0]["total_size"]
+    assert total > 15_000_000
+    # The retired copy on node1 already had everything but one small document.
+    assert back["rounds"][0]["literal_bytes"] < 1_000_000, back
+    assert back["phase2_bytes_sent"] < 1_000_000, back
+    assert http_json("GET", f"{url}/bulk/_doc/new")["found"]
+
+
+def test_large_file_rewritten_in_place_sends_a_small_fraction(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]
+) -> None:
+    app = make(workdir, stack_name, BIG_FILE, "node3")
+    cleanup.append(app)
+    app.up()
+    node3 = by_name(nodes, "node3")
+    volume = f"flocker-{stack_name}-bigdb"
+    container = node3.client().containers.get(f"flocker-{stack_name}-bigdb")
+    eventually(lambda: container.exec_run(["test", "-f", "/data/ready"]).exit_code == 0, timeout=180, what="1 GiB written")
+    app.config({"node": "node4"})
+    app.up()
+    move = app.outputs()["last_move"]
+    phase2 = next(r for r in move["rounds"] if r["final"])
+    assert phase2["total_size"] >= 1 << 30
+    # Only a few rewritten MiB travel in phase 2, not the 1 GiB file.
+    assert 0 < phase2["literal_bytes"] < 64 << 20, phase2
+    assert volume_checksums(node3, volume) == volume_checksums(by_name(nodes, "node4"), volume)
+
+
+def test_destination_down_during_phase_one_then_rerun(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]
+) -> None:
+    app = make(workdir, stack_name, BIG_FILE, "node3")
+    cleanup.append(app)
+    app.up()
+    node3, node4 = by_name(nodes, "node3"), by_name(nodes, "node4")
+    name = f"flocker-{stack_name}-bigdb"
+    container = node3.client().containers.get(name)
+    eventually(lambda: container.exec_run(["test", "-f", "/data/ready"]).exit_code == 0, timeout=180, what="data")
+
+    app.config({"node": "node4"})
+    running = app.popen("up", "--yes", "--skip-preview")
+    try:
+        eventually(
+            lambda: node4.client().containers.list(filters={"label": "io.flocker-pulumi.kind=transfer"}),
+            timeout=120,
+            interval=0.2,
+            what="phase 1 started",
+        )
+        subprocess.run(["bash", str(REPO / "scripts" / "cluster.sh"), "stop-node", "4"], check=True)
+        output, _ = running.communicate(timeout=600)
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "cluster.sh"), "start-node", "4"], check=True)
+    assert running.returncode != 0, output
+    assert "phase 1" in output and "node4" in output, output
+    assert "nothing was lost" in output, output
+    assert "Traceback" not in output, output
+    # Still serving on the source, data untouched.
+    assert node3.client().containers.get(name).status == "running"
+    assert container.exec_run(["test", "-f", "/data/ready"]).exit_code == 0
+
+    app.up()
+    moved = node4.client().containers.get(name)
+    assert moved.status == "running"
+    assert moved.exec_run(["test", "-f", "/data/ready"]).exit_code == 0
+    assert name not in [c.name for c in node3.client().containers.list(all=True)]
+
+
+def test_preview_of_a_move_changes_nothing(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
+    store = make(workdir, stack_name, STORE, "node1")
+    cleanup.append(store)
+    store.up()
+    before = node_state(nodes)
+    store.config({"node": "node2"})
+    preview = store.run("preview")
+    assert "volume store moves from node1 to node2" in preview.stdout, preview.stdout
+    assert "replace" not in preview.stdout.lower().replace("flocker", "")
+    assert node_state(nodes) == before
