@@ -48,7 +48,7 @@ def _owner(resource_name: str) -> Owner:
     return Owner(project=pulumi.get_project(), stack=pulumi.get_stack(), resource=resource_name)
 
 
-class FlockerVolume(pulumi.dynamic.Resource):
+class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
     """A Docker volume on one node. Changing ``node`` moves the data (two-phase push).
 
     ``keep_retired``: after a move the old copy stays on the old node, marked retired,
@@ -90,7 +90,7 @@ class FlockerVolume(pulumi.dynamic.Resource):
         self.node_name = node
 
 
-class FlockerApplication(pulumi.dynamic.Resource):
+class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Application"):
     """One container on one node, as Flocker's application.yml described it.
 
     ``volume`` is ``{"volume": FlockerVolume, "mountpoint": "/path"}``, or just
