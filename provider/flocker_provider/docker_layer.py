@@ -7,6 +7,7 @@ Pulumi engine enforces none for dynamic providers.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 
@@ -56,8 +57,13 @@ def connect(node: Node) -> Iterator[DockerNode]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    """The cause in a few words: docker-py wraps urllib3 wraps socket errors."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    lines = text.strip().splitlines()
+    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 class DockerNode:

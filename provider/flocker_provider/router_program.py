@@ -1,0 +1,659 @@
+"""A TCP router that runs on every Docker node so that moving an application never refuses a connection.
+
+Why this exists: ClusterHQ Flocker routed each application's external port on every node to the node
+that ran it, but its proxies were rewritten at the moment of a move. During the move, connections
+were refused (the old container was gone, nothing listened yet), and the proxies switched to the
+destination before the application there was actually up. Clients saw resets and "connection
+refused" for the whole cutover.
+
+This router keeps every application's external port open on every node for as long as the
+application exists, and the provider steers it through a tiny file per port:
+
+    <routes-dir>/<port>.json   {"target": "ADDRESS:PORT" | null, "hold_seconds": 30}
+
+* ``target`` set: new connections are forwarded there. If connecting fails (the application is
+  starting), the router keeps retrying every 0.1 s, re-reading the route each time, for up to
+  ``hold_seconds`` after the connection arrived; the client only sees a slower connect.
+* ``target`` null: a cutover is in progress. New connections are accepted and *held* (nothing is
+  read or written) until a target appears, then forwarded with the bytes the client already sent.
+* Changing the target never closes the listener; connections already spliced stay on the old
+  target until it closes them, which is what lets a move drain gracefully.
+
+The provider ships this file's source into a "router" container (``python3 router_program.py
+--routes-dir /routes``), so it must stay a single file using only the Python 3.11 standard
+library, and must not import anything from the project.
+
+Counters are written every second to ``<routes-dir>/../router-stats.json`` so that tests and the
+provider can check how a cutover went (how many connections were held, for how long).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+POLL_INTERVAL = 0.1
+RETRY_INTERVAL = 0.1
+BIND_RETRY_INTERVAL = 0.1
+STATS_INTERVAL = 1.0
+DEFAULT_HOLD_SECONDS = 30.0
+# A single attempt is capped so that a black-holed target cannot keep a held connection from
+# noticing that the route now points somewhere else.
+CONNECT_ATTEMPT_TIMEOUT = 1.0
+# Hundreds of clients may reconnect at once right after a cutover; the default of 100 would drop SYNs.
+LISTEN_BACKLOG = 1024
+ACCEPT_BATCH = 64
+# Each direction moves up to a pipe's capacity per splice; 1 MiB is the unprivileged maximum
+# (fs.pipe-max-size) and measurably faster on loopback than the 64 KiB default.
+PIPE_SIZE = 1024 * 1024
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+COPY_CHUNK = 256 * 1024
+
+ROUTE_FILE = re.compile(r"^([0-9]{1,5})\.json$")
+
+
+def log(message: str) -> None:
+    # stderr is the container's log; one flushed line per event so `docker logs` shows it at once.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    sys.stderr.write(f"{stamp} router: {message}\n")
+    sys.stderr.flush()
+
+
+class RouteError(ValueError):
+    pass
+
+
+def parse_target(value: object) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RouteError(f"target must be 'ADDRESS:PORT' or null, got {value!r}")
+    host, sep, port_text = value.strip().rpartition(":")
+    # "[::1]:80" is how IPv6 addresses are written with a port.
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise RouteError(f"target must be 'ADDRESS:PORT' or null, got {value!r}")
+    return host, int(port_text)
+
+
+def parse_route(raw: bytes) -> tuple[tuple[str, int] | None, float]:
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RouteError(f"not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise RouteError("expected a JSON object")
+    if "target" not in document:
+        raise RouteError("missing 'target'")
+    target = parse_target(document["target"])
+    hold = document.get("hold_seconds", DEFAULT_HOLD_SECONDS)
+    if isinstance(hold, bool) or not isinstance(hold, int | float) or not 0 <= hold < 1e9:
+        raise RouteError(f"hold_seconds must be a number >= 0, got {hold!r}")
+    return target, float(hold)
+
+
+def format_target(target: tuple[str, int] | None) -> str:
+    if target is None:
+        return "hold"
+    host, port = target
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Stats:
+    """Counters since start, written to router-stats.json.
+
+    A connection is "held" when it could not be forwarded at once, whether the target was null or
+    refused; each held connection ends as held_released (then counted as forwarded too) or
+    held_timed_out. max_hold_seconds is the longest wait of a released connection, i.e. how long a
+    cutover made clients wait. connect_failures counts failed attempts, not connections.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.forwarded = 0
+        self.held = 0
+        self.held_released = 0
+        self.held_timed_out = 0
+        self.connect_failures = 0
+        self.max_hold_seconds = 0.0
+        self.active = 0
+        self.waiting = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "forwarded": self.forwarded,
+            "held": self.held,
+            "held_released": self.held_released,
+            "held_timed_out": self.held_timed_out,
+            "connect_failures": self.connect_failures,
+            "max_hold_seconds": round(self.max_hold_seconds, 3),
+            "active": self.active,
+            "waiting": self.waiting,
+        }
+
+
+class Route:
+    """One external port. Mutated in place on file changes so listeners and held connections see the new target."""
+
+    def __init__(self, port: int, target: tuple[str, int] | None, hold_seconds: float) -> None:
+        self.port = port
+        self.target = target
+        self.hold_seconds = hold_seconds
+        self.removed = False
+        self.listener: socket.socket | None = None
+        self.bind_task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def update(self, target: tuple[str, int] | None, hold_seconds: float) -> None:
+        self.target = target
+        self.hold_seconds = hold_seconds
+        self.notify()
+
+    def notify(self) -> None:
+        # A fresh event per change: waiters that grabbed the old one wake up, later ones wait for the next.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+
+
+class Splice:
+    """Both directions of one forwarded connection, moved with splice(2) through a pipe per direction.
+
+    splice moves the bytes between the two sockets inside the kernel: the router never copies
+    them into Python objects, which on loopback is worth about a third more throughput than
+    recv/send and halves the added latency. Callbacks are registered directly on the event loop
+    (no transports or tasks per chunk) for the same reason.
+    """
+
+    def __init__(self, router: Router, client: socket.socket, upstream: socket.socket) -> None:
+        self.router = router
+        self.loop = asyncio.get_running_loop()
+        self.sockets = (client, upstream)
+        self.closed = False
+        self.directions = [_SpliceDirection(self, client, upstream)]
+        try:
+            self.directions.append(_SpliceDirection(self, upstream, client))
+        except OSError:
+            # Leave the sockets open: the caller falls back to copying.
+            self.directions[0].close_pipe()
+            raise
+        router.connections.add(self)
+        for direction in self.directions:
+            direction.start()
+
+    def direction_done(self) -> None:
+        if all(direction.done for direction in self.directions):
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.router.connections.discard(self)
+        # Unregister before closing: the selector must never see a closed (or reused) descriptor.
+        for sock in self.sockets:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(sock.fileno())
+                self.loop.remove_writer(sock.fileno())
+        for direction in self.directions:
+            direction.close_pipe()
+        for sock in self.sockets:
+            sock.close()
+
+
+class _SpliceDirection:
+    def __init__(self, owner: Splice, source: socket.socket, destination: socket.socket) -> None:
+        self.owner = owner
+        self.loop = owner.loop
+        self.source = source
+        self.destination = destination
+        self.source_fd = source.fileno()
+        self.destination_fd = destination.fileno()
+        self.pipe_read, self.pipe_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self.pipe_write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        try:
+            self.chunk = fcntl.fcntl(self.pipe_write, fcntl.F_GETPIPE_SZ)
+        except (OSError, AttributeError):
+            self.chunk = 64 * 1024
+        # Bytes spliced into the pipe but not yet out of it; we read only when it is empty, so a
+        # slow destination stops us reading from the source (TCP flow control back to the sender).
+        self.pending = 0
+        self.done = False
+
+    def start(self) -> None:
+        self.loop.add_reader(self.source_fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            count = os.splice(self.source_fd, self.pipe_write, self.chunk, flags=SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.owner.close()
+            return
+        if count == 0:
+            self.loop.remove_reader(self.source_fd)
+            self._finish()
+            return
+        self.pending = count
+        if not self._drain():
+            # Destination is full: wait until it can take more before reading again.
+            self.loop.remove_reader(self.source_fd)
+            self.loop.add_writer(self.destination_fd, self._writable)
+
+    def _writable(self) -> None:
+        if self._drain():
+            self.loop.remove_writer(self.destination_fd)
+            if not self.owner.closed:
+                self.loop.add_reader(self.source_fd, self._readable)
+
+    def _drain(self) -> bool:
+        while self.pending:
+            try:
+                count = os.splice(self.pipe_read, self.destination_fd, self.pending, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self.owner.close()
+                return False
+            self.pending -= count
+        return True
+
+    def _finish(self) -> None:
+        # Half-close: the source is done sending, so tell the destination, and keep the other
+        # direction going until it finishes too.
+        self.done = True
+        with contextlib.suppress(OSError):
+            self.destination.shutdown(socket.SHUT_WR)
+        self.owner.direction_done()
+
+    def close_pipe(self) -> None:
+        for fd in (self.pipe_read, self.pipe_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Copy:
+    """Forwarding with recv/send, for systems without splice(2) (the router container always has it)."""
+
+    def __init__(self, router: Router, client: socket.socket, upstream: socket.socket) -> None:
+        self.router = router
+        self.sockets = (client, upstream)
+        self.closed = False
+        router.connections.add(self)
+        self.tasks = [router.spawn(self._copy(client, upstream)), router.spawn(self._copy(upstream, client))]
+        for task in self.tasks:
+            task.add_done_callback(self._task_done)
+
+    async def _copy(self, source: socket.socket, destination: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = bytearray(COPY_CHUNK)
+        view = memoryview(buffer)
+        try:
+            while True:
+                count = await loop.sock_recv_into(source, buffer)
+                if not count:
+                    destination.shutdown(socket.SHUT_WR)
+                    return
+                await loop.sock_sendall(destination, view[:count])
+        except OSError:
+            self.close()
+
+    def _task_done(self, _task: asyncio.Task[None]) -> None:
+        # Sockets are closed only once neither task can still be waiting on them.
+        if all(task.done() for task in self.tasks):
+            self.closed = True
+            self.router.connections.discard(self)
+            for sock in self.sockets:
+                sock.close()
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+class Router:
+    def __init__(self, routes_dir: str | os.PathLike[str], listen_address: str = "0.0.0.0", use_splice: bool = True) -> None:
+        self.routes_dir = Path(routes_dir)
+        self.stats_path = Path(os.path.abspath(self.routes_dir)).parent / "router-stats.json"
+        self.listen_address = listen_address
+        self.use_splice = use_splice and hasattr(os, "splice")
+        self.stats = Stats()
+        self.routes: dict[int, Route] = {}
+        # Stat signature of each route file as last read, so unchanged files are not re-parsed every 0.1 s
+        # and a malformed file is logged once rather than ten times a second.
+        self._seen: dict[int, tuple[int, int, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Accepted clients not yet forwarded (held or connecting), and forwarded connections.
+        self._waiting: set[socket.socket] = set()
+        self.connections: set[Splice | Copy] = set()
+        self._dir_error: str | None = None
+        self._stats_error: str | None = None
+
+    # Route files
+
+    def poll(self) -> None:
+        try:
+            entries = list(os.scandir(self.routes_dir))
+        except OSError as error:
+            # Keep serving the last known routes: a missing mount is more likely transient than a wish to drop everything.
+            if self._dir_error != str(error):
+                self._dir_error = str(error)
+                log(f"cannot read routes directory {self.routes_dir}: {error}")
+            return
+        self._dir_error = None
+        present: set[int] = set()
+        for entry in entries:
+            match = ROUTE_FILE.match(entry.name)
+            if not match:
+                continue
+            port = int(match.group(1))
+            if not 1 <= port <= 65535:
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            present.add(port)
+            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if self._seen.get(port) == signature:
+                continue
+            self._seen[port] = signature
+            try:
+                raw = Path(entry.path).read_bytes()
+                target, hold = parse_route(raw)
+            except FileNotFoundError:
+                present.discard(port)
+                self._seen.pop(port, None)
+                continue
+            except (OSError, RouteError) as error:
+                log(f"ignoring route file {entry.name}: {error}")
+                continue
+            self._apply(port, target, hold)
+        for port in list(self.routes):
+            if port not in present:
+                self._remove(port)
+        for port in list(self._seen):
+            if port not in present:
+                del self._seen[port]
+
+    def _apply(self, port: int, target: tuple[str, int] | None, hold: float) -> None:
+        route = self.routes.get(port)
+        if route is None:
+            route = Route(port, target, hold)
+            self.routes[port] = route
+            route.bind_task = self.spawn(self._open_listener(route))
+            return
+        if (route.target, route.hold_seconds) != (target, hold):
+            log(f"port {port}: target {format_target(route.target)} -> {format_target(target)} (hold {hold:g} s)")
+            route.update(target, hold)
+
+    def _remove(self, port: int) -> None:
+        route = self.routes.pop(port)
+        route.removed = True
+        if route.bind_task is not None and not route.bind_task.done():
+            route.bind_task.cancel()
+        self._close_listener(route)
+        # Wakes held connections, which then close: the application is gone.
+        route.notify()
+
+    async def _open_listener(self, route: Route) -> None:
+        logged: int | None = None
+        while not route.removed:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setblocking(False)
+                sock.bind((self.listen_address, route.port))
+                sock.listen(LISTEN_BACKLOG)
+            except OSError as error:
+                sock.close()
+                # EADDRINUSE is expected while a previous router or another program still holds the port.
+                if logged != error.errno:
+                    logged = error.errno
+                    reason = "address in use" if error.errno == errno.EADDRINUSE else str(error)
+                    log(f"cannot listen on {self.listen_address}:{route.port} ({reason}); retrying every {BIND_RETRY_INTERVAL:g} s")
+                await asyncio.sleep(BIND_RETRY_INTERVAL)
+                continue
+            route.listener = sock
+            self._resume_accepting(route)
+            log(f"listening on {self.listen_address}:{route.port} -> {format_target(route.target)}")
+            return
+
+    def _close_listener(self, route: Route) -> None:
+        sock, route.listener = route.listener, None
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+            log(f"closed listener on {self.listen_address}:{route.port}")
+
+    def _resume_accepting(self, route: Route) -> None:
+        if route.listener is not None and not route.removed:
+            asyncio.get_running_loop().add_reader(route.listener.fileno(), self._accept, route)
+
+    # Connections
+
+    def _accept(self, route: Route) -> None:
+        listener = route.listener
+        if listener is None:
+            return
+        # Bounded so that a flood of connects on one port cannot starve the others.
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:
+                # Out of descriptors or memory: stop accepting for a moment rather than spin;
+                # the backlog keeps the waiting clients.
+                log(f"port {route.port}: accept failed ({error}); pausing accepts for 1 s")
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(listener.fileno())
+                loop.call_later(1.0, self._resume_accepting, route)
+                return
+            client.setblocking(False)
+            _set_nodelay(client)
+            self.stats.accepted += 1
+            self.spawn(self._forward(route, client))
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        # The loop only keeps weak references to tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _connect(self, target: tuple[str, int], timeout: float) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        host, port = target
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+            address: tuple[Any, ...] = (host, port)
+        except ValueError:
+            # A name: resolve it (in the loop's thread pool) rather than block the loop.
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            _set_nodelay(sock)
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _forward(self, route: Route, client: socket.socket) -> None:
+        """Connect a just-accepted client to the route's target, holding it while there is none.
+
+        The client socket is not registered with the loop until it is spliced: whatever it sends
+        while held waits in the kernel and is delivered once a target accepts.
+        """
+        loop = asyncio.get_running_loop()
+        arrival = loop.time()
+        held = False
+        self._waiting.add(client)
+        try:
+            while True:
+                if route.removed:
+                    client.close()
+                    if held:
+                        log(f"port {route.port}: held connection closed after {loop.time() - arrival:.2f} s (route removed)")
+                    return
+                # Re-read on every attempt: the file may have changed the target or the hold meanwhile.
+                target = route.target
+                remaining = arrival + route.hold_seconds - loop.time()
+                if target is not None:
+                    try:
+                        upstream = await self._connect(target, min(max(remaining, RETRY_INTERVAL), CONNECT_ATTEMPT_TIMEOUT))
+                    except (OSError, TimeoutError):
+                        self.stats.connect_failures += 1
+                    else:
+                        self._waiting.discard(client)
+                        self._splice(client, upstream)
+                        self.stats.forwarded += 1
+                        if held:
+                            waited = loop.time() - arrival
+                            self.stats.held_released += 1
+                            self.stats.max_hold_seconds = max(self.stats.max_hold_seconds, waited)
+                            log(f"port {route.port}: held connection released to {format_target(target)} after {waited:.2f} s")
+                        return
+                if not held:
+                    held = True
+                    self.stats.held += 1
+                remaining = arrival + route.hold_seconds - loop.time()
+                if remaining <= 0:
+                    self.stats.held_timed_out += 1
+                    client.close()
+                    log(
+                        f"port {route.port}: held connection closed after hold deadline"
+                        f" ({loop.time() - arrival:.2f} s, target {format_target(route.target)})"
+                    )
+                    return
+                # No target: wait for the next change. Failing target: retry in 0.1 s, or at once if the route changes.
+                await route.wait_changed(remaining if target is None else min(remaining, RETRY_INTERVAL))
+        except asyncio.CancelledError:
+            client.close()
+            raise
+        except Exception as error:  # one connection must never take the router down
+            log(f"port {route.port}: connection failed: {error!r}")
+            client.close()
+        finally:
+            self._waiting.discard(client)
+
+    def _splice(self, client: socket.socket, upstream: socket.socket) -> None:
+        if self.use_splice:
+            try:
+                Splice(self, client, upstream)
+                return
+            except OSError as error:
+                # Out of descriptors for the pipes, most likely; copying needs none.
+                log(f"splice unavailable ({error}); copying this connection instead")
+        Copy(self, client, upstream)
+
+    # Stats and lifecycle
+
+    def write_stats(self) -> None:
+        self.stats.active = len(self.connections)
+        self.stats.waiting = len(self._waiting)
+        temporary = self.stats_path.with_name(f".{self.stats_path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(json.dumps(self.stats.as_dict(), sort_keys=True) + "\n")
+            os.replace(temporary, self.stats_path)
+            self._stats_error = None
+        except OSError as error:
+            if self._stats_error != str(error):
+                self._stats_error = str(error)
+                log(f"cannot write {self.stats_path}: {error}")
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            self.write_stats()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, stop.set)
+        loop.set_exception_handler(_log_loop_exception)
+        log(f"watching {self.routes_dir} (pid {os.getpid()})")
+        stats_task = self.spawn(self._stats_loop())
+        try:
+            while not stop.is_set():
+                self.poll()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), POLL_INTERVAL)
+        finally:
+            stats_task.cancel()
+            for port in list(self.routes):
+                self._remove(port)
+            for task in list(self._tasks):
+                task.cancel()
+            for connection in list(self.connections):
+                connection.close()
+            # Let cancelled tasks run their cleanup before the loop goes away.
+            await asyncio.sleep(0)
+            self.write_stats()
+            log("stopped")
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    # Small request/response traffic must not wait for Nagle's algorithm on either hop.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    error = context.get("exception")
+    log(f"ignored error: {context.get('message', '')} {error!r}" if error else f"ignored error: {context.get('message', '')}")
+
+
+def _raise_file_limit() -> None:
+    # A spliced connection needs six descriptors (two sockets, two pipes); a soft limit of 1024 is too low.
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Forward each routed external port to wherever its application runs.")
+    parser.add_argument("--routes-dir", required=True, help="directory of <port>.json route files")
+    parser.add_argument("--listen-address", default="0.0.0.0", help="address the listeners bind (default 0.0.0.0)")
+    parser.add_argument("--no-splice", action="store_true", help="copy with recv/send instead of splice(2) (for comparison)")
+    args = parser.parse_args(argv)
+    _raise_file_limit()
+    asyncio.run(Router(args.routes_dir, args.listen_address, use_splice=not args.no_splice).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
