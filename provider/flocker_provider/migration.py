@@ -68,11 +68,11 @@ def plan_line(old: VolumeInputs, new: VolumeInputs) -> str:
     try:
         with connect(old.node) as engine:
             size = human_bytes(engine.volume_size(old.name))
-            apps = [c.spec.name for c in engine.mounting_containers(old.name)]
+            apps = [dict(c.spec.labels).get(L.RESOURCE, c.name) for c in engine.mounting_containers(old.name)]
     except NodeUnreachable as exc:
         size, apps = f"size unknown: {exc}", []
-    with_apps = f" with {', '.join(apps)}" if apps else ""
-    return f"flocker: plan: volume {new.owner.resource}{with_apps} moves from {old.node.name} to {new.node.name} ({size})"
+    with_apps = f", with application {', '.join(apps)}" if apps else ""
+    return f"flocker: plan: volume {new.owner.resource} moves from {old.node.name} to {new.node.name} ({size}){with_apps}"
 
 
 def discover_move(engines: Engines, old: VolumeInputs, new: VolumeInputs) -> MoveState:
