@@ -31,22 +31,30 @@ pulumi.export("last_move", store.volume.last_move)
 """
 
 # Writes a 1 GiB file once, then rewrites 1 MiB at a random offset in place every two
-# seconds, as a database does: phase 2 must send the changed blocks, not the file.
+# seconds, and once more when stopped (a checkpoint), as a database does: phase 2 must
+# send the changed blocks, not the file.
+# After a move it waits 30 s before writing again, so the test can compare the copies.
 BIG_FILE = """
 import pulumi
 from flocker_pulumi import FlockerApplication
 
 WRITER = (
-    "import os, random, time\\n"
+    "import os, random, signal, time\\n"
     "path = '/data/big'\\n"
+    "def rewrite():\\n"
+    "    with open(path, 'r+b') as f:\\n"
+    "        f.seek(random.randrange(1024) << 20); f.write(os.urandom(1 << 20))\\n"
+    "def checkpoint(*_):\\n"
+    "    rewrite(); os._exit(0)\\n"
+    "signal.signal(signal.SIGTERM, checkpoint)\\n"
     "if not os.path.exists('/data/ready'):\\n"
     "    with open(path, 'wb') as f:\\n"
     "        for _ in range(1024): f.write(os.urandom(1 << 20))\\n"
     "    open('/data/ready', 'w').close()\\n"
+    "else:\\n"
+    "    time.sleep(30)  # moved: give the test time to compare both copies\\n"
     "while True:\\n"
-    "    with open(path, 'r+b') as f:\\n"
-    "        f.seek(random.randrange(1024) << 20); f.write(os.urandom(1 << 20))\\n"
-    "    time.sleep(2)\\n"
+    "    rewrite(); time.sleep(2)\\n"
 )
 config = pulumi.Config()
 app = FlockerApplication(

@@ -1,0 +1,172 @@
+"""The article's story with Flocker's own files, through the `flocker-deploy` command.
+
+Deploy ELK from application.yml/deployment.yml, index log lines, edit deployment.yml as
+the article does (Elasticsearch from the first node to the fourth), preview (nothing may
+change), re-run (the data moves along), destroy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import BIN, MANAGED, STACK_LABEL, ClusterNode, es_count, eventually, http_json, ours, send_lines
+
+pytestmark = pytest.mark.cluster
+
+APPLICATION_YML = """\
+"version": 1
+"applications":
+  "elasticsearch":
+    "image": "flocker/elasticsearch:local"
+    "ports":
+    - "internal": 9200
+      "external": 9200
+    "volume":
+      "mountpoint": "/var/lib/elasticsearch/"
+  "logstash":
+    "image": "flocker/logstash:local"
+    "ports":
+    - "internal": 5000
+      "external": 5000
+    "links":
+    - "local_port": 9200
+      "remote_port": 9200
+      "alias": "es"
+  "kibana":
+    "image": "flocker/kibana:local"
+    "ports":
+    - "internal": 8080
+      "external": 80
+"""
+
+
+def deployment_yml(placement: dict[str, list[str]]) -> str:
+    lines = ['"version": 1', '"nodes":']
+    lines += [f'  "{address}": [{", ".join(f"{a!r}" for a in apps)}]' for address, apps in placement.items()]
+    return "\n".join(lines) + "\n"
+
+
+class FlockerDeploy:
+    """The console script with its own state directory and stack: runs never share state."""
+
+    def __init__(self, workdir: Path, stack: str) -> None:
+        self.workdir = workdir
+        self.stack = stack
+        self.deployment = workdir / "deployment.yml"
+        self.application = workdir / "application.yml"
+        self.application.write_text(APPLICATION_YML)
+        self.env = {**os.environ, "PULUMI_CONFIG_PASSPHRASE": "", "PULUMI_SKIP_UPDATE_CHECK": "true"}
+
+    def run(self, *options: str, files: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        command = [str(BIN / "flocker-deploy"), "--state-dir", str(self.workdir / "state"), "--stack", self.stack, *options]
+        if files:
+            command += [str(self.deployment), str(self.application)]
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def deploy(self, *options: str) -> subprocess.CompletedProcess[str]:
+        result = self.run(*options)
+        assert result.returncode == 0, f"flocker-deploy {' '.join(options)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+
+@pytest.fixture
+def flocker_deploy(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> Iterator[FlockerDeploy]:
+    runner = FlockerDeploy(workdir, stack_name)
+    try:
+        yield runner
+    finally:
+        result = runner.run("--destroy", files=False)
+        left = ours(nodes, stack_name)
+        try:
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert all(not items for items in left.values()), left
+        finally:
+            remove_leftovers(nodes, stack_name)
+
+
+def remove_leftovers(nodes: list[ClusterNode], stack: str) -> None:
+    """Whatever destroy missed of this test's own stack (found by its unique label): the cluster is shared."""
+    filters = {"label": [f"{MANAGED}=true", f"{STACK_LABEL}={stack}"]}
+    for node in nodes:
+        client = node.client()
+        for container in client.containers.list(all=True, filters=filters):
+            container.remove(force=True)
+        for volume in client.volumes.list(filters=filters):
+            volume.remove(force=True)
+
+
+def where(stdout: str) -> dict[str, tuple[str, str]]:
+    """The "what runs where" table: application -> (node, addresses)."""
+    table = stdout[stdout.rindex("what runs where:") :].splitlines()[2:]
+    return {name: (node, addresses) for name, node, addresses in (re.split(r"\s{2,}", line, maxsplit=2) for line in table if line)}
+
+
+def snapshot(nodes: list[ClusterNode], stack: str) -> dict[str, list[tuple[str, ...]]]:
+    """`docker ps -a` and `docker volume ls` of every node, less other stacks' objects (other tests may run)."""
+
+    def ours_or_unlabelled(labels: dict[str, str] | None) -> bool:
+        labels = labels or {}
+        return labels.get(MANAGED) != "true" or labels.get(STACK_LABEL) == stack
+
+    state = {}
+    for node in nodes:
+        client = node.client()
+        items = [("container", c.id, c.name, c.status) for c in client.containers.list(all=True) if ours_or_unlabelled(c.labels)]
+        items += [("volume", v.name, "", "") for v in client.volumes.list() if ours_or_unlabelled(v.attrs.get("Labels"))]
+        state[node.name] = sorted(items)
+    return state
+
+
+def searched_messages(address: str, size: int) -> list[str]:
+    query = urllib.parse.urlencode({"size": size})
+    hits = http_json("GET", f"http://{address}:9200/logstash/_search?{query}")["hits"]["hits"]
+    return [hit["_source"].get("message", "") for hit in hits]
+
+
+def test_deploy_index_move_with_the_data_and_destroy(nodes: list[ClusterNode], flocker_deploy: FlockerDeploy, stack_name: str) -> None:
+    if len(nodes) < 3:
+        pytest.skip(f"the article's stack needs 3 nodes, the cluster has {len(nodes)}")
+    node_of = {n.address: n.name for n in nodes}
+    es_from, ls_at, kb_at = (n.address for n in nodes[:3])
+
+    flocker_deploy.deployment.write_text(deployment_yml({es_from: ["elasticsearch"], ls_at: ["logstash"], kb_at: ["kibana"]}))
+    result = flocker_deploy.deploy()
+    assert where(result.stdout) == {
+        "elasticsearch": (node_of[es_from], f"{es_from}:9200"),
+        "kibana": (node_of[kb_at], f"{kb_at}:80"),
+        "logstash": (node_of[ls_at], f"{ls_at}:5000"),
+    }, result.stdout
+
+    # Log lines go in through Logstash and reach Elasticsearch over the `es` link.
+    lines = [f"flocker-deploy {stack_name} line {i}" for i in range(20)]
+    # Wait for the port before sending once: a retried send could index lines twice.
+    eventually(lambda: socket.create_connection((ls_at, 5000), timeout=2).close() or True, what="logstash listening")
+    send_lines(ls_at, lines)
+    eventually(lambda: es_count(es_from) == len(lines), timeout=90, what=f"{len(lines)} documents indexed on {es_from}")
+
+    if len(nodes) < 4:
+        pytest.skip(f"the article's move needs a 4th node, the cluster has {len(nodes)} (NODES=4 make cluster)")
+    es_to = nodes[3].address
+    count = es_count(es_from)
+
+    # The article's OLD -> NEW: the first node keeps its entry, with nothing on it.
+    flocker_deploy.deployment.write_text(deployment_yml({es_from: [], ls_at: ["logstash"], kb_at: ["kibana"], es_to: ["elasticsearch"]}))
+    before = snapshot(nodes, stack_name)
+    preview = flocker_deploy.deploy("--preview")
+    assert "nothing was changed" in preview.stdout, preview.stdout
+    assert re.search(r"^preview: .*to update", preview.stdout, re.MULTILINE), preview.stdout
+    assert snapshot(nodes, stack_name) == before
+
+    moved = flocker_deploy.deploy()
+    assert where(moved.stdout)["elasticsearch"] == (node_of[es_to], f"{es_to}:9200"), moved.stdout
+    eventually(lambda: es_count(es_to) == count, timeout=90, what=f"{count} documents on {es_to}")
+    found = set(searched_messages(es_to, size=len(lines) * 2))
+    assert not set(lines) - found, sorted(set(lines) - found)

@@ -1,0 +1,316 @@
+"""The YAML files and hand-written code declare the same resources; flocker-deploy's command line.
+
+Programs run under Pulumi's mocks: no engine, no Docker. Each recorded resource is its
+(type, name, inputs); the pickled provider (``__provider``) is left out, since it is the
+same class either way and its bytes are not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.automation as auto
+import pytest
+
+from flocker_provider.models import Application, Link, Port
+from flocker_pulumi import FlockerApplication, declare_configuration
+from flocker_pulumi import resources as resources_module
+from flocker_pulumi.cli import flocker_deploy
+from flocker_pulumi.declare import declaration_order
+from flocker_pulumi.flocker_config import ConfigError, Configuration, ConfiguredApplication, load_configuration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "elk"
+ARTICLE_ADDRESSES = ("172.16.255.250", "172.16.255.251", "172.16.255.252", "172.16.255.253")
+
+Recorded = tuple[str, str, str]  # (type, name, inputs as canonical JSON)
+
+
+class Recorder(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resources: list[Recorded] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        inputs = {key: value for key, value in args.inputs.items() if key != "__provider"}
+        self.resources.append((args.typ, args.name, json.dumps(inputs, sort_keys=True)))
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        return {}, None
+
+
+@pytest.fixture
+def article_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A node file naming each of the article's addresses after itself, so nodes resolve the same every run."""
+    path = tmp_path / "nodes.json"
+    nodes = [{"name": a, "address": a, "docker_host": f"tcp://{a}:2375"} for a in ARTICLE_ADDRESSES]
+    path.write_text(json.dumps({"nodes": nodes}))
+    monkeypatch.setenv("FLOCKER_NODES_FILE", str(path))
+    monkeypatch.delenv("FLOCKER_DOCKER_HOST_TEMPLATE", raising=False)
+    monkeypatch.delenv("FLOCKER_TLS_DIR", raising=False)
+    # resources.py caches the inventory and remembers published ports for the process;
+    # every program here must stand on its own.
+    resources_module._inventory.cache_clear()
+    resources_module._published.clear()
+    yield path
+    resources_module._inventory.cache_clear()
+    resources_module._published.clear()
+
+
+def record(program: Callable[[], Any]) -> list[Recorded]:
+    recorder = Recorder()
+    pulumi.runtime.set_mocks(recorder, project="flocker-deploy", stack="test", preview=False)
+    resources_module._published.clear()
+    pulumi.runtime.test(program)()
+    return recorder.resources
+
+
+def hand_written() -> None:
+    # The loader stores canonical image names, so a person writes the tag out.
+    FlockerApplication(
+        "elasticsearch",
+        image="clusterhq/elasticsearch:latest",
+        node="172.16.255.250",
+        ports=[{"internal": 9200, "external": 9200}],
+        volume={"mountpoint": "/var/lib/elasticsearch"},
+    )
+    FlockerApplication(
+        "logstash",
+        image="clusterhq/logstash:latest",
+        node="172.16.255.251",
+        ports=[{"internal": 5000, "external": 5000}],
+        links=[{"alias": "es", "local_port": 9200, "remote_port": 9200}],
+    )
+    FlockerApplication(
+        "kibana",
+        image="clusterhq/kibana:latest",
+        node="172.16.255.252",
+        ports=[{"internal": 8080, "external": 80}],
+    )
+
+
+def test_flocker_format_fig_format_and_code_declare_the_same_resources(article_nodes: Path) -> None:
+    flocker = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")))
+    fig = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "fig.yml")))
+    code = record(hand_written)
+
+    assert set(flocker) == set(fig) == set(code)
+    assert len(flocker) == len(set(flocker)) == 4  # three applications and Elasticsearch's volume
+    by_name = {(typ, name): json.loads(inputs) for typ, name, inputs in code}
+    logstash = next(inputs for (typ, name), inputs in by_name.items() if name == "logstash")
+    assert logstash["node_address"] == "172.16.255.251"
+    assert logstash["links"] == [{"alias": "es", "local_port": 9200, "remote_port": 9200, "address": "172.16.255.250"}]
+
+
+def test_every_resource_has_its_own_urn(article_nodes: Path) -> None:
+    # The implicit volume takes its application's name: only the type tells them apart.
+    recorded = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")))
+    urns = [(typ, name) for typ, name, _ in recorded]
+    assert len(urns) == len(set(urns)), sorted(urns)
+
+
+def test_declare_returns_resources_by_name_and_skips_applications_on_no_node(article_nodes: Path, tmp_path: Path) -> None:
+    deployment = tmp_path / "deployment.yml"
+    deployment.write_text('version: 1\nnodes:\n  "172.16.255.250": [elasticsearch]\n  "172.16.255.252": [kibana]\n')
+    declared: dict[str, FlockerApplication] = {}
+    recorded = record(lambda: declared.update(declare_configuration(load_configuration(deployment, EXAMPLES / "application.yml"))))
+    assert sorted(declared) == ["elasticsearch", "kibana"]
+    assert all(isinstance(app, FlockerApplication) for app in declared.values())
+    assert "logstash" not in {name for _, name, _ in recorded}
+
+
+def _app(name: str, external: int, *link_ports: int, node: str | None = "n1") -> ConfiguredApplication:
+    links = tuple(Link(alias=f"to{p}", local_port=p, remote_port=p) for p in link_ports)
+    return ConfiguredApplication(Application(name, "img:latest", ports=(Port(1, external),), links=links), node, None)
+
+
+def _configuration(*apps: ConfiguredApplication) -> Configuration:
+    return Configuration(applications=tuple(sorted(apps, key=lambda a: a.application.name)), nodes=("n1",))
+
+
+def test_link_targets_are_declared_first_otherwise_alphabetical() -> None:
+    configuration = _configuration(_app("a-client", 81, 83), _app("b-other", 82), _app("z-server", 83, 84), _app("y-db", 84))
+    assert [item.application.name for item in declaration_order(configuration)] == ["b-other", "y-db", "z-server", "a-client"]
+
+
+@pytest.mark.parametrize(
+    ("apps", "message"),
+    [
+        ((_app("a", 81, 82), _app("b", 82, 81)), "applications 'a', 'b' link to each other in a cycle; one must be declared first"),
+        (
+            (_app("a", 81, 82), _app("b", 82, node=None)),
+            "application 'a': link 'to82' to port 82: application 'b' publishing it runs on no node",
+        ),
+    ],
+)
+def test_undeclarable_links_are_refused(apps: tuple[ConfiguredApplication, ...], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        declaration_order(_configuration(*apps))
+    assert str(caught.value) == message
+
+
+# --- the command line -------------------------------------------------------------
+
+CLI_ENV = ("FLOCKER_DEPLOY_STACK", "FLOCKER_DEPLOY_STATE", "FLOCKER_NODES_FILE", "FLOCKER_DOCKER_HOST_TEMPLATE", "FLOCKER_TLS_DIR")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in CLI_ENV:
+        monkeypatch.delenv(name, raising=False)
+    # main() points the engine at this interpreter; let monkeypatch restore what it changes.
+    for name in ("PATH", "PULUMI_PYTHON_CMD", "PULUMI_SKIP_UPDATE_CHECK"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    return monkeypatch
+
+
+@pytest.fixture
+def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the Pulumi engine must not be reached")
+
+    monkeypatch.setattr(auto, "create_or_select_stack", refuse)
+
+
+def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    args = flocker_deploy.parse_args(["deployment.yml", "application.yml"])
+    assert (args.stack, args.state_dir) == ("flocker", os.path.expanduser("~/.flocker-deploy/state"))
+    assert (args.preview, args.destroy, args.nodes_file, args.tls_dir, args.transfer_image) == (False, False, None, None, None)
+    assert flocker_deploy.stack_config(args) == {
+        "flocker:nodesFile": None,
+        "flocker:dockerHostTemplate": "ssh://root@{address}",
+        "flocker:tlsDir": None,
+        "flocker:transferImage": None,
+    }
+
+
+def test_environment_gives_defaults_and_options_win(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("FLOCKER_DEPLOY_STACK", "from-env")
+    clean_env.setenv("FLOCKER_DEPLOY_STATE", "/env/state")
+    clean_env.setenv("FLOCKER_NODES_FILE", "/env/nodes.json")
+    clean_env.setenv("FLOCKER_DOCKER_HOST_TEMPLATE", "tcp://{address}:2375")
+    clean_env.setenv("FLOCKER_TLS_DIR", "/env/tls")
+    args = flocker_deploy.parse_args(["d.yml", "a.yml"])
+    assert (args.stack, args.state_dir, args.nodes_file, args.docker_host_template, args.tls_dir) == (
+        "from-env",
+        "/env/state",
+        "/env/nodes.json",
+        "tcp://{address}:2375",
+        "/env/tls",
+    )
+    args = flocker_deploy.parse_args(
+        "--stack s --state-dir state --nodes-file nodes.json --tls-dir tls --transfer-image x:1 d.yml a.yml".split()
+    )
+    # Relative paths are made absolute: the provider runs in another directory.
+    assert (args.stack, args.state_dir, args.nodes_file, args.tls_dir) == (
+        "s",
+        f"{tmp_path}/state",
+        f"{tmp_path}/nodes.json",
+        f"{tmp_path}/tls",
+    )
+    assert flocker_deploy.stack_config(args)["flocker:transferImage"] == "x:1"
+    flocker_deploy.prepare_environment(args)
+    assert os.environ["FLOCKER_NODES_FILE"] == f"{tmp_path}/nodes.json"
+    assert os.environ["PULUMI_PYTHON_CMD"] == flocker_deploy.sys.executable
+    assert os.environ["PATH"].split(os.pathsep)[0] == os.path.dirname(flocker_deploy.sys.executable)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["deployment.yml"],
+        ["--preview", "--destroy"],
+        ["--preview", "--destroy", "d.yml", "a.yml"],
+        ["--unknown", "d.yml", "a.yml"],
+        ["d.yml", "a.yml", "extra"],
+    ],
+)
+def test_bad_command_lines_exit_2(clean_env: pytest.MonkeyPatch, no_engine: None, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        flocker_deploy.main(argv)
+    assert caught.value.code == 2
+
+
+def test_destroy_needs_no_files(clean_env: pytest.MonkeyPatch) -> None:
+    args = flocker_deploy.parse_args(["--destroy", "--stack", "s"])
+    assert args.destroy and args.deployment is None
+
+
+def test_bad_configuration_exits_2_with_the_message_and_never_reaches_the_engine(
+    clean_env: pytest.MonkeyPatch, no_engine: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployment = tmp_path / "deployment.yml"
+    deployment.write_text('nodes:\n  "172.16.255.250": [elasticsearch]\n')
+    state = tmp_path / "state"
+    with pytest.raises(ConfigError) as expected:
+        load_configuration(deployment, EXAMPLES / "application.yml")
+
+    code = flocker_deploy.main(["--state-dir", str(state), str(deployment), str(EXAMPLES / "application.yml")])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err == f"{deployment}: key 'version': missing; expected 'version: 1'.\n" == f"{expected.value.message}\n"
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not state.exists()
+
+
+def test_unreachable_link_target_exits_2_before_the_engine(
+    clean_env: pytest.MonkeyPatch, no_engine: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployment = tmp_path / "deployment.yml"
+    deployment.write_text('version: 1\nnodes:\n  "172.16.255.251": [logstash]\n')
+    application = EXAMPLES / "application.yml"
+    assert flocker_deploy.main(["--state-dir", str(tmp_path / "state"), str(deployment), str(application)]) == 2
+    assert capsys.readouterr().err == (
+        f"{application}: application 'logstash': link 'es' to port 9200: application 'elasticsearch' publishing it runs on no node.\n"
+    )
+
+
+def test_good_configuration_reaches_the_engine_with_it(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[tuple[Any, Any]] = []
+    clean_env.setattr(flocker_deploy, "run", lambda args, configuration: seen.append((args, configuration)) or 0)
+    deployment, application = EXAMPLES / "deployment.yml", EXAMPLES / "fig.yml"
+    assert flocker_deploy.main(["--preview", "--stack", "s1", str(deployment), str(application)]) == 0
+    ((args, configuration),) = seen
+    assert args.preview and args.stack == "s1"
+    assert configuration == load_configuration(deployment, application)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "message"),
+    [
+        ("error: update failed", "error: update failed"),
+        ("", "the Pulumi engine failed (exit code 255); its diagnostics are above"),
+    ],
+)
+def test_engine_failures_exit_1_without_traceback(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stderr: str, message: str
+) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise auto.errors.CommandError(auto._cmd.CommandResult(stdout="streamed already", stderr=stderr, code=255))
+
+    clean_env.setattr(flocker_deploy, "run", fail)
+    code = flocker_deploy.main([str(EXAMPLES / "deployment.yml"), str(EXAMPLES / "application.yml")])
+    assert code == 1
+    assert capsys.readouterr().err == f"flocker-deploy: CommandError: {message}\n"
+
+
+def test_where_table_lists_every_application() -> None:
+    configuration = load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")
+    outputs = {
+        "elasticsearch": {"node": "node1", "addresses": ["172.16.255.250:9200"]},
+        "kibana": {"node": "node3", "addresses": ["172.16.255.252:80"]},
+    }
+    assert flocker_deploy.where_table(outputs, configuration).splitlines() == [
+        "what runs where:",
+        "APPLICATION    NODE   ADDRESSES",
+        "elasticsearch  node1  172.16.255.250:9200",
+        "kibana         node3  172.16.255.252:80",
+        "logstash       -      not running",
+    ]
