@@ -93,8 +93,6 @@ def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, s
             plan = plan_move(new.name, labels, old.node, new.node, state)
         except (PlanError, NodeUnreachable) as exc:
             raise ProviderError(f"cannot move volume {new.owner.resource}: {exc}") from exc
-        for step in plan:
-            report(f"move {new.owner.resource}: {describe(step)}")
         with TransferChannel(engines, old, new) as channel:
             run_move(plan, engines, channel, report_, new.move_timeout)
     return report_
@@ -128,10 +126,22 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
                     run_step(step, engines, timeout)
     except Exception as exc:
         failure = exc if isinstance(exc, StepFailed) else StepFailed(step, exc)
+        failure = StepFailed(failure.step, RuntimeError(f"{failure.cause}{_unreachable(engines, channel)}"))
         if handed_over:
             raise ProviderError(f"{failure}; the volume was handed over already: run 'pulumi up' again to finish the move") from exc
         restarted = _restart(stopped, engines)
         raise ProviderError(f"{failure}; nothing was lost: {restarted}") from exc
+
+
+def _unreachable(engines: Engines, channel: TransferChannel) -> str:
+    """Name the node whose engine stopped answering: the likeliest cause of a failed step."""
+    down = []
+    for node in (channel.source, channel.destination):
+        try:
+            engines[node].client.ping()
+        except Exception:  # any failure to answer means the same thing here
+            down.append(node.name)
+    return f" ({', '.join(down)}: Docker engine not answering)" if down else ""
 
 
 def _restart(stopped: list[StopApplication], engines: Engines) -> str:
