@@ -16,18 +16,25 @@
 # use TLS (dockerd --tlsverify, client certificates), as Flocker's agents did.
 #
 # Writes the node file .cluster/nodes.json in the repository root (or $FLOCKER_NODES_FILE).
+#
+# FLOCKER_CLUSTER=K (1..9) makes a separate cluster K beside the default one (0): its own
+# bridge, subnet 172.16.(255-K).0/24, namespaces, daemons and directories, so several
+# clones can run their integration tests on one machine at once without meeting.
 set -euo pipefail
 
-BRIDGE=flkbr0
-GATEWAY=172.16.255.1
-PREFIX=172.16.255
+CLUSTER="${FLOCKER_CLUSTER:-0}"
+[[ "$CLUSTER" =~ ^[0-9]$ ]] || { echo "cluster: FLOCKER_CLUSTER must be 0..9, got '$CLUSTER'" >&2; exit 2; }
+if [ "$CLUSTER" = 0 ]; then TAG=""; SUFFIX=""; else TAG="$CLUSTER"; SUFFIX="-$CLUSTER"; fi
+BRIDGE="flkbr$CLUSTER"
+PREFIX="172.16.$((255 - CLUSTER))"
+GATEWAY="$PREFIX.1"
 MAX_NODES=5
-LIB=/var/lib/flocker-cluster
-RUN=/run/flocker-cluster
-LOGDIR=/var/log/flocker-cluster
+LIB="/var/lib/flocker-cluster$SUFFIX"
+RUN="/run/flocker-cluster$SUFFIX"
+LOGDIR="/var/log/flocker-cluster$SUFFIX"
 ENGINE_DEADLINE=${FLOCKER_ENGINE_DEADLINE:-60}   # seconds to wait for an engine to answer
 STOP_DEADLINE=${FLOCKER_STOP_DEADLINE:-40}       # seconds before a stopping daemon gets SIGKILL
-RULE_TAG=flocker-cluster                         # iptables comment marking the rules we own
+RULE_TAG="flocker-cluster$SUFFIX"                # iptables comment marking the rules we own
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -36,7 +43,8 @@ NODES_FILE="${FLOCKER_NODES_FILE:-$repo/.cluster/nodes.json}"
 die() { echo "cluster: $*" >&2; exit 1; }
 log() { echo "cluster: $*" >&2; }
 
-ns_name() { echo "flk-node$1"; }
+ns_name() { echo "flk$TAG-node$1"; }
+veth_name() { echo "flk${TAG}veth$1"; }
 node_addr() { echo "$PREFIX.$((249 + $1))"; }
 node_run() { echo "$RUN/node$1"; }
 node_lib() { echo "$LIB/node$1"; }
@@ -151,7 +159,7 @@ ensure_bridge() {
 remove_rules() {
   local spec
   # Delete exactly the rules carrying our comment, whatever their order or count.
-  while spec="$(iptables -S FORWARD 2>/dev/null | grep -F -- "--comment $RULE_TAG" | head -n1)" && [ -n "$spec" ]; do
+  while spec="$(iptables -S FORWARD 2>/dev/null | grep -E -- "--comment $RULE_TAG( |\$)" | head -n1)" && [ -n "$spec" ]; do
     # shellcheck disable=SC2086  # the rule spec must be word-split back into arguments
     eval "iptables -D ${spec#-A }" || { log "could not delete rule: $spec"; break; }
   done
@@ -159,7 +167,7 @@ remove_rules() {
 
 ensure_netns() {   # i
   local i="$1" ns host peer addr
-  ns="$(ns_name "$i")"; host="flkveth$i"; peer="flkveth${i}p"; addr="$(node_addr "$i")"
+  ns="$(ns_name "$i")"; host="$(veth_name "$i")"; peer="$(veth_name "$i")p"; addr="$(node_addr "$i")"
   # A namespace file that is not a live nsfs mount (e.g. left after a crash) is unusable.
   if [ -e "/var/run/netns/$ns" ] && ! ip -n "$ns" link show lo >/dev/null 2>&1; then
     ip netns del "$ns" 2>/dev/null || rm -f "/var/run/netns/$ns"
@@ -349,7 +357,7 @@ cmd_down() {
   for i in $(seq 1 $MAX_NODES); do
     ns="$(ns_name "$i")"
     if [ -e "/var/run/netns/$ns" ]; then ip netns del "$ns" 2>/dev/null || { umount "/var/run/netns/$ns" 2>/dev/null; rm -f "/var/run/netns/$ns"; }; fi
-    ip link del "flkveth$i" 2>/dev/null || true
+    ip link del "$(veth_name "$i")" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
   remove_rules

@@ -1,0 +1,1 @@
+"""Command-line tools: ``flocker-deploy`` as Flocker shipped it, on the Pulumi engine."""
