@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import docker.errors
+from docker.models.containers import Container
 
 from . import labels as L
 from .docker_layer import DockerNode, NodeUnreachable, connect
@@ -26,6 +28,7 @@ from .steps import HandoffVolume, Plan, PushVolume, StopApplication, VerifyVolum
 from .transfer import (
     DAEMON_PORT,
     MOUNT,
+    STREAM_PORT,
     VANISHED,
     Credentials,
     TransferStats,
@@ -36,6 +39,11 @@ from .transfer import (
     new_credentials,
     parse_progress,
     parse_stats,
+    parse_stream_progress,
+    parse_stream_total,
+    stream_received,
+    stream_receiver_command,
+    stream_sender_command,
 )
 
 # Pre-copy stops when a round sends less than this, or no longer halves the delta.
@@ -130,7 +138,7 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
         if handed_over:
             raise ProviderError(f"{failure}; the volume was handed over already: run 'pulumi up' again to finish the move") from exc
         restarted = _restart(stopped, engines)
-        raise ProviderError(f"{failure}; nothing was lost: {restarted}") from exc
+        raise ProviderError(f"{failure}; nothing was lost: {restarted}{channel.discard_partial_copy()}") from exc
 
 
 def _unreachable(engines: Engines, channel: TransferChannel) -> str:
@@ -159,10 +167,10 @@ def _restart(stopped: list[StopApplication], engines: Engines) -> str:
 
 
 class TransferChannel:
-    """An rsync daemon on the destination for the duration of one move.
+    """The helpers that copy one volume for the duration of one move.
 
-    It is always torn down, on success and on failure; a channel left behind by a crash
-    (labelled with the volume) is removed when the next move of that volume starts.
+    They are always torn down, on success and on failure; helpers left behind by a crash
+    (labelled with the volume) are removed when the next move of that volume starts.
     """
 
     def __init__(self, engines: Engines, old: VolumeInputs, new: VolumeInputs) -> None:
@@ -176,10 +184,20 @@ class TransferChannel:
         self.labels = {**L.owner_labels(new.owner, L.KIND_TRANSFER), L.VOLUME: new.name}
         self.volume_labels = dict(L.owner_labels(new.owner, L.KIND_VOLUME))
         self.port: int | None = None
+        self.fresh = False
+        self.created = False
 
     def __enter__(self) -> TransferChannel:
         for node in (self.source, self.destination):
             _remove_transfer_containers(self.engines[node], self.volume)
+        destination = self.engines[self.destination]
+        # A destination with no copy yet gets the raw stream first, and a failed move
+        # removes the partial copy it made there (a later retry starts clean).
+        self.created = not destination.discover_volume(self.volume).exists
+        self.fresh = self.created
+        destination.create_volume(self.volume, self.volume_labels)
+        for node in (self.source, self.destination):
+            self.engines[node].ensure_image(self.image)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -187,43 +205,56 @@ class TransferChannel:
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
                 _remove_transfer_containers(self.engines[node], self.volume)
 
-    def _open(self) -> int:
-        if self.port is not None:
-            return self.port
-        destination = self.engines[self.destination]
-        destination.create_volume(self.volume, self.volume_labels)
-        destination.ensure_image(self.image)
-        container = destination.client.containers.run(
+    def discard_partial_copy(self) -> str:
+        """After a failure before handoff: remove the copy this move started, if it made one."""
+        if not self.created:
+            return ""
+        try:
+            _remove_transfer_containers(self.engines[self.destination], self.volume)  # they hold the volume
+            self.engines[self.destination].remove_volume(self.volume)
+        except Exception:  # the destination may be the node that failed; its copy is labelled ours
+            return f"; the partial copy on {self.destination.name} is left and will be reused by the next move"
+        return f"; the partial copy on {self.destination.name} was removed"
+
+    def _start_receiver(self, role: str, command: list[str], port: int, ready: bytes) -> tuple[Container, int]:
+        """A helper on the destination, published on an ephemeral port, once it listens."""
+        container = self.engines[self.destination].client.containers.run(
             self.image,
-            command=daemon_command(self.source.address),
-            name=f"{self.volume}-receive-{self.move_id}",
+            command=command,
+            name=f"{self.volume}-{role}-{self.move_id}",
             detach=True,
-            environment={"FLOCKER_SECRET": self.credentials.password},
+            environment={"FLOCKER_SECRET": self.credentials.password, "FLOCKER_ALLOWED": self.source.address},
             labels=self.labels,
             volumes={self.volume: {"bind": MOUNT, "mode": "rw"}},
-            ports={f"{DAEMON_PORT}/tcp": None},
+            ports={f"{port}/tcp": None},
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             container.reload()
-            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{DAEMON_PORT}/tcp") or []
+            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
             if container.status != "running":
-                raise RuntimeError(f"rsync daemon on {self.destination.name} stopped: {container.logs(tail=5).decode(errors='replace')}")
-            if bindings and b"rsyncd version" in container.logs():
-                self.port = int(bindings[0]["HostPort"])
-                return self.port
+                logs = container.logs(tail=5).decode(errors="replace")
+                raise RuntimeError(f"{role} helper on {self.destination.name} stopped: {logs}")
+            if bindings and ready in container.logs():
+                return container, int(bindings[0]["HostPort"])
             time.sleep(0.2)
-        raise TimeoutError(f"rsync daemon on {self.destination.name} did not start within 30s")
+        raise TimeoutError(f"{role} helper on {self.destination.name} did not start within 30s")
 
-    def _run_client(self, command: list[str], timeout: float, phase: str) -> tuple[int, str]:
-        source = self.engines[self.source]
-        source.ensure_image(self.image)
-        container = source.client.containers.run(
+    def _rsync_port(self) -> int:
+        if self.port is None:
+            _, self.port = self._start_receiver("receive", daemon_command(self.source.address), DAEMON_PORT, b"rsyncd version")
+        return self.port
+
+    def _run_on_source(
+        self, command: list[str], env: dict[str, str], timeout: float, progress: Callable[[str], str | None]
+    ) -> tuple[int, str]:
+        """Run a sending helper on the source until it exits, reporting progress as it goes."""
+        container = self.engines[self.source].client.containers.run(
             self.image,
             command=command,
             name=f"{self.volume}-send-{self.move_id}-{secrets.token_hex(2)}",
             detach=True,
-            environment={"RSYNC_PASSWORD": self.credentials.password},
+            environment=env,
             labels=self.labels,
             volumes={self.volume: {"bind": MOUNT, "mode": "ro"}},
         )
@@ -238,27 +269,64 @@ class TransferChannel:
                     raise TimeoutError(f"copy from {self.source.name} to {self.destination.name} took over {timeout:.0f}s")
                 if time.monotonic() - last >= PROGRESS_EVERY:
                     last = time.monotonic()
-                    progress = parse_progress(container.logs(tail=3).decode(errors="replace"))
-                    if progress:
-                        report(
-                            f"move {self.label}: {phase}: {human_bytes(progress.bytes_copied)} copied "
-                            f"({progress.percent}%), {progress.rate}, {progress.remaining} left"
-                        )
+                    line = progress(container.logs(tail=3).decode(errors="replace"))
+                    if line:
+                        report(f"move {self.label}: {line}")
                 time.sleep(0.25)
-            code = container.attrs["State"]["ExitCode"]
-            return code, container.logs().decode(errors="replace")
+            return container.attrs["State"]["ExitCode"], container.logs().decode(errors="replace")
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
 
+    def _rsync(self, timeout: float, phase: str, *, dry_run: bool = False) -> tuple[int, str]:
+        def progress(output: str) -> str | None:
+            found = parse_progress(output)
+            if found is None:
+                return None
+            copied = human_bytes(found.bytes_copied)
+            return f"{phase}: {copied} copied ({found.percent}%), {found.rate}, {found.remaining} left"
+
+        command = client_command(self.destination.address, self._rsync_port(), dry_run=dry_run)
+        return self._run_on_source(command, {"RSYNC_PASSWORD": self.credentials.password}, timeout, progress)
+
+    def _stream(self, timeout: float) -> dict:
+        """Round 1 into an empty destination: a raw tar stream, no delta to compute."""
+        started = time.monotonic()
+        receiver, port = self._start_receiver("stream", stream_receiver_command(), STREAM_PORT, b"listening")
+
+        def progress(output: str) -> str | None:
+            sent = parse_stream_progress(output)
+            if sent is None:
+                return None
+            rate = sent / max(time.monotonic() - started, 1e-3)
+            return f"phase 1 round 1 (stream): {human_bytes(sent)} copied, {human_bytes(rate)}/s"
+
+        command = stream_sender_command(self.destination.address, port, timeout)
+        code, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress)
+        if code != 0 or not stream_received(output):
+            logs = receiver.logs(tail=3).decode(errors="replace")
+            raise RuntimeError(f"stream from {self.source.name} to {self.destination.name} failed: {_tail(output)} / {_tail(logs)}")
+        size = parse_stream_total(output)
+        return {
+            "final": False,
+            "method": "stream",
+            "bytes_sent": size,
+            "literal_bytes": size,
+            "total_size": size,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
     def push(self, final: bool, timeout: float) -> list[dict]:
-        port = self._open()
         rounds: list[dict] = []
+        if not final and self.fresh:
+            rounds.append(self._stream(timeout))
+            self.fresh = False
+            report(f"move {self.label}: phase 1 round 1 (stream): sent {human_bytes(rounds[0]['bytes_sent'])}")
         previous: int | None = None
         while True:
             phase = "phase 2" if final else f"phase 1 round {len(rounds) + 1}"
             started = time.monotonic()
-            code, output = self._run_client(client_command(self.destination.address, port), timeout, phase)
+            code, output = self._rsync(timeout, phase)
             allowed = (0,) if final else (0, VANISHED)
             if code not in allowed:
                 raise RuntimeError(f"rsync from {self.source.name} to {self.destination.name} exited {code}: {_tail(output)}")
@@ -266,13 +334,13 @@ class TransferChannel:
             rounds.append(_round(stats, final, time.monotonic() - started))
             report(f"move {self.label}: {phase}: sent {human_bytes(stats.bytes_sent)} of {human_bytes(stats.total_size)}")
             delta = stats.literal_bytes
-            if final or delta < SMALL_DELTA or len(rounds) >= MAX_ROUNDS or (previous is not None and delta > previous // 2):
+            small = delta < SMALL_DELTA or (previous is not None and delta > previous // 2)
+            if final or small or len(rounds) >= MAX_ROUNDS:
                 return rounds
             previous = delta
 
     def verify(self, timeout: float) -> None:
-        port = self._open()
-        code, output = self._run_client(client_command(self.destination.address, port, dry_run=True), timeout, "verify")
+        code, output = self._rsync(timeout, "verify", dry_run=True)
         differences = itemized_differences(output)
         if code != 0 or differences:
             raise RuntimeError(
@@ -283,6 +351,7 @@ class TransferChannel:
 def _round(stats: TransferStats, final: bool, seconds: float) -> dict:
     return {
         "final": final,
+        "method": "rsync",
         "bytes_sent": stats.bytes_sent,
         "literal_bytes": stats.literal_bytes,
         "total_size": stats.total_size,

@@ -7,6 +7,11 @@ from flocker_provider.transfer import (
     itemized_differences,
     parse_progress,
     parse_stats,
+    parse_stream_progress,
+    parse_stream_total,
+    stream_received,
+    stream_receiver_command,
+    stream_sender_command,
 )
 
 STATS = """
@@ -52,3 +57,27 @@ def test_client_sends_only_changed_blocks() -> None:
     command = client_command("10.0.0.2", 31337)
     assert {"--inplace", "--no-whole-file", "--delete"} <= set(command)
     assert command[-1] == "rsync://flocker@10.0.0.2:31337/volume/"
+
+
+def test_stream_receiver_is_valid_python_that_answers_when_done() -> None:
+    script = stream_receiver_command()[2]
+    compile(script, "receiver", "exec")
+    assert "flocker-received" in script
+
+
+def test_stream_sender_waits_for_the_receivers_answer() -> None:
+    script = stream_sender_command("10.0.0.2", 32000, 600)[2]
+    assert script.endswith("socat -t 600 - TCP:10.0.0.2:32000")
+    assert " -u " not in script  # one-way socat would not read the answer
+
+
+def test_stream_counts_only_a_confirmed_extraction() -> None:
+    assert stream_received("tar: ./a: file changed as we read it\nflocker-received 0\nTotal bytes written: 10240\n")
+    assert not stream_received("flocker-received 2\n")
+    assert not stream_received("Total bytes written: 10240 (10KiB, 1MiB/s)\n")
+
+
+def test_stream_progress_and_total_from_tar() -> None:
+    output = "tar: 10240\ntar: 20480\nTotal bytes written: 209725440 (201MiB, 95MiB/s)\nflocker-received 0\n"
+    assert parse_stream_progress(output) == 20480 * 10240
+    assert parse_stream_total(output) == 209_725_440
