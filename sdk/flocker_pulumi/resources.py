@@ -87,7 +87,8 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         super().__init__(VolumeProvider(), resource_name, props, opts)
         # Known at construction (not an output), so applications can use it in preview.
         self.docker_volume_name = L.volume_name(_owner(resource_name))
-        self.node_name = node
+        # The resolved name: an application given the same node as an address must match.
+        self.node_name = props["node"]
 
 
 class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Application"):

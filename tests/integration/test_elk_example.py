@@ -69,3 +69,17 @@ def test_elk_up_preview_refresh_destroy(elk: Pulumi, nodes: list[ClusterNode], s
     assert "deleted" in refresh.stdout, refresh.stdout
     elk.up()
     assert node2.containers.get(f"flocker-{stack_name}-logstash").status == "running"
+
+    # The article's move, as code: one line of stack config, and the data goes along.
+    if len(nodes) < 4:
+        pytest.skip(f"the move needs a 4th node, the cluster has {len(nodes)}")
+    es_to = address(nodes, "node4")
+    lines = [f"before the move {i}" for i in range(10)]
+    send_lines(ls, lines)
+    eventually(lambda: es_count(es) == 15, what="15 documents indexed")
+    elk.config({"elasticsearchNode": "node4"})
+    elk.up()
+    assert elk.outputs()["elasticsearch_addresses"] == [f"{es_to}:9200"]
+    assert es_count(es_to) == 15
+    found = {hit["_source"].get("message") for hit in http_json("GET", f"http://{es_to}:9200/logstash/_search?size=100")["hits"]["hits"]}
+    assert {f"line {i}" for i in range(5)} | set(lines) <= found

@@ -314,3 +314,14 @@ def test_where_table_lists_every_application() -> None:
         "kibana         node3  172.16.255.252:80",
         "logstash       -      not running",
     ]
+
+
+def test_an_address_and_its_node_name_are_one_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, article_nodes: Path) -> None:
+    # deployment.yml names nodes by address while the node file names them node1...: the
+    # implicit volume must land on the same (resolved) node as its application.
+    nodes = [{"name": f"node{i}", "address": a, "docker_host": f"tcp://{a}:2375"} for i, a in enumerate(ARTICLE_ADDRESSES, 1)]
+    article_nodes.write_text(json.dumps({"nodes": nodes}))
+    resources_module._inventory.cache_clear()
+    recorded = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")))
+    elasticsearch = next(json.loads(i) for t, n, i in recorded if n == "elasticsearch" and t.endswith("Application"))
+    assert elasticsearch["node"] == elasticsearch["volume"]["node"] == "node1"
