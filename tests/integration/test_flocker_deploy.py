@@ -17,35 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from .harness import BIN, MANAGED, STACK_LABEL, ClusterNode, es_count, eventually, http_json, ours, send_lines
+from .harness import BIN, MANAGED, REPO, STACK_LABEL, ClusterNode, es_count, eventually, http_json, ours, send_lines
 
 pytestmark = pytest.mark.cluster
 
-APPLICATION_YML = """\
-"version": 1
-"applications":
-  "elasticsearch":
-    "image": "flocker/elasticsearch:local"
-    "ports":
-    - "internal": 9200
-      "external": 9200
-    "volume":
-      "mountpoint": "/var/lib/elasticsearch/"
-  "logstash":
-    "image": "flocker/logstash:local"
-    "ports":
-    - "internal": 5000
-      "external": 5000
-    "links":
-    - "local_port": 9200
-      "remote_port": 9200
-      "alias": "es"
-  "kibana":
-    "image": "flocker/kibana:local"
-    "ports":
-    - "internal": 8080
-      "external": 80
-"""
+APPLICATION_YML = (REPO / "examples" / "elk" / "application.yml").read_text()
 
 
 def deployment_yml(placement: dict[str, list[str]]) -> str:

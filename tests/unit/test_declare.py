@@ -70,26 +70,26 @@ def record(program: Callable[[], Any]) -> list[Recorded]:
 
 
 def hand_written() -> None:
-    # The loader stores canonical image names, so a person writes the tag out.
     FlockerApplication(
         "elasticsearch",
-        image="clusterhq/elasticsearch:latest",
+        image="flocker/elasticsearch:local",
         node="172.16.255.250",
         ports=[{"internal": 9200, "external": 9200}],
         volume={"mountpoint": "/var/lib/elasticsearch"},
     )
     FlockerApplication(
         "logstash",
-        image="clusterhq/logstash:latest",
+        image="flocker/logstash:local",
         node="172.16.255.251",
         ports=[{"internal": 5000, "external": 5000}],
         links=[{"alias": "es", "local_port": 9200, "remote_port": 9200}],
     )
     FlockerApplication(
         "kibana",
-        image="clusterhq/kibana:latest",
+        image="flocker/kibana:local",
         node="172.16.255.252",
         ports=[{"internal": 8080, "external": 80}],
+        links=[{"alias": "es", "local_port": 9200, "remote_port": 9200}],
     )
 
 
