@@ -14,13 +14,19 @@ export PULUMI_SKIP_UPDATE_CHECK := true
 export PULUMI_PYTHON_CMD := $(VENV)/bin/python
 export FLOCKER_NODES_FILE ?= $(ROOT)/.cluster/nodes.json
 
-.PHONY: help install cluster cluster-down images up down test unit lint bench clean
+.PHONY: help install cluster cluster-down images up down test unit lint bench clean env
 
 help:
 	@echo "make up     - install, start a $(NODES)-node local cluster, deploy the ELK example"
 	@echo "make test   - run the whole test suite (starts and stops its own cluster)"
 	@echo "make down   - destroy the example stack, then the cluster"
 	@echo "make bench  - benchmarks; results in bench/results/"
+	@echo 'eval "$$(make -s env)" - this shell gets the pulumi and flocker-deploy of .venv, and the local state'
+
+# For a shell of one's own: the same engine, state and node file as `make up`.
+env:
+	@echo 'export PATH="$(VENV)/bin:$$PATH" PULUMI_BACKEND_URL="$(PULUMI_BACKEND_URL)" PULUMI_CONFIG_PASSPHRASE="$(PULUMI_CONFIG_PASSPHRASE)"'
+	@echo 'export PULUMI_SKIP_UPDATE_CHECK=true PULUMI_PYTHON_CMD="$(PULUMI_PYTHON_CMD)" FLOCKER_NODES_FILE="$(FLOCKER_NODES_FILE)"'
 
 install:
 	@bash scripts/install.sh
