@@ -70,7 +70,7 @@ live_pid() {   # pidfile marker
   [ -s "$pidfile" ] || return 1
   pid="$(tr -dc 0-9 <"$pidfile")"
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker" || return 1
+  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline")" == *"$marker"* ]] || return 1
   echo "$pid"
 }
 
@@ -131,6 +131,10 @@ umount_under() {   # dir...
 
 # ---------------------------------------------------------------------------- network
 
+has_addr() {   # "ip addr" output, address
+  [[ "$1" == *" $2/24 "* ]]
+}
+
 ensure_rule() {   # iptables args without -A/-I: insert once, at the top so it precedes any DROP
   iptables -C FORWARD "$@" -m comment --comment "$RULE_TAG" 2>/dev/null ||
     iptables -I FORWARD "$@" -m comment --comment "$RULE_TAG"
@@ -140,7 +144,9 @@ ensure_bridge() {
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
   fi
-  ip addr show dev "$BRIDGE" | grep -qF " $GATEWAY/24 " || ip addr add "$GATEWAY/24" dev "$BRIDGE"
+  # Not `ip … | grep -q`: grep -q exits at the first match, ip may then die of SIGPIPE, and
+  # with pipefail the pipeline "fails", so a present address would be added again (error).
+  has_addr "$(ip addr show dev "$BRIDGE")" "$GATEWAY" || ip addr add "$GATEWAY/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   # No ip_forward in the root namespace: nodes share one L2 segment and the root namespace
   # reaches them directly, so nothing needs routing. Leaving it off (when nothing else has
@@ -159,7 +165,8 @@ ensure_bridge() {
 remove_rules() {
   local spec
   # Delete exactly the rules carrying our comment, whatever their order or count.
-  while spec="$(iptables -S FORWARD 2>/dev/null | grep -E -- "--comment $RULE_TAG( |\$)" | head -n1)" && [ -n "$spec" ]; do
+  while spec="$(iptables -S FORWARD 2>/dev/null | grep -E -- "--comment $RULE_TAG( |\$)")" && [ -n "$spec" ]; do
+    spec="${spec%%$'\n'*}"   # the first one (no `| head`: its SIGPIPE would end the loop under pipefail)
     # shellcheck disable=SC2086  # the rule spec must be word-split back into arguments
     eval "iptables -D ${spec#-A }" || { log "could not delete rule: $spec"; break; }
   done
@@ -181,7 +188,7 @@ ensure_netns() {   # i
   fi
   ip link set "$host" master "$BRIDGE" up
   ip -n "$ns" link set lo up
-  ip -n "$ns" addr show dev eth0 | grep -qF " $addr/24 " || ip -n "$ns" addr add "$addr/24" dev eth0
+  has_addr "$(ip -n "$ns" addr show dev eth0)" "$addr" || ip -n "$ns" addr add "$addr/24" dev eth0
   ip -n "$ns" link set eth0 up
   ip -n "$ns" route replace default via "$GATEWAY"
 }

@@ -16,5 +16,6 @@ pulumi stack output --stack "$stack" --json | "$PULUMI_PYTHON_CMD" -c '
 import json, sys
 out = json.load(sys.stdin)
 for service in ("elasticsearch", "logstash", "kibana"):
-    print(f"  {service:14} on {out[service + \"_node\"]:6} at " + ", ".join(out[service + "_addresses"]))
+    node, addresses = out[service + "_node"], ", ".join(out[service + "_addresses"])
+    print(f"  {service:14} on {node:6} at {addresses}")
 '

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,20 +13,15 @@ from .harness import REPO, ClusterNode, Pulumi, es_count, eventually, http_json,
 
 pytestmark = pytest.mark.cluster
 
-STAND_INS = {f"{s}Image": f"flocker/{s}:local" for s in ("elasticsearch", "logstash", "kibana")}
-
 
 @pytest.fixture
 def elk(nodes: list[ClusterNode], workdir: Path, stack_name: str):
-    project = workdir / "elk"
-    project.mkdir()
-    shutil.copy(REPO / "Pulumi.yaml", project / "Pulumi.yaml")
-    (project / "Pulumi.yaml").write_text((project / "Pulumi.yaml").read_text().replace("main: examples/elk/\n", ""))
-    shutil.copy(REPO / "examples" / "elk" / "__main__.py", project / "__main__.py")
-    pulumi = Pulumi(workdir, stack_name, project_dir=project)
-    pulumi.init(STAND_INS)
+    # The repository's own project, as `make up` and a user's `pulumi up` run it; only
+    # the state (a file backend in workdir) and the stack are the test's own.
+    pulumi = Pulumi(workdir, stack_name, project_dir=REPO)
     yield pulumi
     pulumi.destroy()
+    (REPO / f"Pulumi.{stack_name}.yaml").unlink(missing_ok=True)
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
 
 
@@ -34,7 +30,11 @@ def address(nodes: list[ClusterNode], name: str) -> str:
 
 
 def test_elk_up_preview_refresh_destroy(elk: Pulumi, nodes: list[ClusterNode], stack_name: str) -> None:
-    elk.up()
+    # `make up` runs this script: it must deploy and say where each service answers.
+    made = subprocess.run(["bash", "scripts/elk-up.sh", stack_name], cwd=REPO, env=elk.env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    for service, node, port in (("elasticsearch", "node1", 9200), ("logstash", "node2", 5000), ("kibana", "node3", 80)):
+        assert re.search(rf"^  {service} +on {node} +at {address(nodes, node)}:{port}$", made.stdout, re.MULTILINE), made.stdout
     outputs = elk.outputs()
     assert (outputs["elasticsearch_node"], outputs["logstash_node"], outputs["kibana_node"]) == (
         "node1",
