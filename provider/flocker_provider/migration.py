@@ -291,15 +291,13 @@ class TransferChannel:
 
     def _stream(self, timeout: float) -> dict:
         """Round 1 into an empty destination: a raw tar stream, no delta to compute."""
+        total = self.engines[self.source].volume_size(self.volume)
         started = time.monotonic()
         receiver, port = self._start_receiver("stream", stream_receiver_command(), STREAM_PORT, b"listening")
 
         def progress(output: str) -> str | None:
             sent = parse_stream_progress(output)
-            if sent is None:
-                return None
-            rate = sent / max(time.monotonic() - started, 1e-3)
-            return f"phase 1 round 1 (stream): {human_bytes(sent)} copied, {human_bytes(rate)}/s"
+            return None if sent is None else stream_progress_line(sent, total, time.monotonic() - started)
 
         command = stream_sender_command(self.destination.address, port, timeout)
         code, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress)
@@ -346,6 +344,17 @@ class TransferChannel:
             raise RuntimeError(
                 f"destination copy on {self.destination.name} differs from the source: " + ("; ".join(differences[:5]) or _tail(output))
             )
+
+
+def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:
+    """Bytes, share, rate and time left of the stream; the total is the source's size when it began."""
+    rate = sent / max(seconds, 1e-3)
+    line = f"phase 1 round 1 (stream): {human_bytes(sent)}"
+    if total:
+        left = max(total - sent, 0) / max(rate, 1.0)
+        line += f" of {human_bytes(total)} ({min(100, sent * 100 // total)}%)"
+        return f"{line}, {human_bytes(rate)}/s, {int(left) // 60}:{int(left) % 60:02d} left"
+    return f"{line}, {human_bytes(rate)}/s"
 
 
 def _round(stats: TransferStats, final: bool, seconds: float) -> dict:

@@ -1,5 +1,6 @@
 """Parsing what rsync says, and the shape of the transfer commands."""
 
+from flocker_provider.migration import stream_progress_line
 from flocker_provider.transfer import (
     TransferStats,
     client_command,
@@ -81,3 +82,9 @@ def test_stream_progress_and_total_from_tar() -> None:
     output = "tar: 10240\ntar: 20480\nTotal bytes written: 209725440 (201MiB, 95MiB/s)\nflocker-received 0\n"
     assert parse_stream_progress(output) == 20480 * 10240
     assert parse_stream_total(output) == 209_725_440
+
+
+def test_stream_progress_line_says_share_rate_and_time_left() -> None:
+    line = stream_progress_line(sent=300 * 2**20, total=1200 * 2**20, seconds=3.0)
+    assert line == "phase 1 round 1 (stream): 300.0 MB of 1.2 GB (25%), 100.0 MB/s, 0:09 left"
+    assert stream_progress_line(sent=2**20, total=None, seconds=1.0) == "phase 1 round 1 (stream): 1.0 MB, 1.0 MB/s"
