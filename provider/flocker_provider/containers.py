@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from . import labels as L
+from . import router_program
 from .models import Application, Link, Owner, Port, RestartPolicy
 
 
@@ -61,6 +64,36 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class RouterSpec:
+    """The router of one stack on a node: a container on the host network, routes in a volume."""
+
+    name: str
+    volume: str
+    image: str
+    labels: tuple[tuple[str, str], ...]
+
+    def program_hash(self) -> str:
+        """Changes with the router's source or image, so an upgraded provider replaces old routers."""
+        body = json.dumps([self.image, router_source()])
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def router_source() -> str:
+    return Path(router_program.__file__).read_text(encoding="utf-8")
+
+
+def router_spec(project: str, stack: str, image: str) -> RouterSpec:
+    owner = Owner(project=project, stack=stack, resource="router")
+    return RouterSpec(
+        name=L.router_name(stack),
+        volume=L.router_name(stack),
+        image=image,
+        labels=tuple(sorted(L.owner_labels(owner, L.KIND_ROUTER).items())),
+    )
+
+
+@dataclass(frozen=True)
 class MountedContainer:
     """A container of ours found mounting a volume, with the spec it was started from."""
 
@@ -81,19 +114,18 @@ def link_environment(link: Link, address: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def container_spec(
-    app: Application,
-    owner: Owner,
-    volume_name: str | None,
-    link_addresses: dict[str, str],
-) -> ContainerSpec:
-    """Build the spec; ``link_addresses`` maps a link alias to the address that serves it."""
+def container_spec(app: Application, owner: Owner, volume_name: str | None, node_address: str) -> ContainerSpec:
+    """Build the spec of ``app`` running on the node at ``node_address``.
+
+    Links point at the linking container's own node: the router there forwards the
+    target's external port to wherever the target runs, so the spec (and the container)
+    does not change when the target moves.
+    """
     env = dict(app.environment)
     hosts: list[tuple[str, str]] = []
     for link in app.links:
-        address = link_addresses[link.alias]
-        env.update(link_environment(link, address))
-        hosts.append((link.alias, address))
+        env.update(link_environment(link, node_address))
+        hosts.append((link.alias, node_address))
     return ContainerSpec(
         name=L.container_name(owner),
         image=app.image,
