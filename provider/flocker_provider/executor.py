@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
 from .docker_layer import DockerNode, NodeUnreachable, connect
 from .models import Node
 from .progress import report
+from .router_program import POLL_INTERVAL
 from .steps import (
     CreateVolume,
     Plan,
@@ -21,6 +23,10 @@ from .steps import (
     WaitForApplication,
     describe,
 )
+
+# The router reads its route files every POLL_INTERVAL: a hold must be in force before the
+# application stops, or a connection accepted just before could reach a dying container.
+HOLD_SETTLE = 3 * POLL_INTERVAL
 
 
 class StepFailed(Exception):
@@ -88,6 +94,8 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
                     for p in ports
                 },
             )
+            if backend is None:
+                time.sleep(HOLD_SETTLE)
         case RemoveRoutes(_, router, ports):
             engine.remove_routes(router, ports)
 
