@@ -38,7 +38,9 @@ def routes(node: ClusterNode, stack: str) -> dict[int, dict]:
         container = router(node, stack)
     except docker.errors.NotFound:
         return {}
-    found = container.exec_run(["sh", "-c", "cd /routes/ports 2>/dev/null && for f in *.json; do [ -e $f ] && echo $f && cat $f && echo; done"])
+    found = container.exec_run(
+        ["sh", "-c", "cd /routes/ports 2>/dev/null && for f in *.json; do [ -e $f ] && echo $f && cat $f && echo; done"]
+    )
     lines = found.output.decode().split("\n")
     return {int(name.split(".")[0]): json.loads(body) for name, body in zip(lines[::2], lines[1::2], strict=False) if body}
 
