@@ -7,6 +7,7 @@ instead of refusing them; links reach their target through the linking node's ro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import threading
@@ -241,4 +242,34 @@ def test_conflicts_are_rejected_at_preview(nodes: list[ClusterNode], workdir: Pa
             assert message in output, output
     finally:
         squatter.remove(force=True)
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+
+
+GROWING = """
+from flocker_pulumi import FlockerApplication
+FlockerApplication("web", image="flocker/kibana:local", node="node1", ports=[{"internal": 8080, "external": 8191}],
+                   environment={"ES_URL": "http://127.0.0.1:1"})
+"""
+
+
+def test_a_node_added_to_the_cluster_gets_routes_without_a_restart(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
+    node1, node4 = by_name(nodes, "node1"), by_name(nodes, "node4")
+    three = workdir / "three-nodes.json"
+    three.write_text(json.dumps({"nodes": [{"name": n.name, "address": n.address, "docker_host": n.docker_host} for n in nodes[:3]]}))
+    pulumi = Pulumi(workdir, stack_name)
+    pulumi.env["FLOCKER_NODES_FILE"] = str(three)
+    pulumi.write_program(GROWING)
+    pulumi.init()
+    try:
+        pulumi.up()
+        web = node1.client().containers.get(f"flocker-{stack_name}-web")
+        assert routes(node4, stack_name) == {}
+        pulumi.env["FLOCKER_NODES_FILE"] = os.environ["FLOCKER_NODES_FILE"]
+        preview = pulumi.run("preview", "--diff")
+        assert "replace" not in preview.stdout, preview.stdout
+        pulumi.up()
+        eventually(lambda: "<html" in http_text(f"http://{node4.address}:8191/").lower(), what="web on the added node")
+        assert node1.client().containers.get(web.name).id == web.id
+    finally:
+        pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
