@@ -204,12 +204,13 @@ class DockerNode:
                     routes[int(match.group(1))] = json.loads(handle.read())
         return routes
 
-    def port_user(self, port: int, router: RouterSpec, application: str) -> str | None:
-        """Who, other than ``application`` itself, already holds external ``port`` on this node."""
-        route = self.read_routes(router).get(port)
-        if route is not None:
-            owner = route.get("application")
-            return None if owner == application else f"application {owner} of the same stack"
+    def port_user(self, port: int, router: RouterSpec) -> str | None:
+        """Who, other than the stack's own router, already holds external ``port`` on this node."""
+        if port in self.read_routes(router):
+            # Ours, of this stack: this application's, or one the program no longer declares
+            # (the SDK rejects two applications of one program with the same port), whose
+            # routes this application takes over.
+            return None
         owner = self.published_port_owner(port)
         if owner is not None:
             return f"container {owner}"
@@ -232,14 +233,16 @@ class DockerNode:
             if result.exit_code != 0:
                 raise RuntimeError(f"node {self.node.name}: writing routes failed: {result.output.decode(errors='replace')}")
 
-    def remove_routes(self, router: RouterSpec, ports: tuple[int, ...]) -> None:
-        """Remove route files; remove the router and its volume once no route is left."""
+    def remove_routes(self, router: RouterSpec, application: str, ports: tuple[int, ...]) -> None:
+        """Remove ``application``'s route files; the router and its volume go once none is left."""
         with _ROUTER_LOCK:
             container = self.find_container(router.name)
             if container is None:
                 return
-            if container.status == "running":
-                container.exec_run(["rm", "-f", *(f"{ROUTES_DIR}/{p}.json" for p in ports)])
+            found = self.read_routes(router)
+            mine = [p for p in ports if p in found and found[p].get("application") == application]
+            if container.status == "running" and mine:
+                container.exec_run(["rm", "-f", *(f"{ROUTES_DIR}/{p}.json" for p in mine)])
             if container.status != "running" or not self.read_routes(router):
                 container.remove(force=True)
                 self.remove_volume(router.volume)

@@ -67,7 +67,7 @@ def _port_conflicts(inputs: ApplicationInputs) -> list[CheckFailure]:
         try:
             with connect(node) as engine:
                 for i, port in enumerate(inputs.application.ports):
-                    user = engine.port_user(port.external, router, inputs.owner.resource)
+                    user = engine.port_user(port.external, router)
                     if user is not None:
                         failures.append(
                             CheckFailure(

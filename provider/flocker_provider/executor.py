@@ -96,8 +96,8 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
             )
             if backend is None:
                 time.sleep(HOLD_SETTLE)
-        case RemoveRoutes(_, router, ports):
-            engine.remove_routes(router, ports)
+        case RemoveRoutes(_, router, application, ports):
+            engine.remove_routes(router, application, ports)
 
 
 def _routes_elsewhere(step: Step) -> bool:

@@ -37,10 +37,10 @@ class Routing:
             return []
         return [PointRoutes(n, self.router, application, ports, backend, container, self.hold_seconds) for n in self.nodes]
 
-    def remove(self, ports: tuple[int, ...]) -> list[RemoveRoutes]:
+    def remove(self, application: str, ports: tuple[int, ...]) -> list[RemoveRoutes]:
         if not ports:
             return []
-        return [RemoveRoutes(n, self.router, tuple(sorted(ports))) for n in self.nodes]
+        return [RemoveRoutes(n, self.router, application, tuple(sorted(ports))) for n in self.nodes]
 
 
 def plan_application(
@@ -59,7 +59,7 @@ def plan_application(
     issue #380); while a container is replaced in place, new connections are held.
     """
     if desired is None:
-        removal = routing.remove(tuple(p.external for p in old_ports))
+        removal = routing.remove(application, tuple(p.external for p in old_ports))
         return (*removal, *(RemoveApplication(node, c.name) for node, c in _present(discovered)))
     node, spec = desired
     steps: list = []
@@ -73,7 +73,7 @@ def plan_application(
     steps += routing.point(application, spec.ports, node, spec.name)
     steps += [RemoveApplication(other, c.name) for other, c in _present(discovered) if other != node]
     kept = {p.external for p in spec.ports}
-    steps += routing.remove(tuple(p.external for p in old_ports if p.external not in kept))
+    steps += routing.remove(application, tuple(p.external for p in old_ports if p.external not in kept))
     return tuple(steps)
 
 

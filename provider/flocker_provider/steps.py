@@ -101,10 +101,12 @@ class PointRoutes:
 
 @dataclass(frozen=True)
 class RemoveRoutes:
-    """Remove routes of external ``ports`` on ``node``; the router goes with the last route."""
+    """Remove ``application``'s routes of external ``ports`` on ``node``; the router goes with
+    the last route. A route another application took over (a renamed one) stays."""
 
     node: Node
     router: RouterSpec
+    application: str
     ports: tuple[int, ...]
 
 
@@ -151,6 +153,6 @@ def describe(step: Step) -> str:
             if backend is None:
                 return f"hold new connections to {application} (port {listed}) on {node.name} for up to {hold:g}s"
             return f"route port {listed} on {node.name} to {application} on {backend.name}"
-        case RemoveRoutes(node, _, ports):
-            return f"remove routes of port {', '.join(map(str, ports))} from {node.name}"
+        case RemoveRoutes(node, _, application, ports):
+            return f"remove routes of {application} (port {', '.join(map(str, ports))}) from {node.name}"
     raise TypeError(step)

@@ -103,13 +103,13 @@ def test_move_already_done_by_the_volume_only_cleans_up() -> None:
 def test_a_port_no_longer_published_loses_its_routes() -> None:
     assert plan((N1, SPEC), {N1: running()}, old_ports=(Port(9200, 9200), Port(9300, 9300))) == (
         *route(N1),
-        *(RemoveRoutes(n, ROUTER, (9300,)) for n in (N1, N2, N3)),
+        *(RemoveRoutes(n, ROUTER, "es", (9300,)) for n in (N1, N2, N3)),
     )
 
 
 def test_delete_removes_routes_on_every_node_then_the_container() -> None:
     assert plan(None, {N1: running(), N2: None}, old_ports=SPEC.ports) == (
-        *(RemoveRoutes(n, ROUTER, (9200,)) for n in (N1, N2, N3)),
+        *(RemoveRoutes(n, ROUTER, "es", (9200,)) for n in (N1, N2, N3)),
         RemoveApplication(N1, SPEC.name),
     )
 
