@@ -112,13 +112,14 @@ class ApplicationProvider(ResourceProvider):
 
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_application, props)
-        outs = _converge_application(inputs, (inputs.node,), ())
+        outs = _converge_application(inputs, (inputs.node,), (), ())
         return CreateResult(id_=L.container_name(inputs.owner), outs={**props, **outs})
 
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
         inputs = _parse_or_raise(parse_application, news)
         old = _parse_or_raise(parse_application, olds)
-        outs = _converge_application(inputs, (old.node, inputs.node), old.application.ports)
+        dropped = tuple(n for n in old.routing.nodes if n not in inputs.routing.nodes)
+        outs = _converge_application(inputs, (old.node, inputs.node), old.application.ports, dropped)
         return UpdateResult(outs={**news, **outs})
 
     def read(self, id_: str, props: dict) -> ReadResult:
@@ -138,12 +139,14 @@ class ApplicationProvider(ResourceProvider):
             execute(plan_application(inputs.owner.resource, None, discovered, routing, inputs.application.ports), engines)
 
 
-def _converge_application(inputs: ApplicationInputs, nodes: tuple[Node, ...], old_ports: tuple[Port, ...]) -> dict[str, Any]:
+def _converge_application(
+    inputs: ApplicationInputs, nodes: tuple[Node, ...], old_ports: tuple[Port, ...], dropped: tuple[Node, ...]
+) -> dict[str, Any]:
     spec = container_spec(inputs.application, inputs.owner, inputs.volume_name, inputs.node.address)
     routing = _routing(inputs.owner, inputs.routing)
     with Engines() as engines:
         discovered = {node: engines[node].discover_application(spec.name) for node in dict.fromkeys(nodes)}
-        plan = plan_application(inputs.owner.resource, (inputs.node, spec), discovered, routing, old_ports)
+        plan = plan_application(inputs.owner.resource, (inputs.node, spec), discovered, routing, old_ports, dropped)
         execute(plan, engines, inputs.wait_timeout)
         found = engines[inputs.node].discover_application(spec.name)
     return {

@@ -37,10 +37,10 @@ class Routing:
             return []
         return [PointRoutes(n, self.router, application, ports, backend, container, self.hold_seconds) for n in self.nodes]
 
-    def remove(self, application: str, ports: tuple[int, ...]) -> list[RemoveRoutes]:
+    def remove(self, application: str, ports: tuple[int, ...], nodes: tuple[Node, ...] | None = None) -> list[RemoveRoutes]:
         if not ports:
             return []
-        return [RemoveRoutes(n, self.router, application, tuple(sorted(ports))) for n in self.nodes]
+        return [RemoveRoutes(n, self.router, application, tuple(sorted(ports))) for n in (self.nodes if nodes is None else nodes)]
 
 
 def plan_application(
@@ -49,6 +49,7 @@ def plan_application(
     discovered: Mapping[Node, RunningContainer | None],
     routing: Routing,
     old_ports: tuple[Port, ...] = (),
+    dropped: tuple[Node, ...] = (),
 ) -> Plan:
     """Converge one application and its routes on every node.
 
@@ -57,6 +58,7 @@ def plan_application(
     volume's move has already stopped the source and started the destination.) Routes
     point at a container only once it is up there (Flocker switched them earlier, its
     issue #380); while a container is replaced in place, new connections are held.
+    ``dropped`` nodes routed the application before and left the inventory: their routes go.
     """
     if desired is None:
         removal = routing.remove(application, tuple(p.external for p in old_ports))
@@ -74,6 +76,7 @@ def plan_application(
     steps += [RemoveApplication(other, c.name) for other, c in _present(discovered) if other != node]
     kept = {p.external for p in spec.ports}
     steps += routing.remove(application, tuple(p.external for p in old_ports if p.external not in kept))
+    steps += routing.remove(application, tuple(p.external for p in old_ports), dropped)
     return tuple(steps)
 
 

@@ -22,6 +22,7 @@ from flocker_provider.steps import (
 N1 = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 N2 = Node("node2", "10.0.0.2", "tcp://10.0.0.2:2375")
 N3 = Node("node3", "10.0.0.3", "tcp://10.0.0.3:2375")
+N4 = Node("node4", "10.0.0.4", "tcp://10.0.0.4:2375")
 SPEC = ContainerSpec(
     name="flocker-dev-es",
     image="es:1",
@@ -104,6 +105,13 @@ def test_a_port_no_longer_published_loses_its_routes() -> None:
     assert plan((N1, SPEC), {N1: running()}, old_ports=(Port(9200, 9200), Port(9300, 9300))) == (
         *route(N1),
         *(RemoveRoutes(n, ROUTER, "es", (9300,)) for n in (N1, N2, N3)),
+    )
+
+
+def test_a_node_that_left_the_inventory_loses_the_routes() -> None:
+    assert plan_application("es", (N1, SPEC), {N1: running()}, ROUTING, SPEC.ports, dropped=(N4,)) == (
+        *route(N1),
+        RemoveRoutes(N4, ROUTER, "es", (9200,)),
     )
 
 
