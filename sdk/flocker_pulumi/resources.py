@@ -104,7 +104,9 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         super().__init__(VolumeProvider(), resource_name, props, opts)
         # Known at construction (not an output), so applications can use it in preview.
         self.docker_volume_name = L.volume_name(_owner(resource_name))
-        self.node_name = node
+        # Resolved, as the application's own node is: an address and its node-file name
+        # are the same node (flocker-deploy's files name nodes by address).
+        self.node_name = props["node"]
 
 
 class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Application"):
