@@ -236,15 +236,18 @@ class DockerNode:
     def remove_routes(self, router: RouterSpec, application: str, ports: tuple[int, ...]) -> None:
         """Remove ``application``'s route files; the router and its volume go once none is left."""
         with _ROUTER_LOCK:
-            container = self.find_container(router.name)
-            if container is None:
+            if self.find_container(router.name) is None:
                 return
             found = self.read_routes(router)
             mine = [p for p in ports if p in found and found[p].get("application") == application]
-            if container.status == "running" and mine:
-                container.exec_run(["rm", "-f", *(f"{ROUTES_DIR}/{p}.json" for p in mine)])
-            if container.status != "running" or not self.read_routes(router):
-                container.remove(force=True)
+            if mine:
+                # Through a running router (started again if it had stopped): a stopped
+                # container cannot run the removal, and other applications' routes must stay.
+                result = self._ensure_router(router).exec_run(["rm", "-f", *(f"{ROUTES_DIR}/{p}.json" for p in mine)])
+                if result.exit_code != 0:
+                    raise RuntimeError(f"node {self.node.name}: removing routes failed: {result.output.decode(errors='replace')}")
+            if not self.read_routes(router):
+                self.remove_container(router.name, timeout=0)
                 self.remove_volume(router.volume)
 
     def _ensure_router(self, router: RouterSpec) -> docker.models.containers.Container:
