@@ -284,16 +284,17 @@ class DockerNode:
 
     def start_container(self, spec: ContainerSpec) -> str:
         self.ensure_image(spec.image)
+        environment, extra_hosts = spec.on_node(self.node.address)
         kwargs: dict = {
             "name": spec.name,
             "detach": True,
-            "environment": dict(spec.environment),
+            "environment": environment,
             "labels": spec.docker_labels(),
             # An ephemeral host port: the external port belongs to the router on every node,
             # this one included, which forwards it here (see docs/architecture.md).
             "ports": {f"{p.internal}/tcp": (self.node_bind_address(), None) for p in spec.ports},
             "restart_policy": _restart_policy(spec),
-            "extra_hosts": dict(spec.extra_hosts),
+            "extra_hosts": extra_hosts,
         }
         if spec.volume_name:
             kwargs["volumes"] = {spec.volume_name: {"bind": spec.mountpoint, "mode": "rw"}}

@@ -142,7 +142,7 @@ class ApplicationProvider(ResourceProvider):
 def _converge_application(
     inputs: ApplicationInputs, nodes: tuple[Node, ...], old_ports: tuple[Port, ...], dropped: tuple[Node, ...]
 ) -> dict[str, Any]:
-    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name, inputs.node.address)
+    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name)
     routing = _routing(inputs.owner, inputs.routing)
     with Engines() as engines:
         discovered = {node: engines[node].discover_application(spec.name) for node in dict.fromkeys(nodes)}
