@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from . import labels as L
+from . import router_program
 from .models import Application, Link, Owner, Port, RestartPolicy
 
 
@@ -24,7 +27,7 @@ class ContainerSpec:
     cpu_shares: int | None = None
     restart_policy: RestartPolicy = RestartPolicy()
     command: tuple[str, ...] | None = None
-    extra_hosts: tuple[tuple[str, str], ...] = ()
+    links: tuple[Link, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
 
     def config_hash(self) -> str:
@@ -37,6 +40,19 @@ class ContainerSpec:
         found[L.CONFIG_HASH] = self.config_hash()
         found[L.SPEC] = self.to_json()
         return found
+
+    def on_node(self, address: str) -> tuple[dict[str, str], dict[str, str]]:
+        """Environment and extra host entries of the container on the node at ``address``.
+
+        Links name the container's own node, whose router forwards the target's external
+        port to wherever the target runs. They are filled in here, when the container
+        starts, so the spec does not depend on the node: a container moved with its volume
+        starts from the same spec and its own update then has nothing to change.
+        """
+        environment = dict(self.environment)
+        for link in self.links:
+            environment.update(link_environment(link, address))
+        return environment, {link.alias: address for link in self.links}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -55,9 +71,40 @@ class ContainerSpec:
             cpu_shares=raw["cpu_shares"],
             restart_policy=RestartPolicy(**raw["restart_policy"]),
             command=tuple(raw["command"]) if raw["command"] is not None else None,
-            extra_hosts=tuple(tuple(kv) for kv in raw["extra_hosts"]),
+            # Containers started before links were node-independent have none recorded.
+            links=tuple(Link(**link) for link in raw.get("links", [])),
             labels=tuple(tuple(kv) for kv in raw["labels"]),
         )
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """The router of one stack on a node: a container on the host network, routes in a volume."""
+
+    name: str
+    volume: str
+    image: str
+    labels: tuple[tuple[str, str], ...]
+
+    def program_hash(self) -> str:
+        """Changes with the router's source or image, so an upgraded provider replaces old routers."""
+        body = json.dumps([self.image, router_source()])
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def router_source() -> str:
+    return Path(router_program.__file__).read_text(encoding="utf-8")
+
+
+def router_spec(project: str, stack: str, image: str) -> RouterSpec:
+    owner = Owner(project=project, stack=stack, resource="router")
+    return RouterSpec(
+        name=L.router_name(stack),
+        volume=L.router_name(stack),
+        image=image,
+        labels=tuple(sorted(L.owner_labels(owner, L.KIND_ROUTER).items())),
+    )
 
 
 @dataclass(frozen=True)
@@ -81,23 +128,11 @@ def link_environment(link: Link, address: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def container_spec(
-    app: Application,
-    owner: Owner,
-    volume_name: str | None,
-    link_addresses: dict[str, str],
-) -> ContainerSpec:
-    """Build the spec; ``link_addresses`` maps a link alias to the address that serves it."""
-    env = dict(app.environment)
-    hosts: list[tuple[str, str]] = []
-    for link in app.links:
-        address = link_addresses[link.alias]
-        env.update(link_environment(link, address))
-        hosts.append((link.alias, address))
+def container_spec(app: Application, owner: Owner, volume_name: str | None) -> ContainerSpec:
     return ContainerSpec(
         name=L.container_name(owner),
         image=app.image,
-        environment=tuple(sorted(env.items())),
+        environment=app.environment,
         ports=tuple(sorted(app.ports, key=lambda p: (p.external, p.internal))),
         volume_name=volume_name,
         mountpoint=app.volume.mountpoint if app.volume else None,
@@ -105,6 +140,6 @@ def container_spec(
         cpu_shares=app.cpu_shares,
         restart_policy=app.restart_policy,
         command=app.command,
-        extra_hosts=tuple(sorted(set(hosts))),
+        links=tuple(sorted(app.links, key=lambda link: (link.alias, link.local_port, link.remote_port))),
         labels=tuple(sorted(L.owner_labels(owner, L.KIND_APPLICATION).items())),
     )

@@ -7,7 +7,12 @@ Pulumi engine enforces none for dynamic providers.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import re
+import socket
+import tarfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -17,10 +22,21 @@ import docker.tls
 import docker.utils
 
 from . import labels as L
-from .containers import ContainerSpec, MountedContainer
+from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
 from .models import Node, NodeVolumeState, RunningContainer
 
 API_TIMEOUT = 60
+ROUTES_DIR = "/routes/ports"
+PROBE_TIMEOUT = 1.0
+# Several resources change routes at once (the engine runs up to 4 operations in
+# parallel): starting a router, writing its files and removing it with its last route
+# must not interleave, or a route could be written into a router that is going away.
+_ROUTER_LOCK = threading.Lock()
+# Writes each (port, body) argument pair with a rename, so the router never reads half a file.
+_WRITE_ROUTES = (
+    f'set -e; mkdir -p {ROUTES_DIR}; while [ $# -gt 1 ]; do printf "%s" "$2" > {ROUTES_DIR}/.$1.tmp; '
+    f"mv {ROUTES_DIR}/.$1.tmp {ROUTES_DIR}/$1.json; shift 2; done"
+)
 
 
 class NodeUnreachable(Exception):
@@ -159,7 +175,101 @@ class DockerNode:
                         return container.name
         return None
 
+    def published_ports(self, name: str) -> dict[int, int]:
+        """Internal port -> the host port Docker picked for it when the container started."""
+        container = self.find_container(name)
+        if container is None:
+            raise RuntimeError(f"node {self.node.name}: container {name} is not there to route to")
+        found = {}
+        for key, bindings in (container.attrs["NetworkSettings"]["Ports"] or {}).items():
+            if bindings:
+                found[int(key.split("/")[0])] = int(bindings[0]["HostPort"])
+        return found
+
+    def read_routes(self, router: RouterSpec) -> dict[int, dict]:
+        """The route files of our router on this node (a read through the archive API)."""
+        container = self.find_container(router.name)
+        if container is None:
+            return {}
+        try:
+            stream, _ = container.get_archive(ROUTES_DIR)
+        except docker.errors.NotFound:
+            return {}
+        routes = {}
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+            for member in archive.getmembers():
+                match = re.fullmatch(r"ports/(\d+)\.json", member.name)
+                handle = archive.extractfile(member) if match else None
+                if handle is not None:
+                    routes[int(match.group(1))] = json.loads(handle.read())
+        return routes
+
+    def port_user(self, port: int, router: RouterSpec) -> str | None:
+        """Who, other than the stack's own router, already holds external ``port`` on this node."""
+        if port in self.read_routes(router):
+            # Ours, of this stack: this application's, or one the program no longer declares
+            # (the SDK rejects two applications of one program with the same port), whose
+            # routes this application takes over.
+            return None
+        owner = self.published_port_owner(port)
+        if owner is not None:
+            return f"container {owner}"
+        # A program on the node itself (or another stack's router on the host network) is
+        # invisible to the Docker API; a connection it accepts is what shows it.
+        try:
+            socket.create_connection((self.node.address, port), timeout=PROBE_TIMEOUT).close()
+        except OSError:
+            return None
+        return f"a program flocker-pulumi did not start, listening on {self.node.address}:{port}"
+
     # -- changes -----------------------------------------------------------------------
+
+    def point_routes(self, router: RouterSpec, routes: dict[int, dict]) -> None:
+        """Write route files (``{"target", "hold_seconds", "application"}`` per external port)."""
+        with _ROUTER_LOCK:
+            container = self._ensure_router(router)
+            args = [str(a) for port, body in sorted(routes.items()) for a in (port, json.dumps(body, sort_keys=True))]
+            result = container.exec_run(["sh", "-c", _WRITE_ROUTES, "routes", *args])
+            if result.exit_code != 0:
+                raise RuntimeError(f"node {self.node.name}: writing routes failed: {result.output.decode(errors='replace')}")
+
+    def remove_routes(self, router: RouterSpec, application: str, ports: tuple[int, ...]) -> None:
+        """Remove ``application``'s route files; the router and its volume go once none is left."""
+        with _ROUTER_LOCK:
+            if self.find_container(router.name) is None:
+                return
+            found = self.read_routes(router)
+            mine = [p for p in ports if p in found and found[p].get("application") == application]
+            if mine:
+                # Through a running router (started again if it had stopped): a stopped
+                # container cannot run the removal, and other applications' routes must stay.
+                result = self._ensure_router(router).exec_run(["rm", "-f", *(f"{ROUTES_DIR}/{p}.json" for p in mine)])
+                if result.exit_code != 0:
+                    raise RuntimeError(f"node {self.node.name}: removing routes failed: {result.output.decode(errors='replace')}")
+            if not self.read_routes(router):
+                self.remove_container(router.name, timeout=0)
+                self.remove_volume(router.volume)
+
+    def _ensure_router(self, router: RouterSpec) -> docker.models.containers.Container:
+        container = self.find_container(router.name)
+        wanted = router.program_hash()
+        if container is not None and container.status == "running" and container.labels.get(L.CONFIG_HASH) == wanted:
+            return container
+        if container is not None:
+            container.remove(force=True)  # an older router or a stopped one: its routes are in the volume
+        self.ensure_image(router.image)
+        self.create_volume(router.volume, dict(router.labels))
+        return self.client.containers.run(
+            router.image,
+            command=["python3", "-c", router_source(), "--routes-dir", ROUTES_DIR],
+            name=router.name,
+            detach=True,
+            # The host network: the router listens on the node's own addresses.
+            network_mode="host",
+            labels={**dict(router.labels), L.CONFIG_HASH: wanted},
+            volumes={router.volume: {"bind": "/routes", "mode": "rw"}},
+            restart_policy={"Name": "always"},
+        )
 
     def create_volume(self, name: str, labels: dict[str, str]) -> None:
         state = self.discover_volume(name)
@@ -174,14 +284,17 @@ class DockerNode:
 
     def start_container(self, spec: ContainerSpec) -> str:
         self.ensure_image(spec.image)
+        environment, extra_hosts = spec.on_node(self.node.address)
         kwargs: dict = {
             "name": spec.name,
             "detach": True,
-            "environment": dict(spec.environment),
+            "environment": environment,
             "labels": spec.docker_labels(),
-            "ports": {f"{p.internal}/tcp": (self.node_bind_address(), p.external) for p in spec.ports},
+            # An ephemeral host port: the external port belongs to the router on every node,
+            # this one included, which forwards it here (see docs/architecture.md).
+            "ports": {f"{p.internal}/tcp": (self.node_bind_address(), None) for p in spec.ports},
             "restart_policy": _restart_policy(spec),
-            "extra_hosts": dict(spec.extra_hosts),
+            "extra_hosts": extra_hosts,
         }
         if spec.volume_name:
             kwargs["volumes"] = {spec.volume_name: {"bind": spec.mountpoint, "mode": "rw"}}

@@ -21,13 +21,14 @@ from pulumi.dynamic import (
 from pulumi.runtime import rpc
 
 from . import labels as L
-from .containers import container_spec
-from .docker_layer import connect
+from .containers import container_spec, router_spec
+from .docker_layer import NodeUnreachable, connect
 from .errors import ProviderError
 from .executor import Engines, execute
 from .inputs import (
     ApplicationInputs,
     InvalidInputs,
+    RoutingInputs,
     VolumeInputs,
     node_from_props,
     node_props,
@@ -35,24 +36,53 @@ from .inputs import (
     parse_volume,
 )
 from .migration import move_volume, plan_line
-from .models import Node
-from .planner import plan_application, plan_volume
+from .models import Node, Owner, Port
+from .planner import Routing, plan_application, plan_volume
 
 # Keys the provider adds to the outputs; everything else in the outputs is an input.
 APPLICATION_OUTPUTS = ("container_id", "addresses")
 VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies")
 _INTERNAL = ("__provider",)
+# Inputs a volume only reads during a move: a node added to the cluster changes them for
+# every volume, and that alone must not show (or run) an update.
+VOLUME_MOVE_SETTINGS = ("route_nodes", "hold_seconds", "router_image")
 
 
-def _check(news: dict, parse: Any) -> CheckResult:
+def _check(news: dict, parse: Any, conflicts: Any = None) -> CheckResult:
     # During preview some inputs may still be unknown; they are checked again in `up`.
     if _has_unknown(news):
         return CheckResult(news, [])
     try:
-        parse(news)
+        inputs = parse(news)
     except InvalidInputs as exc:
         return CheckResult(news, [CheckFailure(p, r) for p, r in exc.failures])
-    return CheckResult(news, [])
+    return CheckResult(news, conflicts(inputs) if conflicts else [])
+
+
+def _port_conflicts(inputs: ApplicationInputs) -> list[CheckFailure]:
+    """External ports that something else already holds on a node (a read: nothing changes)."""
+    failures = []
+    router = _routing(inputs.owner, inputs.routing).router
+    for node in inputs.routing.nodes:
+        try:
+            with connect(node) as engine:
+                for i, port in enumerate(inputs.application.ports):
+                    user = engine.port_user(port.external, router)
+                    if user is not None:
+                        failures.append(
+                            CheckFailure(
+                                f"ports[{i}].external",
+                                f"application {inputs.owner.resource}: external port {port.external} is already taken "
+                                f"on node {node.name} by {user}",
+                            )
+                        )
+        except NodeUnreachable:
+            continue  # reported by the step that needs the node; preview must not fail for it
+    return failures
+
+
+def _routing(owner: Owner, inputs: RoutingInputs) -> Routing:
+    return Routing(router_spec(owner.project, owner.stack, inputs.image), inputs.nodes, inputs.hold_seconds)
 
 
 def _has_unknown(value: Any) -> bool:
@@ -70,7 +100,7 @@ def _changed_keys(olds: dict, news: dict, outputs: tuple[str, ...]) -> list[str]
 
 class ApplicationProvider(ResourceProvider):
     def check(self, _olds: dict, news: dict) -> CheckResult:
-        return _check(news, parse_application)
+        return _check(news, parse_application, _port_conflicts)
 
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
         changed = _changed_keys(olds, news, APPLICATION_OUTPUTS)
@@ -82,13 +112,14 @@ class ApplicationProvider(ResourceProvider):
 
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_application, props)
-        outs = _converge_application(inputs, (inputs.node,))
+        outs = _converge_application(inputs, (inputs.node,), (), ())
         return CreateResult(id_=L.container_name(inputs.owner), outs={**props, **outs})
 
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
         inputs = _parse_or_raise(parse_application, news)
         old = _parse_or_raise(parse_application, olds)
-        outs = _converge_application(inputs, (old.node, inputs.node))
+        dropped = tuple(n for n in old.routing.nodes if n not in inputs.routing.nodes)
+        outs = _converge_application(inputs, (old.node, inputs.node), old.application.ports, dropped)
         return UpdateResult(outs={**news, **outs})
 
     def read(self, id_: str, props: dict) -> ReadResult:
@@ -104,14 +135,19 @@ class ApplicationProvider(ResourceProvider):
         name = L.container_name(inputs.owner)
         with Engines() as engines:
             discovered = {inputs.node: engines[inputs.node].discover_application(name)}
-            execute(plan_application(None, discovered), engines)
+            routing = _routing(inputs.owner, inputs.routing)
+            execute(plan_application(inputs.owner.resource, None, discovered, routing, inputs.application.ports), engines)
 
 
-def _converge_application(inputs: ApplicationInputs, nodes: tuple[Node, ...]) -> dict[str, Any]:
-    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name, dict(inputs.link_addresses))
+def _converge_application(
+    inputs: ApplicationInputs, nodes: tuple[Node, ...], old_ports: tuple[Port, ...], dropped: tuple[Node, ...]
+) -> dict[str, Any]:
+    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name)
+    routing = _routing(inputs.owner, inputs.routing)
     with Engines() as engines:
         discovered = {node: engines[node].discover_application(spec.name) for node in dict.fromkeys(nodes)}
-        execute(plan_application((inputs.node, spec), discovered), engines, inputs.wait_timeout)
+        plan = plan_application(inputs.owner.resource, (inputs.node, spec), discovered, routing, old_ports, dropped)
+        execute(plan, engines, inputs.wait_timeout)
         found = engines[inputs.node].discover_application(spec.name)
     return {
         "container_id": found.container_id if found else "",
@@ -124,7 +160,7 @@ class VolumeProvider(ResourceProvider):
         return _check(news, parse_volume)
 
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = _changed_keys(olds, news, VOLUME_OUTPUTS)
+        changed = _changed_keys(olds, news, VOLUME_OUTPUTS + VOLUME_MOVE_SETTINGS)
         if "node" in changed and olds.get("node"):
             print(plan_line(_parse_or_raise(parse_volume, olds), _parse_or_raise(parse_volume, news)), flush=True)
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
@@ -142,7 +178,8 @@ class VolumeProvider(ResourceProvider):
         outs = {**news, "volume_name": inputs.name, "last_move": olds.get("last_move")}
         retired = [n for n in olds.get("retired_copies") or [] if n.get("node") != inputs.node.name]
         if old.node != inputs.node:
-            outs["last_move"] = move_volume(old, inputs, _volume_labels(inputs)).as_output()
+            routing = _routing(inputs.owner, inputs.routing)
+            outs["last_move"] = move_volume(old, inputs, _volume_labels(inputs), routing).as_output()
             if inputs.keep_retired:
                 retired.append(node_props(old.node))
             else:

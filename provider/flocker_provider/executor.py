@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
-from .docker_layer import DockerNode, connect
+from .docker_layer import DockerNode, NodeUnreachable, connect
 from .models import Node
 from .progress import report
+from .router_program import POLL_INTERVAL
 from .steps import (
     CreateVolume,
     Plan,
+    PointRoutes,
     RemoveApplication,
+    RemoveRoutes,
     RemoveVolume,
     StartApplication,
     Step,
@@ -19,6 +23,10 @@ from .steps import (
     WaitForApplication,
     describe,
 )
+
+# The router reads its route files every POLL_INTERVAL: a hold must be in force before the
+# application stops, or a connection accepted just before could reach a dying container.
+HOLD_SETTLE = 3 * POLL_INTERVAL
 
 
 class StepFailed(Exception):
@@ -51,7 +59,15 @@ class Engines:
 
 
 def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
-    engine = engines[step.node]
+    try:
+        engine = engines[step.node]
+    except NodeUnreachable as exc:
+        if not _routes_elsewhere(step):
+            raise
+        # A node that is down must not block deploying or moving applications elsewhere;
+        # its routes are written again by the next `pulumi up` that changes the application.
+        report(f"warning: skipped '{describe(step)}': {exc}")
+        return
     match step:
         case CreateVolume(_, volume, labels):
             engine.create_volume(volume, dict(labels))
@@ -65,6 +81,28 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
             engine.stop_container(container)
         case RemoveApplication(_, container):
             engine.remove_container(container)
+        case PointRoutes(_, router, application, ports, backend, container, hold):
+            published = engines[backend].published_ports(container) if backend is not None else {}
+            engine.point_routes(
+                router,
+                {
+                    p.external: {
+                        "target": f"{backend.address}:{published[p.internal]}" if backend is not None else None,
+                        "hold_seconds": hold,
+                        "application": application,
+                    }
+                    for p in ports
+                },
+            )
+            if backend is None:
+                time.sleep(HOLD_SETTLE)
+        case RemoveRoutes(_, router, application, ports):
+            engine.remove_routes(router, application, ports)
+
+
+def _routes_elsewhere(step: Step) -> bool:
+    """Route changes on a node that does not run the application they route."""
+    return isinstance(step, RemoveRoutes) or (isinstance(step, PointRoutes) and step.backend != step.node)
 
 
 def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0) -> None:

@@ -24,8 +24,10 @@ from .models import (
 
 Failure = tuple[str, str]  # (property, reason)
 
-# Any image with rsync and a POSIX shell will do; `make images` builds this one.
+# Any image with rsync, python3 and a POSIX shell will do (it also runs the router);
+# `make images` builds this one.
 DEFAULT_TRANSFER_IMAGE = "flocker/base:local"
+DEFAULT_HOLD_SECONDS = 30.0
 
 
 class InvalidInputs(Exception):
@@ -41,8 +43,8 @@ class ApplicationInputs:
     application: Application
     volume_name: str | None
     volume_node: str | None
-    link_addresses: tuple[tuple[str, str], ...]
     wait_timeout: float
+    routing: RoutingInputs
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,17 @@ class VolumeInputs:
     keep_retired: bool
     move_timeout: float
     transfer_image: str
+    routing: RoutingInputs
+
+
+@dataclass(frozen=True)
+class RoutingInputs:
+    """Every node that routes the stack's external ports, how long a cutover may hold
+    connections, and the image the router runs in (the transfer image)."""
+
+    nodes: tuple[Node, ...]
+    hold_seconds: float
+    image: str
 
 
 def _int(value: Any, prop: str, failures: list[Failure], low: int, high: int | None = None) -> int:
@@ -126,10 +139,10 @@ def _ports(raw: Any, failures: list[Failure]) -> tuple[Port, ...]:
     return tuple(ports)
 
 
-def _links(raw: Any, failures: list[Failure]) -> tuple[tuple[Link, ...], tuple[tuple[str, str], ...]]:
+def _links(raw: Any, failures: list[Failure]) -> tuple[Link, ...]:
     if not raw:
-        return (), ()
-    links, addresses = [], []
+        return ()
+    links = []
     for i, entry in enumerate(raw):
         alias = entry.get("alias") if isinstance(entry, dict) else None
         if not isinstance(alias, str) or not alias:
@@ -142,8 +155,23 @@ def _links(raw: Any, failures: list[Failure]) -> tuple[tuple[Link, ...], tuple[t
                 remote_port=_int(entry.get("remote_port"), f"links[{i}].remote_port", failures, 1, 65535),
             )
         )
-        addresses.append((alias, str(entry.get("address") or "")))
-    return tuple(links), tuple(addresses)
+    return tuple(links)
+
+
+def _routing(props: dict, node: Node, failures: list[Failure]) -> RoutingInputs:
+    raw = props.get("route_nodes") or []
+    nodes = {n.name: n for n in (node_from_props(entry) for entry in raw if isinstance(entry, dict))}
+    # The hosting node routes too, even when it is a bare address outside the node file.
+    if node.name:
+        nodes.setdefault(node.name, node)
+    hold = props.get("hold_seconds")
+    if hold is None:
+        hold = DEFAULT_HOLD_SECONDS
+    elif isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0 < hold <= 3600:
+        failures.append(("hold_seconds", f"expected seconds between 0 and 3600, got {hold!r}"))
+        hold = DEFAULT_HOLD_SECONDS
+    image = str(props.get("router_image") or DEFAULT_TRANSFER_IMAGE)
+    return RoutingInputs(nodes=tuple(sorted(nodes.values(), key=lambda n: n.name)), hold_seconds=float(hold), image=image)
 
 
 def _restart_policy(raw: Any, failures: list[Failure]) -> RestartPolicy:
@@ -180,7 +208,7 @@ def parse_application(props: dict) -> ApplicationInputs:
             failures.append(("volume.mountpoint", f"must be an absolute path, got {mountpoint!r}"))
         else:
             mount = VolumeMount(volume=str(volume.get("name") or ""), mountpoint=mountpoint)
-    links, link_addresses = _links(props.get("links"), failures)
+    links = _links(props.get("links"), failures)
     command = props.get("command")
     application = Application(
         name=str(props["name"]),
@@ -203,6 +231,7 @@ def parse_application(props: dict) -> ApplicationInputs:
                 "give both the same node (moving the volume moves the application with it)",
             )
         )
+    routing = _routing(props, node, failures)
     if failures:
         raise InvalidInputs(failures)
     return ApplicationInputs(
@@ -211,8 +240,8 @@ def parse_application(props: dict) -> ApplicationInputs:
         application=application,
         volume_name=mount.volume if mount else None,
         volume_node=volume_node,
-        link_addresses=link_addresses,
         wait_timeout=float(props.get("wait_timeout") or 120),
+        routing=routing,
     )
 
 
@@ -220,6 +249,7 @@ def parse_volume(props: dict) -> VolumeInputs:
     failures: list[Failure] = []
     node = _node(props, failures)
     maximum_size = _optional_int(props.get("maximum_size"), "maximum_size", failures)
+    routing = _routing(props, node, failures)
     if failures:
         raise InvalidInputs(failures)
     owner = _owner(props)
@@ -231,4 +261,5 @@ def parse_volume(props: dict) -> VolumeInputs:
         keep_retired=bool(props.get("keep_retired", True)),
         move_timeout=float(props.get("move_timeout") or 3600),
         transfer_image=str(props.get("transfer_image") or DEFAULT_TRANSFER_IMAGE),
+        routing=routing,
     )

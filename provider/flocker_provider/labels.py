@@ -18,6 +18,7 @@ RETIRED = f"{PREFIX}.retired"
 KIND_APPLICATION = "application"
 KIND_VOLUME = "volume"
 KIND_TRANSFER = "transfer"
+KIND_ROUTER = "router"
 
 
 def owner_labels(owner: Owner, kind: str) -> dict[str, str]:
@@ -51,3 +52,9 @@ def container_name(owner: Owner) -> str:
 
 def volume_name(owner: Owner) -> str:
     return f"flocker-{owner.stack}-{owner.resource}"
+
+
+def router_name(stack: str) -> str:
+    """Name of a stack's router container and of its routes volume on every node."""
+    # A dot: application containers are flocker-<stack>-<resource>, so this cannot clash with one.
+    return f"flocker-{stack}.router"

@@ -9,6 +9,7 @@ starts the stopped applications again on the source.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable
@@ -22,9 +23,10 @@ from .docker_layer import DockerNode, NodeUnreachable, connect
 from .errors import ProviderError
 from .executor import Engines, StepFailed, run_step
 from .inputs import VolumeInputs
-from .planner import MoveState, PlanError, plan_move
+from .models import Node
+from .planner import MoveState, PlanError, Routing, plan_move
 from .progress import report
-from .steps import HandoffVolume, Plan, PushVolume, StopApplication, VerifyVolume, WaitForApplication, describe
+from .steps import HandoffVolume, Plan, PointRoutes, PushVolume, StopApplication, VerifyVolume, WaitForApplication, describe
 from .transfer import (
     DAEMON_PORT,
     MOUNT,
@@ -93,12 +95,12 @@ def discover_move(engines: Engines, old: VolumeInputs, new: VolumeInputs) -> Mov
     )
 
 
-def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, str], ...]) -> MoveReport:
+def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, str], ...], routing: Routing) -> MoveReport:
     report_ = MoveReport(old.node.name, new.node.name)
     with Engines() as engines:
         try:
             state = discover_move(engines, old, new)
-            plan = plan_move(new.name, labels, old.node, new.node, state)
+            plan = plan_move(new.name, labels, old.node, new.node, state, routing)
         except (PlanError, NodeUnreachable) as exc:
             raise ProviderError(f"cannot move volume {new.owner.resource}: {exc}") from exc
         with TransferChannel(engines, old, new) as channel:
@@ -108,6 +110,7 @@ def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, s
 
 def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: MoveReport, timeout: float) -> None:
     stopped: list[StopApplication] = []
+    held: list[PointRoutes] = []
     handed_over = False
     stop_time: float | None = None
     try:
@@ -126,6 +129,9 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
                     run_step(step, engines, timeout)
                     stopped.append(step)
                     stop_time = stop_time or time.monotonic()
+                case PointRoutes(backend=None):
+                    run_step(step, engines, timeout)
+                    held.append(step)
                 case WaitForApplication():
                     run_step(step, engines, timeout)
                     if stop_time is not None:
@@ -137,7 +143,7 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
         failure = StepFailed(failure.step, RuntimeError(f"{failure.cause}{_unreachable(engines, channel)}"))
         if handed_over:
             raise ProviderError(f"{failure}; the volume was handed over already: run 'pulumi up' again to finish the move") from exc
-        restarted = _restart(stopped, engines)
+        restarted = _restart(stopped, engines) + _route_back(held, engines, channel.source)
         raise ProviderError(f"{failure}; nothing was lost: {restarted}{channel.discard_partial_copy()}") from exc
 
 
@@ -164,6 +170,17 @@ def _restart(stopped: list[StopApplication], engines: Engines) -> str:
     if problems:
         return "restarting on the source failed for " + "; ".join(problems)
     return "restarted " + ", ".join(s.container for s in stopped) + f" on {stopped[0].node.name}"
+
+
+def _route_back(held: list[PointRoutes], engines: Engines, source: Node) -> str:
+    """After a failure before the handoff: held routes point at the source again."""
+    problems = []
+    for step in held:
+        try:
+            run_step(dataclasses.replace(step, backend=source), engines, 0)
+        except Exception as exc:  # keep going: every other node must be released too
+            problems.append(f"{step.node.name}: {exc}")
+    return f"; routes on {', '.join(problems)} could not be pointed back" if problems else ""
 
 
 class TransferChannel:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .containers import ContainerSpec, MountedContainer
-from .models import Node, NodeVolumeState, RunningContainer
+from . import labels as L
+from .containers import ContainerSpec, MountedContainer, RouterSpec
+from .models import Node, NodeVolumeState, Port, RunningContainer
 from .steps import (
     CreateVolume,
     HandoffVolume,
     Plan,
+    PointRoutes,
     PushVolume,
     RemoveApplication,
+    RemoveRoutes,
     RemoveVolume,
     StartApplication,
     StopApplication,
@@ -21,26 +24,59 @@ from .steps import (
 )
 
 
+@dataclass(frozen=True)
+class Routing:
+    """Where a stack's external ports are routed: its router, on every node of the inventory."""
+
+    router: RouterSpec
+    nodes: tuple[Node, ...]
+    hold_seconds: float
+
+    def point(self, application: str, ports: tuple[Port, ...], backend: Node | None, container: str) -> list[PointRoutes]:
+        if not ports:
+            return []
+        return [PointRoutes(n, self.router, application, ports, backend, container, self.hold_seconds) for n in self.nodes]
+
+    def remove(self, application: str, ports: tuple[int, ...], nodes: tuple[Node, ...] | None = None) -> list[RemoveRoutes]:
+        if not ports:
+            return []
+        return [RemoveRoutes(n, self.router, application, tuple(sorted(ports))) for n in (self.nodes if nodes is None else nodes)]
+
+
 def plan_application(
+    application: str,
     desired: tuple[Node, ContainerSpec] | None,
     discovered: Mapping[Node, RunningContainer | None],
+    routing: Routing,
+    old_ports: tuple[Port, ...] = (),
+    dropped: tuple[Node, ...] = (),
 ) -> Plan:
-    """Converge one application.
+    """Converge one application and its routes on every node.
 
     The new container is started and up before any old copy elsewhere is stopped, so an
     application without a volume is never down during a move. (With a volume, the
-    volume's move has already stopped the source and started the destination.)
+    volume's move has already stopped the source and started the destination.) Routes
+    point at a container only once it is up there (Flocker switched them earlier, its
+    issue #380); while a container is replaced in place, new connections are held.
+    ``dropped`` nodes routed the application before and left the inventory: their routes go.
     """
     if desired is None:
-        return tuple(RemoveApplication(node, c.name) for node, c in _present(discovered))
+        removal = routing.remove(application, tuple(p.external for p in old_ports))
+        return (*removal, *(RemoveApplication(node, c.name) for node, c in _present(discovered)))
     node, spec = desired
     steps: list = []
     here = discovered.get(node)
     if here is None or not here.running or here.config_hash != spec.config_hash():
         if here is not None:
+            steps += routing.point(application, spec.ports, None, spec.name)
             steps.append(RemoveApplication(node, here.name))
         steps += [StartApplication(node, spec), WaitForApplication(node, spec.name)]
+    # Every time, not only after a start: a node added to the inventory gets its routes here.
+    steps += routing.point(application, spec.ports, node, spec.name)
     steps += [RemoveApplication(other, c.name) for other, c in _present(discovered) if other != node]
+    kept = {p.external for p in spec.ports}
+    steps += routing.remove(application, tuple(p.external for p in old_ports if p.external not in kept))
+    steps += routing.remove(application, tuple(p.external for p in old_ports), dropped)
     return tuple(steps)
 
 
@@ -82,11 +118,14 @@ def plan_move(
     source: Node,
     destination: Node,
     state: MoveState,
+    routing: Routing,
 ) -> Plan:
     """Two-phase push of ``volume`` and the applications that mount it.
 
     Re-planning from discovered state is what makes `pulumi up` safe to re-run: a move
-    that failed after the handoff only has its remaining steps left.
+    that failed after the handoff only has its remaining steps left. New connections to
+    the applications are held on every node from right before they stop on the source
+    until they are up on the destination.
     """
     handed_over = state.source_volume.retired and state.destination_volume.exists and not state.destination_volume.retired
     on_destination = {c.name for c in state.destination_containers if c.running}
@@ -95,6 +134,7 @@ def plan_move(
         for c in state.source_containers:
             if c.name not in on_destination:
                 steps += _start_on(destination, c, state.destination_containers)
+            steps += _route_to(routing, destination, c)
             steps.append(RemoveApplication(source, c.name))
         return tuple(steps)
     if not state.source_volume.exists or state.source_volume.retired:
@@ -103,6 +143,8 @@ def plan_move(
         )
     running = [c for c in state.source_containers if c.running]
     steps = [PushVolume(source, destination, volume, final=False)]
+    for c in running:
+        steps += _route_to(routing, None, c)
     steps += [StopApplication(source, c.name) for c in running]
     steps += [
         PushVolume(source, destination, volume, final=True),
@@ -111,8 +153,14 @@ def plan_move(
     ]
     for c in running:
         steps += _start_on(destination, c, state.destination_containers)
+        steps += _route_to(routing, destination, c)
     steps += [RemoveApplication(source, c.name) for c in state.source_containers]
     return tuple(steps)
+
+
+def _route_to(routing: Routing, backend: Node | None, container: MountedContainer) -> list[PointRoutes]:
+    application = dict(container.spec.labels).get(L.RESOURCE, container.name)
+    return routing.point(application, container.spec.ports, backend, container.name)
 
 
 def _start_on(node: Node, container: MountedContainer, present: tuple[MountedContainer, ...]) -> list:

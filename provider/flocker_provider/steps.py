@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .containers import ContainerSpec
-from .models import Node
+from .containers import ContainerSpec, RouterSpec
+from .models import Node, Port
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,35 @@ class HandoffVolume:
     labels: tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True)
+class PointRoutes:
+    """On ``node``, route ``application``'s external ports to its container ``container``
+    on ``backend``, or hold new connections (``backend`` None) for up to ``hold_seconds``.
+
+    The router is started on ``node`` if it is not there. The container's published host
+    ports are looked up when the step runs: Docker picks them when the container starts.
+    """
+
+    node: Node
+    router: RouterSpec
+    application: str
+    ports: tuple[Port, ...]
+    backend: Node | None
+    container: str
+    hold_seconds: float
+
+
+@dataclass(frozen=True)
+class RemoveRoutes:
+    """Remove ``application``'s routes of external ``ports`` on ``node``; the router goes with
+    the last route. A route another application took over (a renamed one) stays."""
+
+    node: Node
+    router: RouterSpec
+    application: str
+    ports: tuple[int, ...]
+
+
 Step = (
     CreateVolume
     | RemoveVolume
@@ -91,6 +120,8 @@ Step = (
     | PushVolume
     | VerifyVolume
     | HandoffVolume
+    | PointRoutes
+    | RemoveRoutes
 )
 Plan = tuple[Step, ...]
 
@@ -117,4 +148,11 @@ def describe(step: Step) -> str:
             return f"verify {volume} on {destination.name} against {source.name}"
         case HandoffVolume(source, destination, volume, _):
             return f"hand {volume} over from {source.name} to {destination.name}"
+        case PointRoutes(node, _, application, ports, backend, _, hold):
+            listed = ", ".join(str(p.external) for p in ports)
+            if backend is None:
+                return f"hold new connections to {application} (port {listed}) on {node.name} for up to {hold:g}s"
+            return f"route port {listed} on {node.name} to {application} on {backend.name}"
+        case RemoveRoutes(node, _, application, ports):
+            return f"remove routes of {application} (port {', '.join(map(str, ports))}) from {node.name}"
     raise TypeError(step)

@@ -11,7 +11,7 @@ import pulumi.dynamic
 
 from flocker_provider import labels as L
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
-from flocker_provider.inputs import DEFAULT_TRANSFER_IMAGE, node_props
+from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_TRANSFER_IMAGE, node_props
 from flocker_provider.models import Owner
 from flocker_provider.nodes import Inventory, NodeFileError, inventory_from_settings
 
@@ -33,6 +33,22 @@ def node_inputs(node: str) -> dict[str, Any]:
         return {**node_props(_inventory().resolve(node)), "node_error": None}
     except LookupError as exc:
         return {"node": node, "node_address": "", "docker_host": "", "tls": None, "node_error": str(exc)}
+
+
+def routing_inputs(hold_seconds: float | None) -> dict[str, Any]:
+    """Every node of the inventory routes every application's external ports.
+
+    Sorted by name, so that only a node really added or removed changes these inputs.
+    """
+    config = pulumi.Config("flocker")
+    nodes = sorted(_inventory().nodes, key=lambda n: n.name)
+    hold = hold_seconds if hold_seconds is not None else config.get_float("holdSeconds")
+    return {
+        "route_nodes": [node_props(n) for n in nodes],
+        "hold_seconds": hold if hold is not None else DEFAULT_HOLD_SECONDS,
+        # The router runs in the transfer image (python3): one image to provide per cluster.
+        "router_image": config.get("transferImage") or DEFAULT_TRANSFER_IMAGE,
+    }
 
 
 def _size(resource_name: str, value: int | str | None) -> int | None:
@@ -68,9 +84,9 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         keep_retired: bool = True,
         move_timeout: float = 3600,
         transfer_image: str | None = None,
+        hold_seconds: float | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        config = pulumi.Config("flocker")
         props = {
             "name": resource_name,
             "project": pulumi.get_project(),
@@ -79,7 +95,8 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
             "maximum_size": _size(resource_name, maximum_size),
             "keep_retired": keep_retired,
             "move_timeout": move_timeout,
-            "transfer_image": transfer_image or config.get("transferImage") or DEFAULT_TRANSFER_IMAGE,
+            **routing_inputs(hold_seconds),
+            "transfer_image": transfer_image or pulumi.Config("flocker").get("transferImage") or DEFAULT_TRANSFER_IMAGE,
             "volume_name": None,
             "last_move": None,
             "retired_copies": None,
@@ -87,7 +104,8 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         super().__init__(VolumeProvider(), resource_name, props, opts)
         # Known at construction (not an output), so applications can use it in preview.
         self.docker_volume_name = L.volume_name(_owner(resource_name))
-        # The resolved name: an application given the same node as an address must match.
+        # Resolved, as the application's own node is: an address and its node-file name
+        # are the same node (flocker-deploy's files name nodes by address).
         self.node_name = props["node"]
 
 
@@ -98,7 +116,10 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
     ``{"mountpoint": "/path"}`` (optionally with ``maximum_size``), which creates a
     volume named after the application on the same node, as Flocker did.
     ``links`` are ``{"alias", "local_port", "remote_port"}``: the linking container
-    gets Docker-link-style variables and the alias as a host name.
+    gets Docker-link-style variables and the alias as a host name, both naming its own
+    node, whose router forwards ``remote_port`` to wherever the target runs.
+    ``hold_seconds``: how long new connections wait during a move or a replacement
+    (default: config ``flocker:holdSeconds``, else 30).
     """
 
     container_id: pulumi.Output[str]
@@ -119,12 +140,17 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
         restart_policy: Mapping[str, Any] | None = None,
         command: Sequence[str] | None = None,
         wait_timeout: float = 120,
+        hold_seconds: float | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         opts = opts or pulumi.ResourceOptions()
         volume_props, volume_resource = _volume(resource_name, node, volume, opts)
-        if volume_resource is not None:
-            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[volume_resource]))
+        _claim_ports(resource_name, ports or [])
+        # Targets first: a link's port is routed once its target exists.
+        targets = [_link_target(resource_name, link) for link in links or []]
+        depends = [r for r in [volume_resource, *targets] if r is not None]
+        if depends:
+            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=depends))
         node_settings = node_inputs(node)
         props = {
             "name": resource_name,
@@ -135,26 +161,41 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
             "ports": [dict(p) for p in ports or []],
             "environment": dict(environment or {}),
             "volume": volume_props,
-            "links": [_link(resource_name, link, node_settings["node_address"]) for link in links or []],
+            "links": [dict(link) for link in links or []],
             "mem_limit": mem_limit,
             "cpu_shares": cpu_shares,
             "restart_policy": dict(restart_policy) if restart_policy else None,
             "command": list(command) if command else None,
             "wait_timeout": wait_timeout,
+            **routing_inputs(hold_seconds),
             "container_id": None,
             "addresses": None,
         }
         super().__init__(ApplicationProvider(), resource_name, props, opts)
         self.volume = volume_resource
-        _published.update({int(p["external"]): (resource_name, node_settings["node_address"]) for p in ports or []})
+        for port in ports or []:
+            _published[int(port["external"])] = (resource_name, self)
 
 
-# External port -> (application, node address) of applications declared so far; links
-# find their target here.
-_published: dict[int, tuple[str, str]] = {}
+# External port -> (application, resource) of applications declared so far in this
+# program: every node routes an external port to one application, and links find their
+# target by it, as in Flocker.
+_published: dict[int, tuple[str, FlockerApplication]] = {}
 
 
-def _link(resource_name: str, link: Mapping[str, Any], own_address: str) -> dict[str, Any]:
+def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, int]]) -> None:
+    for port in ports:
+        external = port.get("external")
+        holder = _published.get(int(external)) if isinstance(external, (int, float)) else None
+        # The same name again is the same resource (a program run twice in one process).
+        if holder is not None and holder[0] != resource_name:
+            raise pulumi.RunError(
+                f"applications {holder[0]} and {resource_name} both publish external port {external}: "
+                "every node routes an external port to one application; give one of them another port"
+            )
+
+
+def _link_target(resource_name: str, link: Mapping[str, Any]) -> FlockerApplication:
     remote = link.get("remote_port")
     target = _published.get(int(remote)) if isinstance(remote, (int, float)) else None
     if target is None:
@@ -162,7 +203,7 @@ def _link(resource_name: str, link: Mapping[str, Any], own_address: str) -> dict
             f"application {resource_name}: link '{link.get('alias')}' to port {remote}: no application "
             "declared before this one publishes that external port; declare the target first"
         )
-    return {**link, "address": target[1] or own_address}
+    return target[1]
 
 
 def _volume(

@@ -103,7 +103,7 @@ def test_flocker_format_fig_format_and_code_declare_the_same_resources(article_n
     by_name = {(typ, name): json.loads(inputs) for typ, name, inputs in code}
     logstash = next(inputs for (typ, name), inputs in by_name.items() if name == "logstash")
     assert logstash["node_address"] == "172.16.255.251"
-    assert logstash["links"] == [{"alias": "es", "local_port": 9200, "remote_port": 9200, "address": "172.16.255.250"}]
+    assert logstash["links"] == [{"alias": "es", "local_port": 9200, "remote_port": 9200}]
 
 
 def test_every_resource_has_its_own_urn(article_nodes: Path) -> None:

@@ -3,8 +3,11 @@
 import pytest
 
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
+from flocker_provider.inputs import parse_application
 
-NODE = {"node": "node1", "node_address": "10.0.0.1", "docker_host": "tcp://10.0.0.1:2375", "tls": None}
+# Check probes every routing node for taken ports: these engines refuse at once, on this machine.
+NODE = {"node": "node1", "node_address": "127.0.0.1", "docker_host": "tcp://127.0.0.1:9", "tls": None}
+NODE3 = {"node": "node3", "node_address": "127.0.0.3", "docker_host": "tcp://127.0.0.3:9", "tls": None}
 
 
 def app(**changes: object) -> dict:
@@ -94,7 +97,7 @@ def test_unknown_node_of_a_volume() -> None:
 
 def test_node_change_is_an_update_never_a_replace() -> None:
     old = app(container_id="abc", addresses=["10.0.0.1:9200"])
-    new = app(node="node2", node_address="10.0.0.2", docker_host="tcp://10.0.0.2:2375")
+    new = app(node="node2", node_address="127.0.0.2", docker_host="tcp://127.0.0.2:9")
     result = ApplicationProvider().diff("id", old, new)
     assert result.changes is True
     assert not result.replaces
@@ -103,3 +106,27 @@ def test_node_change_is_an_update_never_a_replace() -> None:
 def test_outputs_alone_are_not_a_change() -> None:
     old = app(container_id="abc", addresses=["10.0.0.1:9200"], __provider="blob")
     assert ApplicationProvider().diff("id", old, app()).changes is False
+
+
+def test_routing_nodes_include_the_hosting_node_sorted_by_name() -> None:
+    routing = parse_application(app(route_nodes=[NODE3], hold_seconds=5.0)).routing
+    assert [n.name for n in routing.nodes] == ["node1", "node3"]
+    assert routing.hold_seconds == 5.0
+
+
+@pytest.mark.parametrize("hold", [0, -1, "30", True, 7200])
+def test_bad_hold_seconds(hold: object) -> None:
+    assert failures(app(hold_seconds=hold)) == [("hold_seconds", f"expected seconds between 0 and 3600, got {hold!r}")]
+
+
+def test_a_node_added_to_the_cluster_updates_applications_without_replacing_them() -> None:
+    # The new node needs the application's routes: an update, which restarts nothing.
+    result = ApplicationProvider().diff("id", app(route_nodes=[NODE]), app(route_nodes=[NODE, NODE3]))
+    assert result.changes is True
+    assert not result.replaces
+
+
+def test_a_node_added_to_the_cluster_is_no_change_for_a_volume() -> None:
+    volume = {"name": "v", "project": "p", "stack": "s", **NODE, "volume_name": "v"}
+    old, new = {**volume, "route_nodes": [NODE]}, {**volume, "route_nodes": [NODE, NODE3], "hold_seconds": 10}
+    assert VolumeProvider().diff("id", old, new).changes is False

@@ -2,14 +2,16 @@
 
 import pytest
 
-from flocker_provider.containers import ContainerSpec, MountedContainer
+from flocker_provider.containers import ContainerSpec, MountedContainer, router_spec
 from flocker_provider.models import Node, NodeVolumeState, Port, RunningContainer
-from flocker_provider.planner import MoveState, PlanError, plan_application, plan_move, plan_volume
+from flocker_provider.planner import MoveState, PlanError, Routing, plan_application, plan_move, plan_volume
 from flocker_provider.steps import (
     CreateVolume,
     HandoffVolume,
+    PointRoutes,
     PushVolume,
     RemoveApplication,
+    RemoveRoutes,
     RemoveVolume,
     StartApplication,
     StopApplication,
@@ -19,56 +21,105 @@ from flocker_provider.steps import (
 
 N1 = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 N2 = Node("node2", "10.0.0.2", "tcp://10.0.0.2:2375")
-SPEC = ContainerSpec(name="flocker-dev-es", image="es:1", ports=(Port(9200, 9200),), volume_name="v", mountpoint="/d")
+N3 = Node("node3", "10.0.0.3", "tcp://10.0.0.3:2375")
+N4 = Node("node4", "10.0.0.4", "tcp://10.0.0.4:2375")
+SPEC = ContainerSpec(
+    name="flocker-dev-es",
+    image="es:1",
+    ports=(Port(9200, 9200),),
+    volume_name="v",
+    mountpoint="/d",
+    labels=(("io.flocker-pulumi.resource", "es"),),
+)
 LABELS = (("io.flocker-pulumi.managed", "true"),)
+ROUTER = router_spec("p", "dev", "flocker/base:local")
+ROUTING = Routing(ROUTER, (N1, N2, N3), 30.0)
+
+
+def route(backend: Node | None, spec: ContainerSpec = SPEC) -> tuple[PointRoutes, ...]:
+    """The application's routes on every node, to ``backend`` or held."""
+    return tuple(PointRoutes(n, ROUTER, "es", spec.ports, backend, spec.name, 30.0) for n in (N1, N2, N3))
+
+
+def plan(desired: tuple[Node, ContainerSpec] | None, discovered: dict, old_ports: tuple[Port, ...] = ()) -> tuple:
+    return plan_application("es", desired, discovered, ROUTING, old_ports)
 
 
 def running(spec: ContainerSpec = SPEC, up: bool = True) -> RunningContainer:
     return RunningContainer(spec.name, "id-" + spec.name, up, spec.config_hash())
 
 
-def test_new_application_is_started_and_awaited() -> None:
-    assert plan_application((N1, SPEC), {N1: None}) == (
+def test_new_application_is_started_awaited_then_routed_on_every_node() -> None:
+    assert plan((N1, SPEC), {N1: None}) == (
         StartApplication(N1, SPEC),
         WaitForApplication(N1, SPEC.name),
+        *route(N1),
     )
 
 
-def test_unchanged_application_plans_nothing() -> None:
-    assert plan_application((N1, SPEC), {N1: running()}) == ()
+def test_unchanged_application_only_rewrites_its_routes() -> None:
+    # This is how a node added to the inventory gets its routes, without a restart.
+    assert plan((N1, SPEC), {N1: running()}) == route(N1)
 
 
-def test_changed_configuration_replaces_the_container_in_place() -> None:
+def test_application_without_ports_has_no_routes() -> None:
+    bare = ContainerSpec(name="flocker-dev-job", image="job:1")
+    assert plan((N1, bare), {N1: None}) == (StartApplication(N1, bare), WaitForApplication(N1, bare.name))
+
+
+def test_changed_configuration_holds_connections_while_replacing_in_place() -> None:
     new = ContainerSpec(**{**SPEC.__dict__, "image": "es:2"})
-    assert plan_application((N1, new), {N1: running()}) == (
+    assert plan((N1, new), {N1: running()}) == (
+        *route(None, new),
         RemoveApplication(N1, SPEC.name),
         StartApplication(N1, new),
         WaitForApplication(N1, SPEC.name),
+        *route(N1, new),
     )
 
 
 def test_stopped_container_is_recreated() -> None:
-    assert plan_application((N1, SPEC), {N1: running(up=False)}) == (
+    assert plan((N1, SPEC), {N1: running(up=False)}) == (
+        *route(None),
         RemoveApplication(N1, SPEC.name),
         StartApplication(N1, SPEC),
         WaitForApplication(N1, SPEC.name),
+        *route(N1),
     )
 
 
-def test_stateless_move_starts_new_before_stopping_old() -> None:
-    assert plan_application((N2, SPEC), {N1: running(), N2: None}) == (
+def test_stateless_move_routes_to_the_new_node_before_stopping_the_old() -> None:
+    assert plan((N2, SPEC), {N1: running(), N2: None}) == (
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
+        *route(N2),
         RemoveApplication(N1, SPEC.name),
     )
 
 
 def test_move_already_done_by_the_volume_only_cleans_up() -> None:
-    assert plan_application((N2, SPEC), {N1: None, N2: running()}) == ()
+    assert plan((N2, SPEC), {N1: None, N2: running()}) == route(N2)
 
 
-def test_delete_removes_everywhere_found() -> None:
-    assert plan_application(None, {N1: running(), N2: None}) == (RemoveApplication(N1, SPEC.name),)
+def test_a_port_no_longer_published_loses_its_routes() -> None:
+    assert plan((N1, SPEC), {N1: running()}, old_ports=(Port(9200, 9200), Port(9300, 9300))) == (
+        *route(N1),
+        *(RemoveRoutes(n, ROUTER, "es", (9300,)) for n in (N1, N2, N3)),
+    )
+
+
+def test_a_node_that_left_the_inventory_loses_the_routes() -> None:
+    assert plan_application("es", (N1, SPEC), {N1: running()}, ROUTING, SPEC.ports, dropped=(N4,)) == (
+        *route(N1),
+        RemoveRoutes(N4, ROUTER, "es", (9200,)),
+    )
+
+
+def test_delete_removes_routes_on_every_node_then_the_container() -> None:
+    assert plan(None, {N1: running(), N2: None}, old_ports=SPEC.ports) == (
+        *(RemoveRoutes(n, ROUTER, "es", (9200,)) for n in (N1, N2, N3)),
+        RemoveApplication(N1, SPEC.name),
+    )
 
 
 def test_volume_created_once() -> None:
@@ -91,21 +142,23 @@ def move_state(**changes: object) -> MoveState:
     return MoveState(**{**base, **changes})
 
 
-def test_two_phase_push() -> None:
-    assert plan_move("v", LABELS, N1, N2, move_state()) == (
+def test_two_phase_push_holds_connections_from_stop_until_up_on_the_destination() -> None:
+    assert plan_move("v", LABELS, N1, N2, move_state(), ROUTING) == (
         PushVolume(N1, N2, "v", final=False),
+        *route(None),
         StopApplication(N1, SPEC.name),
         PushVolume(N1, N2, "v", final=True),
         VerifyVolume(N1, N2, "v"),
         HandoffVolume(N1, N2, "v", LABELS),
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
+        *route(N2),
         RemoveApplication(N1, SPEC.name),
     )
 
 
 def test_standalone_volume_moves_without_applications() -> None:
-    assert plan_move("v", LABELS, N1, N2, move_state(source_containers=())) == (
+    assert plan_move("v", LABELS, N1, N2, move_state(source_containers=()), ROUTING) == (
         PushVolume(N1, N2, "v", final=False),
         PushVolume(N1, N2, "v", final=True),
         VerifyVolume(N1, N2, "v"),
@@ -119,9 +172,10 @@ def test_rerun_after_handoff_only_finishes_the_move() -> None:
         destination_volume=NodeVolumeState("v", exists=True),
         source_containers=(MountedContainer(SPEC.name, SPEC, running=False),),
     )
-    assert plan_move("v", LABELS, N1, N2, state) == (
+    assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
+        *route(N2),
         RemoveApplication(N1, SPEC.name),
     )
 
@@ -133,19 +187,20 @@ def test_rerun_replaces_a_half_started_destination_container() -> None:
         source_containers=(MountedContainer(SPEC.name, SPEC, running=False),),
         destination_containers=(MountedContainer(SPEC.name, SPEC, running=False),),
     )
-    assert plan_move("v", LABELS, N1, N2, state) == (
+    assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
         RemoveApplication(N2, SPEC.name),
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
+        *route(N2),
         RemoveApplication(N1, SPEC.name),
     )
 
 
 def test_move_back_to_a_retired_copy_is_a_normal_push() -> None:
     state = move_state(destination_volume=NodeVolumeState("v", exists=True, retired=True))
-    assert plan_move("v", LABELS, N1, N2, state)[0] == PushVolume(N1, N2, "v", final=False)
+    assert plan_move("v", LABELS, N1, N2, state, ROUTING)[0] == PushVolume(N1, N2, "v", final=False)
 
 
 def test_nothing_to_move_is_an_error() -> None:
     with pytest.raises(PlanError, match="no live copy on node1"):
-        plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=False)))
+        plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=False)), ROUTING)
