@@ -26,6 +26,7 @@ from .steps import (
 
 # The router reads its route files every POLL_INTERVAL: a hold must be in force before the
 # application stops, or a connection accepted just before could reach a dying container.
+# The routers of all nodes poll independently, so one wait after the last write covers all.
 HOLD_SETTLE = 3 * POLL_INTERVAL
 
 
@@ -81,7 +82,7 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
             engine.stop_container(container)
         case RemoveApplication(_, container):
             engine.remove_container(container)
-        case PointRoutes(_, router, application, ports, backend, container, hold):
+        case PointRoutes(_, router, application, ports, backend, container, hold, settle):
             published = engines[backend].published_ports(container) if backend is not None else {}
             engine.point_routes(
                 router,
@@ -94,7 +95,7 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
                     for p in ports
                 },
             )
-            if backend is None:
+            if settle:
                 time.sleep(HOLD_SETTLE)
         case RemoveRoutes(_, router, application, ports):
             engine.remove_routes(router, application, ports)

@@ -88,6 +88,8 @@ class PointRoutes:
 
     The router is started on ``node`` if it is not there. The container's published host
     ports are looked up when the step runs: Docker picks them when the container starts.
+    ``settle``: wait until the routers have read the change before the next step (the
+    last hold before a container stops).
     """
 
     node: Node
@@ -97,6 +99,7 @@ class PointRoutes:
     backend: Node | None
     container: str
     hold_seconds: float
+    settle: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def describe(step: Step) -> str:
             return f"verify {volume} on {destination.name} against {source.name}"
         case HandoffVolume(source, destination, volume, _):
             return f"hand {volume} over from {source.name} to {destination.name}"
-        case PointRoutes(node, _, application, ports, backend, _, hold):
+        case PointRoutes(node, _, application, ports, backend, _, hold, _):
             listed = ", ".join(str(p.external) for p in ports)
             if backend is None:
                 return f"hold new connections to {application} (port {listed}) on {node.name} for up to {hold:g}s"
