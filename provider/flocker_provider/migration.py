@@ -60,6 +60,12 @@ class MoveReport:
     destination: str
     rounds: list[dict] = field(default_factory=list)
     downtime_seconds: float | None = None
+    # Seconds per step, to see where a slow move spends its time.
+    steps: list[dict] = field(default_factory=list)
+    # Wall-clock (epoch) times, comparable across moves and with clients' clocks:
+    # they show whether moves in one `pulumi up` ran at the same time.
+    started_at: float | None = None
+    finished_at: float | None = None
 
     def as_output(self) -> dict:
         return {
@@ -68,6 +74,9 @@ class MoveReport:
             "rounds": self.rounds,
             "phase2_bytes_sent": next((r["bytes_sent"] for r in self.rounds if r["final"]), None),
             "downtime_seconds": self.downtime_seconds,
+            "steps": self.steps,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
         }
 
 
@@ -94,7 +103,7 @@ def discover_move(engines: Engines, old: VolumeInputs, new: VolumeInputs) -> Mov
 
 
 def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, str], ...]) -> MoveReport:
-    report_ = MoveReport(old.node.name, new.node.name)
+    report_ = MoveReport(old.node.name, new.node.name, started_at=round(time.time(), 3))
     with Engines() as engines:
         try:
             state = discover_move(engines, old, new)
@@ -103,6 +112,7 @@ def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, s
             raise ProviderError(f"cannot move volume {new.owner.resource}: {exc}") from exc
         with TransferChannel(engines, old, new) as channel:
             run_move(plan, engines, channel, report_, new.move_timeout)
+    report_.finished_at = round(time.time(), 3)
     return report_
 
 
@@ -113,6 +123,7 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
     try:
         for step in plan:
             report(f"move {channel.label}: {describe(step)}")
+            step_started = time.monotonic()
             match step:
                 case PushVolume(final=final):
                     report_.rounds += channel.push(final, timeout)
@@ -132,6 +143,7 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
                         report_.downtime_seconds = round(time.monotonic() - stop_time, 3)
                 case _:
                     run_step(step, engines, timeout)
+            report_.steps.append({"step": describe(step), "seconds": round(time.monotonic() - step_started, 3)})
     except Exception as exc:
         failure = exc if isinstance(exc, StepFailed) else StepFailed(step, exc)
         failure = StepFailed(failure.step, RuntimeError(f"{failure.cause}{_unreachable(engines, channel)}"))
