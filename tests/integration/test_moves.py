@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
 
-from .harness import REPO, ClusterNode, Pulumi, eventually, http_json, node_state, ours, volume_checksums
+from .harness import REPO, STORE, ClusterNode, Pulumi, Writer, by_name, eventually, http_json, make, node_state, ours, volume_checksums
 
 pytestmark = pytest.mark.cluster
-
-STORE = """
-import pulumi
-from flocker_pulumi import FlockerApplication
-
-config = pulumi.Config()
-store = FlockerApplication(
-    "store",
-    image="flocker/elasticsearch:local",
-    node=config.require("node"),
-    ports=[{"internal": 9200, "external": 9200}],
-    volume={"mountpoint": "/var/lib/elasticsearch"},
-)
-pulumi.export("node", store.node)
-pulumi.export("last_move", store.volume.last_move)
-"""
 
 # Writes a 1 GiB file once, then rewrites 1 MiB at a random offset in place every two
 # seconds, and once more when stopped (a checkpoint), as a database does: phase 2 must
@@ -68,13 +50,6 @@ pulumi.export("last_move", app.volume.last_move)
 """
 
 
-def make(workdir: Path, stack: str, program: str, node: str) -> Pulumi:
-    pulumi = Pulumi(workdir, stack)
-    pulumi.write_program(program)
-    pulumi.init({"node": node})
-    return pulumi
-
-
 @pytest.fixture
 def cleanup(nodes: list[ClusterNode], stack_name: str):
     stacks: list[Pulumi] = []
@@ -82,34 +57,6 @@ def cleanup(nodes: list[ClusterNode], stack_name: str):
     for pulumi in stacks:
         pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
-
-
-def by_name(nodes: list[ClusterNode], name: str) -> ClusterNode:
-    return next(n for n in nodes if n.name == name)
-
-
-class Writer(threading.Thread):
-    """Indexes documents as fast as acknowledged, following the store to its new node."""
-
-    def __init__(self, addresses: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.addresses = addresses
-        self.acknowledged: list[int] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            for address in self.addresses:
-                try:
-                    http_json("PUT", f"http://{address}:9200/acks/_doc/{i}", {"n": i}, timeout=2)
-                except (OSError, urllib.error.URLError):
-                    continue
-                self.acknowledged.append(i)
-                i += 1
-                break
-            else:
-                time.sleep(0.05)
 
 
 def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
