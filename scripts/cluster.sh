@@ -140,7 +140,9 @@ ensure_bridge() {
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
   fi
-  ip addr show dev "$BRIDGE" | grep -qF " $GATEWAY/24 " || ip addr add "$GATEWAY/24" dev "$BRIDGE"
+  # grep without -q reads all of ip's output: with -q it exits at the match, ip dies of
+  # SIGPIPE, pipefail fails the test and the address is added twice ("already assigned").
+  ip addr show dev "$BRIDGE" | grep -F " $GATEWAY/24 " >/dev/null || ip addr add "$GATEWAY/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   # No ip_forward in the root namespace: nodes share one L2 segment and the root namespace
   # reaches them directly, so nothing needs routing. Leaving it off (when nothing else has
@@ -181,7 +183,7 @@ ensure_netns() {   # i
   fi
   ip link set "$host" master "$BRIDGE" up
   ip -n "$ns" link set lo up
-  ip -n "$ns" addr show dev eth0 | grep -qF " $addr/24 " || ip -n "$ns" addr add "$addr/24" dev eth0
+  ip -n "$ns" addr show dev eth0 | grep -F " $addr/24 " >/dev/null || ip -n "$ns" addr add "$addr/24" dev eth0
   ip -n "$ns" link set eth0 up
   ip -n "$ns" route replace default via "$GATEWAY"
 }
