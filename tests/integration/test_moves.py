@@ -49,6 +49,23 @@ app = FlockerApplication(
 pulumi.export("last_move", app.volume.last_move)
 """
 
+# Two stores with their own volumes on one node, for moves in one `pulumi up`.
+PAIR = """
+import pulumi
+from flocker_pulumi import FlockerApplication
+
+config = pulumi.Config()
+for name, port in (("alpha", 9201), ("beta", 9202)):
+    app = FlockerApplication(
+        name,
+        image="flocker/elasticsearch:local",
+        node=config.require("node"),
+        ports=[{"internal": 9200, "external": port}],
+        volume={"mountpoint": "/var/lib/elasticsearch"},
+    )
+    pulumi.export(name, app.volume.last_move)
+"""
+
 
 @pytest.fixture
 def cleanup(nodes: list[ClusterNode], stack_name: str):
@@ -190,3 +207,29 @@ def test_preview_of_a_move_changes_nothing(nodes: list[ClusterNode], workdir: Pa
     assert "volume store moves from node1 to node2" in preview.stdout, preview.stdout
     assert "replace" not in preview.stdout.lower().replace("flocker", "")
     assert node_state(nodes) == before
+
+
+def test_two_moves_in_one_up_run_in_parallel(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
+    pair = make(workdir, stack_name, PAIR, "node1")
+    cleanup.append(pair)
+    pair.up()
+    node1, node2 = by_name(nodes, "node1"), by_name(nodes, "node2")
+    ports = {"alpha": 9201, "beta": 9202}
+    blob = "x" * 100_000
+    for port in ports.values():
+        url = f"http://{node1.address}:{port}"
+        eventually(lambda url=url: http_json("GET", url + "/"), what=f"store on port {port} up")
+        for i in range(50):  # ~5 MB each, so that each copy takes a moment
+            http_json("PUT", f"{url}/docs/_doc/{i}", {"port": port, "blob": blob})
+
+    pair.config({"node": "node2"})
+    pair.up()
+    alpha, beta = (pair.outputs()[name] for name in ports)
+    # Each move started before the other had finished: they ran at the same time.
+    assert alpha["started_at"] < beta["finished_at"] and beta["started_at"] < alpha["finished_at"], (alpha, beta)
+    for name, port in ports.items():
+        hits = http_json("GET", f"http://{node2.address}:{port}/docs/_search?size=100")["hits"]["hits"]
+        assert sorted(int(h["_id"]) for h in hits) == list(range(50)), name
+        assert {h["_source"]["port"] for h in hits} == {port}, f"{name} holds the other store's documents"
+        volume = f"flocker-{stack_name}-{name}"
+        assert volume_checksums(node1, volume) == volume_checksums(node2, volume), name
