@@ -170,10 +170,15 @@ def remove_bench_objects(node: ClusterNode) -> None:
 
 
 def raw_copy(source: ClusterNode, destination: ClusterNode, volume: str) -> dict[str, Any]:
+    """The raw copy under the same steady writes as the moves' phase 1: each write is
+    fsynced, and those fsyncs compete with the copy for the disk and the two cores."""
     target = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    writer = writer_started(source, destination)
     try:
         copied, seconds = tar_copy(source, destination, volume, target)
     finally:
+        writer.stop.set()
+        writer.join()
         remove_bench_objects(destination)
     return {"bytes": copied, "seconds": round(seconds, 3), "bytes_per_second": round(copied / seconds)}
 
@@ -271,7 +276,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"The Elasticsearch stand-in with a client writing as fast as acknowledged, its volume filled to the size, moved"
         f" node1 -> node2 and back by `pulumi up`; {result['cpus']} cores shared with other work, measured {result['measured_at']}."
         " Downtime: the client's last acknowledged write on the old node to its first on the new one (provider: stop to running)."
-        " Raw: `tar | tar` over socat between the same nodes, before and after the moves.",
+        " Raw: `tar | tar` over socat between the same nodes, before and after the moves, with the same writes going on.",
         "",
         "| volume | raw tar\\|tar | phase-1 round 1 | phase 1 / raw | downtime there / back (client) | (provider) | `pulumi up` there |",
         "|---|---|---|---|---|---|---|",
