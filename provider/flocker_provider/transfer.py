@@ -130,9 +130,9 @@ TAR_CHECKPOINT = 10240  # records between progress lines: 100 MiB
 
 
 # The receiver answers with this line and tar's exit status once everything is on disk.
-# The sender must wait for it: its exit alone proves nothing, since the container's
-# network namespace is torn down at once and takes unsent socket buffers (and the FIN)
-# with it, which left the receiver waiting forever.
+# The sender must wait for it: its exit alone proves nothing about the extraction, and
+# when the helper that runs it goes away its network namespace takes unsent socket
+# buffers (and the FIN) with it, which left the receiver waiting forever.
 STREAM_DONE = "flocker-received"
 
 
