@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -224,7 +225,9 @@ class Writer(threading.Thread):
             for address in self.addresses:
                 try:
                     http_json("PUT", f"http://{address}:9200/acks/_doc/{i}", {"n": i}, timeout=2)
-                except (OSError, urllib.error.URLError):
+                # A store stopping mid-answer cuts the response short (IncompleteRead):
+                # not acknowledged, like a refused connection.
+                except (OSError, urllib.error.URLError, http.client.HTTPException):
                     continue
                 self.acknowledged.append(i)
                 self.served.append((time.monotonic(), address))
