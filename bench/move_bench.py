@@ -75,11 +75,9 @@ def fill(node: ClusterNode, volume: str, size: int) -> None:
 def tar_copy(source: ClusterNode, destination: ClusterNode, volume: str, target: str) -> tuple[int, float]:
     """Raw `tar | tar` of ``volume`` into a new volume ``target``: bytes streamed and seconds.
 
-    Bytes are tar's count, as in the provider's stream round; time is taken as the provider takes it.
-
-    Like the provider's stream round, the clock runs from starting the receiver to the
-    receiver's confirmation that everything is extracted (the sender waits for it: a
-    sender container's exit alone can drop unsent socket data).
+    Measured as the provider's stream round is: bytes are tar's count, and the clock runs
+    from starting the receiver to its confirmation that everything is extracted (the
+    sender waits for it: a sender container's exit alone can drop unsent socket data).
     """
     src, dst = source.client(), destination.client()
     dst.volumes.create(target, labels={BENCH_LABEL: "true"})
@@ -170,8 +168,10 @@ def remove_bench_objects(node: ClusterNode) -> None:
 
 
 def raw_copy(source: ClusterNode, destination: ClusterNode, volume: str) -> dict[str, Any]:
-    """The raw copy under the same steady writes as the moves' phase 1: each write is
-    fsynced, and those fsyncs compete with the copy for the disk and the two cores."""
+    """The raw copy, under the same steady writes as the moves' phase 1.
+
+    Each write is fsynced, and those fsyncs compete with the copy for the disk and the cores.
+    """
     target = f"bench-raw-{uuid.uuid4().hex[:8]}"
     writer = writer_started(source, destination)
     try:
