@@ -13,7 +13,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import docker.errors
@@ -330,12 +329,7 @@ class TransferChannel:
     def _stream(self, timeout: float) -> dict:
         """Round 1 into an empty destination: a raw tar stream, no delta to compute."""
         started = time.monotonic()
-        # Both helpers start at once, on their own nodes: each start costs 0.5-1 s, which a
-        # small volume's copy of a few seconds cannot amortize.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            sender = pool.submit(self._source_helper)
-            receiver, port = self._start_receiver("stream", stream_receiver_command(), STREAM_PORT, b"listening")
-            sender.result()
+        receiver, port = self._start_receiver("stream", stream_receiver_command(), STREAM_PORT, b"listening")
 
         def progress(output: str) -> str | None:
             sent = parse_stream_progress(output)
