@@ -52,8 +52,8 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 lint: install
-	$(VENV)/bin/ruff check provider sdk examples tests
-	$(VENV)/bin/ruff format --check provider sdk examples tests
+	$(VENV)/bin/ruff check provider sdk examples tests bench
+	$(VENV)/bin/ruff format --check provider sdk examples tests bench
 
 test: install
 	@bash scripts/run-tests.sh

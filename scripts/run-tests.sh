@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export FLOCKER_REQUIRE_CLUSTER=1
 
-.venv/bin/ruff check provider sdk examples tests
+.venv/bin/ruff check provider sdk examples tests bench
 .venv/bin/pytest -q tests/unit
 
 trap 'bash scripts/cluster.sh down' EXIT

@@ -55,6 +55,18 @@ def daemon_command(allowed_address: str) -> list[str]:
     return ["sh", "-c", script]
 
 
+def heartbeat(command: list[str]) -> list[str]:
+    """``command`` with an empty output line every 20 s while it runs.
+
+    Its output is read over a Docker API connection that times out after a minute of
+    silence, and a dry run over a large tree, or a slow stream between checkpoints, can be
+    silent that long. Empty lines mean nothing to any of the parsers here.
+    """
+    # sleep must not hold the output open: the stream ends only when every writer is gone.
+    script = 'while sleep 20 >/dev/null 2>&1; do echo; done & beat=$!; "$@"; code=$?; kill $beat; exit $code'
+    return ["sh", "-c", script, "sh", *command]
+
+
 def client_command(address: str, port: int, *, dry_run: bool = False) -> list[str]:
     """rsync from the mounted volume to the daemon; the password comes in RSYNC_PASSWORD.
 
@@ -118,9 +130,9 @@ TAR_CHECKPOINT = 10240  # records between progress lines: 100 MiB
 
 
 # The receiver answers with this line and tar's exit status once everything is on disk.
-# The sender must wait for it: its exit alone proves nothing, since the container's
-# network namespace is torn down at once and takes unsent socket buffers (and the FIN)
-# with it, which left the receiver waiting forever.
+# The sender must wait for it: its exit alone proves nothing about the extraction, and
+# when the helper that runs it goes away its network namespace takes unsent socket
+# buffers (and the FIN) with it, which left the receiver waiting forever.
 STREAM_DONE = "flocker-received"
 
 

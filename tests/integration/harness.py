@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,24 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MANAGED = "io.flocker-pulumi.managed"
 STACK_LABEL = "io.flocker-pulumi.stack"
+
+# The Elasticsearch stand-in with its data in a volume: an acknowledged write (a PUT
+# answered) is on disk, so it is the application the move tests and benchmarks use.
+STORE = """
+import pulumi
+from flocker_pulumi import FlockerApplication
+
+config = pulumi.Config()
+store = FlockerApplication(
+    "store",
+    image="flocker/elasticsearch:local",
+    node=config.require("node"),
+    ports=[{"internal": 9200, "external": 9200}],
+    volume={"mountpoint": "/var/lib/elasticsearch"},
+)
+pulumi.export("node", store.node)
+pulumi.export("last_move", store.volume.last_move)
+"""
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,18 @@ class Pulumi:
         self.run("destroy", "--yes", "--skip-preview", check=False)
 
 
+def make(workdir: Path, stack: str, program: str, node: str) -> Pulumi:
+    """A new stack of ``program`` with its `node` config set."""
+    pulumi = Pulumi(workdir, stack)
+    pulumi.write_program(program)
+    pulumi.init({"node": node})
+    return pulumi
+
+
+def by_name(nodes: list[ClusterNode], name: str) -> ClusterNode:
+    return next(n for n in nodes if n.name == name)
+
+
 def ours(nodes: list[ClusterNode], stack: str) -> dict[str, list[str]]:
     """Names of containers and volumes of this stack on each node."""
     found: dict[str, list[str]] = {}
@@ -171,3 +203,43 @@ def volume_checksums(node: ClusterNode, volume: str, image: str = "flocker/base:
         remove=True,
     )
     return output.decode()
+
+
+class Writer(threading.Thread):
+    """Indexes documents into the store as fast as acknowledged, following it to its new node.
+
+    Each acknowledgement is kept with the address that gave it and when, so the outage of
+    a move is the time from the last one on the old node to the first on the new node.
+    """
+
+    def __init__(self, addresses: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.addresses = addresses
+        self.acknowledged: list[int] = []
+        self.served: list[tuple[float, str]] = []  # (time.monotonic(), address) per acknowledged write
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            for address in self.addresses:
+                try:
+                    http_json("PUT", f"http://{address}:9200/acks/_doc/{i}", {"n": i}, timeout=2)
+                # A store stopping mid-answer cuts the response short (IncompleteRead):
+                # not acknowledged, like a refused connection.
+                except (OSError, urllib.error.URLError, http.client.HTTPException):
+                    continue
+                self.acknowledged.append(i)
+                self.served.append((time.monotonic(), address))
+                i += 1
+                break
+            else:
+                time.sleep(0.05)
+
+    def outage(self, source: str, destination: str) -> float | None:
+        """Seconds between the last write acknowledged by ``source`` and the first by ``destination``."""
+        first = next((t for t, address in self.served if address == destination), None)
+        if first is None:
+            return None
+        last = max((t for t, address in self.served if address == source and t < first), default=None)
+        return None if last is None else first - last

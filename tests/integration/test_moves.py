@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
 
-from .harness import REPO, ClusterNode, Pulumi, eventually, http_json, node_state, ours, volume_checksums
+from .harness import REPO, STORE, ClusterNode, Pulumi, Writer, by_name, eventually, http_json, make, node_state, ours, volume_checksums
 
 pytestmark = pytest.mark.cluster
-
-STORE = """
-import pulumi
-from flocker_pulumi import FlockerApplication
-
-config = pulumi.Config()
-store = FlockerApplication(
-    "store",
-    image="flocker/elasticsearch:local",
-    node=config.require("node"),
-    ports=[{"internal": 9200, "external": 9200}],
-    volume={"mountpoint": "/var/lib/elasticsearch"},
-)
-pulumi.export("node", store.node)
-pulumi.export("last_move", store.volume.last_move)
-"""
 
 # Writes a 1 GiB file once, then rewrites 1 MiB at a random offset in place every two
 # seconds, and once more when stopped (a checkpoint), as a database does: phase 2 must
@@ -67,12 +49,22 @@ app = FlockerApplication(
 pulumi.export("last_move", app.volume.last_move)
 """
 
+# Two stores with their own volumes on one node, for moves in one `pulumi up`.
+PAIR = """
+import pulumi
+from flocker_pulumi import FlockerApplication
 
-def make(workdir: Path, stack: str, program: str, node: str) -> Pulumi:
-    pulumi = Pulumi(workdir, stack)
-    pulumi.write_program(program)
-    pulumi.init({"node": node})
-    return pulumi
+config = pulumi.Config()
+for name, port in (("alpha", 9201), ("beta", 9202)):
+    app = FlockerApplication(
+        name,
+        image="flocker/elasticsearch:local",
+        node=config.require("node"),
+        ports=[{"internal": 9200, "external": port}],
+        volume={"mountpoint": "/var/lib/elasticsearch"},
+    )
+    pulumi.export(name, app.volume.last_move)
+"""
 
 
 @pytest.fixture
@@ -82,34 +74,6 @@ def cleanup(nodes: list[ClusterNode], stack_name: str):
     for pulumi in stacks:
         pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
-
-
-def by_name(nodes: list[ClusterNode], name: str) -> ClusterNode:
-    return next(n for n in nodes if n.name == name)
-
-
-class Writer(threading.Thread):
-    """Indexes documents as fast as acknowledged, following the store to its new node."""
-
-    def __init__(self, addresses: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.addresses = addresses
-        self.acknowledged: list[int] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            for address in self.addresses:
-                try:
-                    http_json("PUT", f"http://{address}:9200/acks/_doc/{i}", {"n": i}, timeout=2)
-                except (OSError, urllib.error.URLError):
-                    continue
-                self.acknowledged.append(i)
-                i += 1
-                break
-            else:
-                time.sleep(0.05)
 
 
 def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
@@ -243,3 +207,29 @@ def test_preview_of_a_move_changes_nothing(nodes: list[ClusterNode], workdir: Pa
     assert "volume store moves from node1 to node2" in preview.stdout, preview.stdout
     assert "replace" not in preview.stdout.lower().replace("flocker", "")
     assert node_state(nodes) == before
+
+
+def test_two_moves_in_one_up_run_in_parallel(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
+    pair = make(workdir, stack_name, PAIR, "node1")
+    cleanup.append(pair)
+    pair.up()
+    node1, node2 = by_name(nodes, "node1"), by_name(nodes, "node2")
+    ports = {"alpha": 9201, "beta": 9202}
+    blob = "x" * 100_000
+    for port in ports.values():
+        url = f"http://{node1.address}:{port}"
+        eventually(lambda url=url: http_json("GET", url + "/"), what=f"store on port {port} up")
+        for i in range(50):  # ~5 MB each, so that each copy takes a moment
+            http_json("PUT", f"{url}/docs/_doc/{i}", {"port": port, "blob": blob})
+
+    pair.config({"node": "node2"})
+    pair.up()
+    alpha, beta = (pair.outputs()[name] for name in ports)
+    # Each move started before the other had finished: they ran at the same time.
+    assert alpha["started_at"] < beta["finished_at"] and beta["started_at"] < alpha["finished_at"], (alpha, beta)
+    for name, port in ports.items():
+        hits = http_json("GET", f"http://{node2.address}:{port}/docs/_search?size=100")["hits"]["hits"]
+        assert sorted(int(h["_id"]) for h in hits) == list(range(50)), name
+        assert {h["_source"]["port"] for h in hits} == {port}, f"{name} holds the other store's documents"
+        volume = f"flocker-{stack_name}-{name}"
+        assert volume_checksums(node1, volume) == volume_checksums(node2, volume), name

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make bench`: every bench/*_bench.py on the local cluster, results in bench/results/.
+#
+# Convention for a benchmark bench/NAME_bench.py: run as
+#   .venv/bin/python bench/NAME_bench.py --out bench/results/NAME.json
+# it writes its measurements to that JSON file and a short markdown summary beside it
+# (bench/results/NAME.md); this script concatenates the summaries into SUMMARY.md.
+# Targets are reported as ratios against baselines measured in the same run, never
+# asserted: the numbers depend on the machine and on whatever else it runs.
+#
+# BENCH_SIZES (e.g. "100M" or "100M,1G") is passed through to the benchmarks for a quick
+# run; BENCH_ONLY (e.g. "move") runs only the named benchmarks.
+# The cluster (4 nodes) and images are brought up if needed; the cluster is stopped
+# afterwards only if this script started it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+export FLOCKER_NODES_FILE="${FLOCKER_NODES_FILE:-$repo/.cluster/nodes.json}"
+results=bench/results
+
+started_cluster=0
+if [ "$(bash scripts/cluster.sh status 2>/dev/null || true)" = "no cluster" ]; then
+  started_cluster=1
+  trap 'bash scripts/cluster.sh down' EXIT
+fi
+bash scripts/cluster.sh up 4
+bash scripts/build-images.sh
+
+mkdir -p "$results"
+for script in bench/*_bench.py; do
+  name="$(basename "$script" _bench.py)"
+  if [ -n "${BENCH_ONLY:-}" ] && [[ ",$BENCH_ONLY," != *",$name,"* ]]; then continue; fi
+  echo "bench: $name" >&2
+  .venv/bin/python "$script" --out "$results/$name.json"
+done
+
+{
+  echo "# Benchmark results"
+  echo
+  echo "Written $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores; each ratio compares numbers taken in one run of its benchmark."
+  # Every benchmark's newest summary, also of those BENCH_ONLY skipped this time.
+  for script in bench/*_bench.py; do
+    summary="$results/$(basename "$script" _bench.py).md"
+    [ -f "$summary" ] || continue
+    echo
+    cat "$summary"
+  done
+} >"$results/SUMMARY.md"
+echo "bench: summary in $results/SUMMARY.md (cluster started here: $started_cluster)" >&2
