@@ -51,6 +51,8 @@ IMAGE = "flocker/base:local"
 STORE_IMAGE = "flocker/elasticsearch:local"
 BENCH_LABEL = "io.flocker-pulumi.bench"
 COPY_PORT = 8740
+STORE_PORT = 9200
+NAIVE_PORT = 19200
 TARGETS = {
     "downtime_4G_over_100M": ("<=", 1.5),
     "downtime_over_naive": ("<=", 0.1),  # at the size the naive baseline ran at
@@ -115,48 +117,58 @@ def tar_copy(source: ClusterNode, destination: ClusterNode, volume: str, target:
 
 
 def serving(node: ClusterNode) -> bool:
-    return bool(http_json("GET", f"http://{node.address}:9200/"))
+    return bool(http_json("GET", f"http://{node.address}:{STORE_PORT}/"))
 
 
-def writer_started(source: ClusterNode, destination: ClusterNode) -> Writer:
-    writer = Writer([source.address, destination.address])
+def writer_started(*endpoints: str) -> Writer:
+    writer = Writer(list(endpoints))
     writer.start()
     eventually(lambda: len(writer.acknowledged) > 20, what="writes on the source")
     return writer
 
 
-def writer_outage(writer: Writer, source: ClusterNode, destination: ClusterNode) -> float:
-    """The outage the client saw, once it has written on the destination."""
-    eventually(lambda: writer.outage(source.address, destination.address) is not None, timeout=300, interval=0.2, what="writes resumed")
-    time.sleep(1)  # steady writes on the destination too, for the record
+def writer_outage(writer: Writer, moved: float) -> float:
+    """The longest pause between acknowledged writes, once writes go on after the move ended at ``moved``."""
+    eventually(lambda: writer.served_since(moved), timeout=300, interval=0.2, what="writes resumed")
+    time.sleep(1)  # steady writes after the move too, for the record
     writer.stop.set()
     writer.join()
-    return round(writer.outage(source.address, destination.address) or 0.0, 3)
+    return round(writer.outage(), 3)
 
 
-def naive_move(source: ClusterNode, destination: ClusterNode, container: str, volume: str) -> dict[str, Any]:
-    """Stop, copy everything, start: the baseline a two-phase push must beat. Undone afterwards."""
-    writer = writer_started(source, destination)
+def naive_move(source: ClusterNode, destination: ClusterNode, size: int) -> dict[str, Any]:
+    """Stop, copy everything, start: the baseline a two-phase push must beat.
+
+    On a store of its own, outside the provider, with its own port: the routers hold the
+    managed store's port on every node, and a managed container restarted by hand would
+    get a new ephemeral port its routes do not know.
+    """
     scratch = f"bench-naive-{uuid.uuid4().hex[:8]}"
-    copy = f"{scratch}-store"
+    copy = f"{scratch}-copy"
     try:
-        source.client().containers.get(container).stop(timeout=10)
-        _, copy_seconds = tar_copy(source, destination, volume, scratch)
-        destination.client().containers.run(
-            STORE_IMAGE,
-            name=copy,
-            detach=True,
-            labels={BENCH_LABEL: "true"},
-            volumes={scratch: {"bind": "/var/lib/elasticsearch", "mode": "rw"}},
-            ports={"9200/tcp": 9200},
-        )
-        downtime = writer_outage(writer, source, destination)
+        source.client().volumes.create(scratch, labels={BENCH_LABEL: "true"})
+        fill(source, scratch, size)
+        original = start_bench_store(source, scratch)
+        eventually(lambda: http_json("GET", f"http://{source.address}:{NAIVE_PORT}/"), what="naive store up")
+        writer = writer_started(f"{source.address}:{NAIVE_PORT}", f"{destination.address}:{NAIVE_PORT}")
+        original.stop(timeout=10)
+        _, copy_seconds = tar_copy(source, destination, scratch, copy)
+        start_bench_store(destination, copy)
+        downtime = writer_outage(writer, time.monotonic())
     finally:
-        writer.stop.set()
-        remove_bench_objects(destination)
-        source.client().containers.get(container).start()
-    eventually(lambda: serving(source), what="store back on the source")
+        for node in (source, destination):
+            remove_bench_objects(node)
     return {"downtime_seconds": downtime, "copy_seconds": round(copy_seconds, 3), "writes_acknowledged": len(writer.acknowledged)}
+
+
+def start_bench_store(node: ClusterNode, volume: str) -> Any:
+    return node.client().containers.run(
+        STORE_IMAGE,
+        detach=True,
+        labels={BENCH_LABEL: "true"},
+        volumes={volume: {"bind": "/var/lib/elasticsearch", "mode": "rw"}},
+        ports={f"{STORE_PORT}/tcp": NAIVE_PORT},
+    )
 
 
 def remove_bench_objects(node: ClusterNode) -> None:
@@ -173,7 +185,7 @@ def raw_copy(source: ClusterNode, destination: ClusterNode, volume: str) -> dict
     Each write is fsynced, and those fsyncs compete with the copy for the disk and the cores.
     """
     target = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    writer = writer_started(source, destination)
+    writer = writer_started(f"{source.address}:{STORE_PORT}")
     try:
         copied, seconds = tar_copy(source, destination, volume, target)
     finally:
@@ -185,12 +197,13 @@ def raw_copy(source: ClusterNode, destination: ClusterNode, volume: str) -> dict
 
 def measured_move(store: Pulumi, source: ClusterNode, destination: ClusterNode) -> dict[str, Any]:
     """`pulumi up` after changing the store's node, with the client writing throughout."""
-    writer = writer_started(source, destination)
+    # Through the source's address, as clients would: it keeps serving after the move.
+    writer = writer_started(f"{source.address}:{STORE_PORT}")
     store.config({"node": destination.name})
     started = time.monotonic()
     store.up()
     up_seconds = time.monotonic() - started
-    downtime = writer_outage(writer, source, destination)
+    downtime = writer_outage(writer, time.monotonic())
     last_move = store.outputs()["last_move"]
     return {
         "from": source.name,
@@ -207,7 +220,7 @@ def run_case(nodes: list[ClusterNode], label: str, workdir: Path, naive: bool) -
     size = SIZES[label]
     source, destination = by_name(nodes, "node1"), by_name(nodes, "node2")
     stack = "b" + uuid.uuid4().hex[:8]
-    volume, container = f"flocker-{stack}-store", f"flocker-{stack}-store"
+    volume = f"flocker-{stack}-store"
     store = make(workdir / label, stack, STORE, source.name)
     case: dict[str, Any] = {"size": label, "bytes": size}
     try:
@@ -221,7 +234,7 @@ def run_case(nodes: list[ClusterNode], label: str, workdir: Path, naive: bool) -
         raw = [raw_copy(source, destination, volume)]
         if naive:
             log(f"{label}: naive stop, copy, start")
-            case["naive"] = naive_move(source, destination, container, volume)
+            case["naive"] = naive_move(source, destination, size)
 
         log(f"{label}: pulumi up moves the store {source.name} -> {destination.name} and back")
         there = measured_move(store, source, destination)

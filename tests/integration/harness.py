@@ -206,40 +206,40 @@ def volume_checksums(node: ClusterNode, volume: str, image: str = "flocker/base:
 
 
 class Writer(threading.Thread):
-    """Indexes documents into the store as fast as acknowledged, following it to its new node.
+    """Indexes documents into the store as fast as acknowledged, at the first endpoint that answers.
 
-    Each acknowledgement is kept with the address that gave it and when, so the outage of
-    a move is the time from the last one on the old node to the first on the new node.
+    ``endpoints`` are ``ADDRESS:PORT``. With routing, the store's old address keeps serving
+    after a move (held, then forwarded), so the outage of a move is the longest time
+    between two acknowledged writes, whichever endpoint gave them.
     """
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, endpoints: list[str]) -> None:
         super().__init__(daemon=True)
-        self.addresses = addresses
+        self.endpoints = endpoints
         self.acknowledged: list[int] = []
-        self.served: list[tuple[float, str]] = []  # (time.monotonic(), address) per acknowledged write
+        self.served: list[float] = []  # time.monotonic() of each acknowledged write
         self.stop = threading.Event()
 
     def run(self) -> None:
         i = 0
         while not self.stop.is_set():
-            for address in self.addresses:
+            for endpoint in self.endpoints:
                 try:
-                    http_json("PUT", f"http://{address}:9200/acks/_doc/{i}", {"n": i}, timeout=2)
+                    http_json("PUT", f"http://{endpoint}/acks/_doc/{i}", {"n": i}, timeout=2)
                 # A store stopping mid-answer cuts the response short (IncompleteRead):
                 # not acknowledged, like a refused connection.
                 except (OSError, urllib.error.URLError, http.client.HTTPException):
                     continue
                 self.acknowledged.append(i)
-                self.served.append((time.monotonic(), address))
+                self.served.append(time.monotonic())
                 i += 1
                 break
             else:
                 time.sleep(0.05)
 
-    def outage(self, source: str, destination: str) -> float | None:
-        """Seconds between the last write acknowledged by ``source`` and the first by ``destination``."""
-        first = next((t for t, address in self.served if address == destination), None)
-        if first is None:
-            return None
-        last = max((t for t, address in self.served if address == source and t < first), default=None)
-        return None if last is None else first - last
+    def served_since(self, moment: float) -> bool:
+        return bool(self.served) and self.served[-1] > moment
+
+    def outage(self) -> float:
+        """The longest time between two acknowledged writes."""
+        return max((b - a for a, b in zip(self.served, self.served[1:], strict=False)), default=0.0)

@@ -82,7 +82,7 @@ def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: 
     cleanup.append(store)
     store.up()
     eventually(lambda: http_json("GET", f"http://{source.address}:9200/"), what="store up")
-    writer = Writer([source.address, destination.address])
+    writer = Writer([f"{source.address}:9200", f"{destination.address}:9200"])
     writer.start()
     eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
 
