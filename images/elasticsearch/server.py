@@ -533,7 +533,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log(f"listening on 0.0.0.0:{PORT}, data in {DATA_DIR}")
-    server.serve_forever()
+    # serve_forever notices shutdown() only between polls: 0.5 s by default, all of it downtime in a move.
+    server.serve_forever(poll_interval=0.05)
     server.server_close()
     with Handler.store.lock:  # let a write in progress finish before the process ends
         log("stopped")

@@ -31,7 +31,9 @@ PROBE_TIMEOUT = 1.0
 # Several resources change routes at once (the engine runs up to 4 operations in
 # parallel): starting a router, writing its files and removing it with its last route
 # must not interleave, or a route could be written into a router that is going away.
-_ROUTER_LOCK = threading.Lock()
+# One lock per router, so that the routers of different nodes are written at once.
+_ROUTER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_ROUTER_LOCKS_GUARD = threading.Lock()
 # Writes each (port, body) argument pair with a rename, so the router never reads half a file.
 _WRITE_ROUTES = (
     f'set -e; mkdir -p {ROUTES_DIR}; while [ $# -gt 1 ]; do printf "%s" "$2" > {ROUTES_DIR}/.$1.tmp; '
@@ -226,7 +228,7 @@ class DockerNode:
 
     def point_routes(self, router: RouterSpec, routes: dict[int, dict]) -> None:
         """Write route files (``{"target", "hold_seconds", "application"}`` per external port)."""
-        with _ROUTER_LOCK:
+        with self._router_lock(router):
             container = self._ensure_router(router)
             args = [str(a) for port, body in sorted(routes.items()) for a in (port, json.dumps(body, sort_keys=True))]
             result = container.exec_run(["sh", "-c", _WRITE_ROUTES, "routes", *args])
@@ -235,7 +237,7 @@ class DockerNode:
 
     def remove_routes(self, router: RouterSpec, application: str, ports: tuple[int, ...]) -> None:
         """Remove ``application``'s route files; the router and its volume go once none is left."""
-        with _ROUTER_LOCK:
+        with self._router_lock(router):
             if self.find_container(router.name) is None:
                 return
             found = self.read_routes(router)
@@ -249,6 +251,10 @@ class DockerNode:
             if not self.read_routes(router):
                 self.remove_container(router.name, timeout=0)
                 self.remove_volume(router.volume)
+
+    def _router_lock(self, router: RouterSpec) -> threading.Lock:
+        with _ROUTER_LOCKS_GUARD:
+            return _ROUTER_LOCKS.setdefault((self.node.docker_host, router.name), threading.Lock())
 
     def _ensure_router(self, router: RouterSpec) -> docker.models.containers.Container:
         container = self.find_container(router.name)

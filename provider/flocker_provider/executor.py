@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from .docker_layer import DockerNode, NodeUnreachable, connect
 from .models import Node
@@ -26,7 +28,7 @@ from .steps import (
 
 # The router reads its route files every POLL_INTERVAL: a hold must be in force before the
 # application stops, or a connection accepted just before could reach a dying container.
-# The routers of all nodes poll independently, so one wait after the last write covers all.
+# The routers of all nodes poll independently, so one wait after the writes covers all.
 HOLD_SETTLE = 3 * POLL_INTERVAL
 
 
@@ -46,11 +48,14 @@ class Engines:
         self._opener = opener
         self._stack = contextlib.ExitStack()
         self._open: dict[Node, DockerNode] = {}
+        # Route steps use several nodes' engines from threads at once.
+        self._lock = threading.Lock()
 
     def __getitem__(self, node: Node) -> DockerNode:
-        if node not in self._open:
-            self._open[node] = self._stack.enter_context(self._opener(node))
-        return self._open[node]
+        with self._lock:
+            if node not in self._open:
+                self._open[node] = self._stack.enter_context(self._opener(node))
+            return self._open[node]
 
     def __enter__(self) -> Engines:
         return self
@@ -60,14 +65,15 @@ class Engines:
 
 
 def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
+    if isinstance(step, PointRoutes):
+        _point_routes(step, engines)
+        return
     try:
         engine = engines[step.node]
     except NodeUnreachable as exc:
-        if not _routes_elsewhere(step):
+        if not isinstance(step, RemoveRoutes):
             raise
-        # A node that is down must not block deploying or moving applications elsewhere;
-        # its routes are written again by the next `pulumi up` that changes the application.
-        report(f"warning: skipped '{describe(step)}': {exc}")
+        _skip_unreachable(step, exc)
         return
     match step:
         case CreateVolume(_, volume, labels):
@@ -82,28 +88,48 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
             engine.stop_container(container)
         case RemoveApplication(_, container):
             engine.remove_container(container)
-        case PointRoutes(_, router, application, ports, backend, container, hold, settle):
-            published = engines[backend].published_ports(container) if backend is not None else {}
-            engine.point_routes(
-                router,
-                {
-                    p.external: {
-                        "target": f"{backend.address}:{published[p.internal]}" if backend is not None else None,
-                        "hold_seconds": hold,
-                        "application": application,
-                    }
-                    for p in ports
-                },
-            )
-            if settle:
-                time.sleep(HOLD_SETTLE)
         case RemoveRoutes(_, router, application, ports):
             engine.remove_routes(router, application, ports)
 
 
-def _routes_elsewhere(step: Step) -> bool:
-    """Route changes on a node that does not run the application they route."""
-    return isinstance(step, RemoveRoutes) or (isinstance(step, PointRoutes) and step.backend != step.node)
+def _point_routes(step: PointRoutes, engines: Engines) -> None:
+    backend = step.backend
+    published = engines[backend].published_ports(step.container) if backend is not None else {}
+    routes = {
+        p.external: {
+            "target": f"{backend.address}:{published[p.internal]}" if backend is not None else None,
+            "hold_seconds": step.hold_seconds,
+            "application": step.application,
+        }
+        for p in step.ports
+    }
+
+    def write(node: Node) -> str | None:
+        try:
+            engine = engines[node]
+        except NodeUnreachable as exc:
+            if node == backend:
+                raise
+            _skip_unreachable(step, exc)
+            return None
+        try:
+            engine.point_routes(step.router, routes)
+        except Exception as exc:  # reported with the node's name, after every other node was written
+            return f"{node.name}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=len(step.nodes)) as pool:
+        problems = [problem for problem in pool.map(write, step.nodes) if problem]
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    if backend is None:
+        time.sleep(HOLD_SETTLE)
+
+
+def _skip_unreachable(step: Step, exc: NodeUnreachable) -> None:
+    # A node that is down must not block deploying or moving applications elsewhere;
+    # its routes are written again by the next `pulumi up` that changes the application.
+    report(f"warning: {exc}; skipped there: {describe(step)}")
 
 
 def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0) -> None:

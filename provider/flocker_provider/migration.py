@@ -192,9 +192,9 @@ def _route_back(held: list[PointRoutes], engines: Engines, source: Node) -> str:
     problems = []
     for step in held:
         try:
-            run_step(dataclasses.replace(step, backend=source, settle=False), engines, 0)
-        except Exception as exc:  # keep going: every other node must be released too
-            problems.append(f"{step.node.name}: {exc}")
+            run_step(dataclasses.replace(step, backend=source), engines, 0)
+        except Exception as exc:  # keep going: every other application must be released too
+            problems.append(str(exc))
     return f"; routes on {', '.join(problems)} could not be pointed back" if problems else ""
 
 

@@ -33,15 +33,10 @@ class Routing:
     hold_seconds: float
 
     def point(self, application: str, ports: tuple[Port, ...], backend: Node | None, container: str) -> list[PointRoutes]:
-        """Routes on every node; a hold settles once, after the last node's, so that it is in
-        force everywhere before the container stops and starts no earlier than it must."""
+        """Routes on every node, in one step."""
         if not ports:
             return []
-        last = self.nodes[-1]
-        return [
-            PointRoutes(n, self.router, application, ports, backend, container, self.hold_seconds, settle=backend is None and n == last)
-            for n in self.nodes
-        ]
+        return [PointRoutes(self.nodes, self.router, application, ports, backend, container, self.hold_seconds)]
 
     def remove(self, application: str, ports: tuple[int, ...], nodes: tuple[Node, ...] | None = None) -> list[RemoveRoutes]:
         if not ports:

@@ -83,23 +83,24 @@ class HandoffVolume:
 
 @dataclass(frozen=True)
 class PointRoutes:
-    """On ``node``, route ``application``'s external ports to its container ``container``
-    on ``backend``, or hold new connections (``backend`` None) for up to ``hold_seconds``.
+    """On every node of ``nodes`` at once, route ``application``'s external ports to its
+    container ``container`` on ``backend``, or hold new connections (``backend`` None) for
+    up to ``hold_seconds``.
 
-    The router is started on ``node`` if it is not there. The container's published host
-    ports are looked up when the step runs: Docker picks them when the container starts.
-    ``settle``: wait until the routers have read the change before the next step (the
-    last hold before a container stops).
+    At once, because a move's downtime includes the hold and the route to the destination:
+    one node after another cost 0.1 s per node. A router is started on a node where it is
+    not running. The container's published host ports are looked up when the step runs:
+    Docker picks them when the container starts. A hold ends only once the routers have
+    read it, so that no connection reaches a container about to stop.
     """
 
-    node: Node
+    nodes: tuple[Node, ...]
     router: RouterSpec
     application: str
     ports: tuple[Port, ...]
     backend: Node | None
     container: str
     hold_seconds: float
-    settle: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,12 @@ def describe(step: Step) -> str:
             return f"verify {volume} on {destination.name} against {source.name}"
         case HandoffVolume(source, destination, volume, _):
             return f"hand {volume} over from {source.name} to {destination.name}"
-        case PointRoutes(node, _, application, ports, backend, _, hold, _):
+        case PointRoutes(nodes, _, application, ports, backend, _, hold):
             listed = ", ".join(str(p.external) for p in ports)
+            where = ", ".join(n.name for n in nodes)
             if backend is None:
-                return f"hold new connections to {application} (port {listed}) on {node.name} for up to {hold:g}s"
-            return f"route port {listed} on {node.name} to {application} on {backend.name}"
+                return f"hold new connections to {application} (port {listed}) on {where} for up to {hold:g}s"
+            return f"route port {listed} on {where} to {application} on {backend.name}"
         case RemoveRoutes(node, _, application, ports):
             return f"remove routes of {application} (port {', '.join(map(str, ports))}) from {node.name}"
     raise TypeError(step)

@@ -38,9 +38,7 @@ ROUTING = Routing(ROUTER, (N1, N2, N3), 30.0)
 
 def route(backend: Node | None, spec: ContainerSpec = SPEC) -> tuple[PointRoutes, ...]:
     """The application's routes on every node, to ``backend`` or held."""
-    return tuple(
-        PointRoutes(n, ROUTER, "es", spec.ports, backend, spec.name, 30.0, settle=backend is None and n == N3) for n in (N1, N2, N3)
-    )
+    return (PointRoutes((N1, N2, N3), ROUTER, "es", spec.ports, backend, spec.name, 30.0),)
 
 
 def plan(desired: tuple[Node, ContainerSpec] | None, discovered: dict, old_ports: tuple[Port, ...] = ()) -> tuple:

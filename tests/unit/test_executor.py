@@ -1,0 +1,88 @@
+"""The executor's route step against stand-in engines: every node at once, failures named by node."""
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from flocker_provider import executor
+from flocker_provider.containers import router_spec
+from flocker_provider.docker_layer import NodeUnreachable
+from flocker_provider.executor import Engines, StepFailed, execute
+from flocker_provider.models import Node, Port
+from flocker_provider.steps import PointRoutes
+
+NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2, 3))
+N1, N2, N3 = NODES
+ROUTER = router_spec("p", "dev", "flocker/base:local")
+PORTS = (Port(9200, 9200),)
+
+
+class FakeEngine:
+    """Records route writes; each waits at a barrier, so writes made one after another would never pass it."""
+
+    def __init__(self, node: Node, barrier: threading.Barrier | None, fail: bool = False) -> None:
+        self.node = node
+        self.barrier = barrier
+        self.fail = fail
+        self.routes: dict[int, dict] = {}
+
+    def published_ports(self, container: str) -> dict[int, int]:
+        return {9200: 32768}
+
+    def point_routes(self, router: object, routes: dict[int, dict]) -> None:
+        if self.barrier is not None:
+            self.barrier.wait(timeout=5)
+        if self.fail:
+            raise RuntimeError("writing routes failed")
+        self.routes = routes
+
+
+def engines_of(fakes: dict[Node, FakeEngine], down: tuple[Node, ...] = ()) -> Engines:
+    @contextlib.contextmanager
+    def opener(node: Node) -> Iterator[FakeEngine]:
+        if node in down:
+            raise NodeUnreachable(f"node {node.name}: Docker engine did not answer")
+        yield fakes[node]
+
+    return Engines(opener)  # type: ignore[arg-type]
+
+
+def test_routes_are_written_on_every_node_at_once() -> None:
+    barrier = threading.Barrier(len(NODES))
+    fakes = {n: FakeEngine(n, barrier) for n in NODES}
+    step = PointRoutes(NODES, ROUTER, "es", PORTS, N2, "flocker-dev-es", 30.0)
+    with engines_of(fakes) as engines:
+        execute((step,), engines)
+    expected = {9200: {"target": "10.0.0.2:32768", "hold_seconds": 30.0, "application": "es"}}
+    assert [fakes[n].routes for n in NODES] == [expected] * 3
+
+
+def test_a_hold_waits_for_the_routers_to_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(executor.time, "sleep", slept.append)
+    fakes = {n: FakeEngine(n, None) for n in NODES}
+    with engines_of(fakes) as engines:
+        execute((PointRoutes(NODES, ROUTER, "es", PORTS, None, "flocker-dev-es", 30.0),), engines)
+        execute((PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0),), engines)
+    assert slept == [executor.HOLD_SETTLE]
+
+
+def test_a_node_that_does_not_answer_is_skipped_unless_it_runs_the_application(capsys: pytest.CaptureFixture[str]) -> None:
+    fakes = {n: FakeEngine(n, None) for n in NODES}
+    with engines_of(fakes, down=(N3,)) as engines:
+        execute((PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0),), engines)
+    assert fakes[N2].routes
+    assert "warning: node node3: Docker engine did not answer; skipped there: route port 9200" in capsys.readouterr().out
+    with engines_of(fakes, down=(N1,)) as engines, pytest.raises(StepFailed, match="node node1: Docker engine did not answer"):
+        execute((PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0),), engines)
+
+
+def test_a_failed_write_names_its_node_after_the_other_nodes_are_written() -> None:
+    fakes = {n: FakeEngine(n, None, fail=n == N2) for n in NODES}
+    step = PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0)
+    with engines_of(fakes) as engines, pytest.raises(StepFailed) as failed:
+        execute((step,), engines)
+    assert str(failed.value) == "step 'route port 9200 on node1, node2, node3 to es on node1' failed: node2: writing routes failed"
+    assert fakes[N1].routes and fakes[N3].routes
