@@ -12,7 +12,7 @@ application exists, and the provider steers it through a tiny file per port:
     <routes-dir>/<port>.json   {"target": "ADDRESS:PORT" | null, "hold_seconds": 30}
 
 * ``target`` set: new connections are forwarded there. If connecting fails (the application is
-  starting), the router keeps retrying every 0.1 s, re-reading the route each time, for up to
+  starting), the router keeps retrying every RETRY_INTERVAL (0.05 s), re-reading the route each time, for up to
   ``hold_seconds`` after the connection arrived; the client only sees a slower connect.
 * ``target`` null: a cutover is in progress. New connections are accepted and *held* (nothing is
   read or written) until a target appears, then forwarded with the bytes the client already sent.
@@ -46,8 +46,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-POLL_INTERVAL = 0.1
-RETRY_INTERVAL = 0.1
+# Both are part of a move's downtime: a hold is waited for three polls, and a connection held
+# for a starting application waits up to one retry interval longer than it must. A poll is a
+# scandir of a handful of files, a failed connect one local round trip: cheap at this rate.
+POLL_INTERVAL = 0.03
+RETRY_INTERVAL = 0.05
 BIND_RETRY_INTERVAL = 0.1
 STATS_INTERVAL = 1.0
 DEFAULT_HOLD_SECONDS = 30.0
@@ -339,7 +342,7 @@ class Router:
         self.use_splice = use_splice and hasattr(os, "splice")
         self.stats = Stats()
         self.routes: dict[int, Route] = {}
-        # Stat signature of each route file as last read, so unchanged files are not re-parsed every 0.1 s
+        # Stat signature of each route file as last read, so unchanged files are not re-parsed every poll
         # and a malformed file is logged once rather than ten times a second.
         self._seen: dict[int, tuple[int, int, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -552,7 +555,7 @@ class Router:
                         f" ({loop.time() - arrival:.2f} s, target {format_target(route.target)})"
                     )
                     return
-                # No target: wait for the next change. Failing target: retry in 0.1 s, or at once if the route changes.
+                # No target: wait for the next change. Failing target: retry after RETRY_INTERVAL, or at once if the route changes.
                 await route.wait_changed(remaining if target is None else min(remaining, RETRY_INTERVAL))
         except asyncio.CancelledError:
             client.close()
