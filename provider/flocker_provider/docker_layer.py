@@ -7,6 +7,7 @@ Pulumi engine enforces none for dynamic providers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import re
@@ -26,6 +27,9 @@ from .containers import ContainerSpec, MountedContainer, RouterSpec, router_sour
 from .models import Node, NodeVolumeState, RunningContainer
 
 API_TIMEOUT = 60
+HOST_PORT_FIRST = 20000
+HOST_PORT_COUNT = 12768  # up to 32767
+HOST_PORT_ATTEMPTS = 8
 ROUTES_DIR = "/routes/ports"
 PROBE_TIMEOUT = 1.0
 # Several resources change routes at once (the engine runs up to 4 operations in
@@ -178,7 +182,7 @@ class DockerNode:
         return None
 
     def published_ports(self, name: str) -> dict[int, int]:
-        """Internal port -> the host port Docker picked for it when the container started."""
+        """Internal port -> the host port the container publishes it on."""
         container = self.find_container(name)
         if container is None:
             raise RuntimeError(f"node {self.node.name}: container {name} is not there to route to")
@@ -296,9 +300,6 @@ class DockerNode:
             "detach": True,
             "environment": environment,
             "labels": spec.docker_labels(),
-            # An ephemeral host port: the external port belongs to the router on every node,
-            # this one included, which forwards it here (see docs/architecture.md).
-            "ports": {f"{p.internal}/tcp": (self.node_bind_address(), None) for p in spec.ports},
             "restart_policy": _restart_policy(spec),
             "extra_hosts": extra_hosts,
         }
@@ -310,8 +311,21 @@ class DockerNode:
             kwargs["cpu_shares"] = spec.cpu_shares
         if spec.command:
             kwargs["command"] = list(spec.command)
-        container = self.client.containers.run(spec.image, **kwargs)
-        return container.id
+        # The external port belongs to the router on every node, this one included, which
+        # forwards it to a host port of the container's (see docs/architecture.md). That host
+        # port is chosen here rather than left to Docker: Docker picks a new ephemeral port at
+        # every start, so a container restarted by its restart policy or by hand would leave
+        # every route pointing at a dead port.
+        for attempt in range(HOST_PORT_ATTEMPTS):
+            ports = {f"{p.internal}/tcp": (self.node_bind_address(), host_port(spec.name, p.internal, attempt)) for p in spec.ports}
+            try:
+                return self.client.containers.run(spec.image, ports=ports, **kwargs).id
+            except docker.errors.APIError as exc:
+                if not spec.ports or not _port_taken(exc):
+                    raise
+                # Created but not started: make room for the next candidate.
+                self.remove_container(spec.name, timeout=0)
+        raise RuntimeError(f"node {self.node.name}: no free host port for {spec.name} after {HOST_PORT_ATTEMPTS} candidates")
 
     def node_bind_address(self) -> str:
         # Publishing on every interface of the node is what Flocker did; the node's own
@@ -359,6 +373,19 @@ class DockerNode:
         if container.status == "running":
             container.stop(timeout=timeout)
         container.remove(force=True)
+
+
+def host_port(container: str, internal: int, attempt: int) -> int:
+    """The host port a container publishes ``internal`` on: the same on every node and every
+    start, below the kernel's ephemeral range (32768-60999), where outgoing connections and
+    Docker's own picks live; another candidate per attempt when one is taken."""
+    digest = hashlib.sha256(f"{container}/{internal}/{attempt}".encode()).digest()
+    return HOST_PORT_FIRST + int.from_bytes(digest[:4], "big") % HOST_PORT_COUNT
+
+
+def _port_taken(exc: docker.errors.APIError) -> bool:
+    text = str(exc).lower()
+    return "port is already allocated" in text or "address already in use" in text
 
 
 def _restart_policy(spec: ContainerSpec) -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from flocker_provider.docker_layer import host_port
+
 from .harness import REPO, ClusterNode, Pulumi, es_count, eventually, http_json, http_text, ours, send_lines
 
 pytestmark = pytest.mark.cluster
@@ -205,6 +207,35 @@ def test_deleting_an_application_removes_its_routes_on_every_node(nodes: list[Cl
         pulumi.destroy()
     # The router went with the last application that needed it.
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+
+
+def test_an_application_restarted_outside_pulumi_keeps_its_routes(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
+    """Docker restarts a container (restart policy, daemon restart, by hand) without `pulumi up`:
+    it must come back on the host port its routes name. The first candidate port is taken by
+    a container we did not create, which must be left alone."""
+    node1 = by_name(nodes, "node1")
+    name = f"flocker-{stack_name}-web"
+    taken = host_port(name, 8080, 0)
+    squatter = node1.client().containers.run(
+        "flocker/base:local", ["sleep", "600"], name=f"squatter-{stack_name}", detach=True, ports={"1/tcp": ("0.0.0.0", taken)}
+    )
+    pulumi = Pulumi(workdir, stack_name)
+    pulumi.write_program(REMOVABLE)
+    pulumi.init({"both": "false"})
+    try:
+        pulumi.up()
+        web = node1.client().containers.get(name)
+        assert web.ports["8080/tcp"][0]["HostPort"] == str(host_port(name, 8080, 1))
+        web.restart(timeout=2)
+        web.reload()
+        assert web.ports["8080/tcp"][0]["HostPort"] == str(host_port(name, 8080, 1))
+        for node in nodes:
+            eventually(lambda a=node.address: answers_http(f"http://{a}:8181/"), what=f"web on {node.name} after a restart")
+    finally:
+        pulumi.destroy()
+        squatter.reload()
+        assert squatter.status == "running"
+        squatter.remove(force=True)
 
 
 CONFLICTS = {
