@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import labels as L
 from . import router_program
-from .models import Application, Link, Owner, Port, RestartPolicy
+from .models import Application, HealthCheck, Link, Owner, Port, RestartPolicy
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,14 @@ class ContainerSpec:
     command: tuple[str, ...] | None = None
     links: tuple[Link, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    health_check: HealthCheck | None = None
 
     def config_hash(self) -> str:
         body = asdict(self)
         body["labels"] = [kv for kv in self.labels if kv[0] not in (L.CONFIG_HASH, L.SPEC)]
+        if self.health_check is None:
+            # Containers started before health checks existed keep their hash: no restart on upgrade.
+            del body["health_check"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def docker_labels(self) -> dict[str, str]:
@@ -74,7 +78,12 @@ class ContainerSpec:
             # Containers started before links were node-independent have none recorded.
             links=tuple(Link(**link) for link in raw.get("links", [])),
             labels=tuple(tuple(kv) for kv in raw["labels"]),
+            health_check=_health_check_from_json(raw.get("health_check")),
         )
+
+
+def _health_check_from_json(raw: dict | None) -> HealthCheck | None:
+    return None if raw is None else HealthCheck(**{**raw, "command": tuple(raw["command"])})
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,7 @@ def container_spec(app: Application, owner: Owner, volume_name: str | None) -> C
         cpu_shares=app.cpu_shares,
         restart_policy=app.restart_policy,
         command=app.command,
+        health_check=app.health_check,
         links=tuple(sorted(app.links, key=lambda link: (link.alias, link.local_port, link.remote_port))),
         labels=tuple(sorted(L.owner_labels(owner, L.KIND_APPLICATION).items())),
     )

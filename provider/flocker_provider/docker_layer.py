@@ -311,6 +311,15 @@ class DockerNode:
             kwargs["cpu_shares"] = spec.cpu_shares
         if spec.command:
             kwargs["command"] = list(spec.command)
+        if spec.health_check:
+            check = spec.health_check
+            kwargs["healthcheck"] = {
+                "test": list(check.command),
+                "interval": _nanoseconds(check.interval),
+                "timeout": _nanoseconds(check.timeout),
+                "retries": check.retries,
+                "start_period": _nanoseconds(check.start_period),
+            }
         # The external port belongs to the router on every node, this one included, which
         # forwards it to a host port of the container's (see docs/architecture.md). That host
         # port is chosen here rather than left to Docker: Docker picks a new ephemeral port at
@@ -351,14 +360,16 @@ class DockerNode:
             if container is None:
                 raise RuntimeError(f"node {self.node.name}: container {name} disappeared while starting")
             if container.status == "running":
-                health = (container.attrs.get("State", {}).get("Health") or {}).get("Status")
-                if health in (None, "healthy"):
+                health = container.attrs.get("State", {}).get("Health") or {}
+                if health.get("Status") in (None, "healthy"):
                     return
             elif container.status in ("exited", "dead"):
                 logs = container.logs(tail=20).decode(errors="replace").strip()
                 raise RuntimeError(f"node {self.node.name}: {name} exited while starting; last log lines:\n{logs}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"node {self.node.name}: {name} not up after {timeout:.0f}s (status {container.status})")
+                # "unhealthy" is not final (a check that passes later makes it healthy): only the deadline is.
+                status = f"{container.status}{_health(container)}"
+                raise TimeoutError(f"node {self.node.name}: {name} not up after {timeout:g}s (status {status})")
             time.sleep(0.3)
 
     def stop_container(self, name: str, timeout: int = 10) -> None:
@@ -381,6 +392,19 @@ def host_port(container: str, internal: int, attempt: int) -> int:
     Docker's own picks live; another candidate per attempt when one is taken."""
     digest = hashlib.sha256(f"{container}/{internal}/{attempt}".encode()).digest()
     return HOST_PORT_FIRST + int.from_bytes(digest[:4], "big") % HOST_PORT_COUNT
+
+
+def _health(container: docker.models.containers.Container) -> str:
+    health = container.attrs.get("State", {}).get("Health")
+    if not health:
+        return ""
+    last = (health.get("Log") or [{}])[-1]
+    output = str(last.get("Output", "")).strip()[-300:]
+    return f", {health.get('Status')}: its health check exited {last.get('ExitCode')}" + (f": {output}" if output else "")
+
+
+def _nanoseconds(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
 
 
 def _port_taken(exc: docker.errors.APIError) -> bool:

@@ -13,6 +13,7 @@ from . import labels as L
 from .models import (
     RESTART_POLICIES,
     Application,
+    HealthCheck,
     Link,
     Node,
     Owner,
@@ -189,6 +190,44 @@ def _restart_policy(raw: Any, failures: list[Failure]) -> RestartPolicy:
     return RestartPolicy(name=name, maximum_retry_count=count)
 
 
+HEALTH_CHECK_KEYS = ("command", "interval", "timeout", "retries", "start_period")
+
+
+def _seconds(value: Any, prop: str, failures: list[Failure], default: float, low: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 3600:
+        failures.append((prop, f"expected seconds between {low:g} and 3600, got {value!r}"))
+        return default
+    return float(value)
+
+
+def _health_check(raw: Any, failures: list[Failure]) -> HealthCheck | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        failures.append(("health_check", f"expected {{command, interval, timeout, retries, start_period}}, got {raw!r}"))
+        return None
+    for key in sorted(set(raw) - set(HEALTH_CHECK_KEYS)):
+        failures.append((f"health_check.{key}", f"unknown key; expected one of {', '.join(HEALTH_CHECK_KEYS)}"))
+    command = raw.get("command")
+    if isinstance(command, str) and command.strip():
+        test: tuple[str, ...] = ("CMD-SHELL", command)
+    elif isinstance(command, list) and command and all(isinstance(c, str) and c for c in command):
+        test = ("CMD", *command)
+    else:
+        failures.append(("health_check.command", f"expected a shell command line or a list of arguments, got {command!r}"))
+        test = ()
+    # Docker runs the first check one interval after the start: that much is added to a move's downtime.
+    return HealthCheck(
+        command=test,
+        interval=_seconds(raw.get("interval"), "health_check.interval", failures, 1.0, 0.1),
+        timeout=_seconds(raw.get("timeout"), "health_check.timeout", failures, 5.0, 0.1),
+        retries=_int(raw.get("retries", 3), "health_check.retries", failures, 1, 1000),
+        start_period=_seconds(raw.get("start_period"), "health_check.start_period", failures, 0.0, 0.0),
+    )
+
+
 def parse_application(props: dict) -> ApplicationInputs:
     failures: list[Failure] = []
     node = _node(props, failures)
@@ -221,6 +260,7 @@ def parse_application(props: dict) -> ApplicationInputs:
         cpu_shares=_optional_int(props.get("cpu_shares"), "cpu_shares", failures),
         restart_policy=_restart_policy(props.get("restart_policy"), failures),
         command=tuple(str(c) for c in command) if command else None,
+        health_check=_health_check(props.get("health_check"), failures),
     )
     volume_node = str(volume.get("node")) if volume and volume.get("node") else None
     if volume_node and props.get("node") and volume_node != props.get("node"):

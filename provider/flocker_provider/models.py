@@ -50,6 +50,18 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A command run inside the container (Docker's HEALTHCHECK): the application is up,
+    and traffic goes to it, only once the command succeeds. Seconds, as people write them."""
+
+    command: tuple[str, ...]  # ("CMD-SHELL", line) or ("CMD", program, *arguments)
+    interval: float = 1.0
+    timeout: float = 5.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
 class VolumeMount:
     """The Flocker volume ``volume`` mounted at ``mountpoint`` inside the container."""
 
@@ -71,6 +83,7 @@ class Application:
     cpu_shares: int | None = None
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     command: tuple[str, ...] | None = None
+    health_check: HealthCheck | None = None
 
 
 @dataclass(frozen=True)

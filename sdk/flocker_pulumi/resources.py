@@ -120,6 +120,9 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
     node, whose router forwards ``remote_port`` to wherever the target runs.
     ``hold_seconds``: how long new connections wait during a move or a replacement
     (default: config ``flocker:holdSeconds``, else 30).
+    ``health_check`` is ``{"command": "shell line" or [program, args...], "interval": 1,
+    "timeout": 5, "retries": 3, "start_period": 0}`` (seconds): Docker runs it in the
+    container, and the application counts as up, and gets traffic, once it succeeds.
     """
 
     container_id: pulumi.Output[str]
@@ -139,6 +142,7 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
         cpu_shares: int | None = None,
         restart_policy: Mapping[str, Any] | None = None,
         command: Sequence[str] | None = None,
+        health_check: Mapping[str, Any] | None = None,
         wait_timeout: float = 120,
         hold_seconds: float | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -166,6 +170,7 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
             "cpu_shares": cpu_shares,
             "restart_policy": dict(restart_policy) if restart_policy else None,
             "command": list(command) if command else None,
+            "health_check": dict(health_check) if health_check else None,
             "wait_timeout": wait_timeout,
             **routing_inputs(hold_seconds),
             "container_id": None,

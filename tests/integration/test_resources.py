@@ -68,3 +68,41 @@ def test_bad_inputs_fail_at_preview_and_change_nothing(store: Pulumi, nodes: lis
     assert "unknown node 'node9'" in preview.stdout + preview.stderr
     assert "Traceback" not in preview.stdout + preview.stderr
     assert all(not items for items in ours(nodes, stack_name).values())
+
+
+CHECKED = """
+import pulumi
+from flocker_pulumi import FlockerApplication
+
+config = pulumi.Config()
+FlockerApplication(
+    "checked",
+    image="flocker/base:local",
+    node="node2",
+    command=["sh", "-c", "sleep 2; touch /tmp/ready; exec sleep 600"],
+    health_check={"command": config.get("check") or "test -f /tmp/ready", "interval": 0.2, "retries": 2},
+    wait_timeout=float(config.get("wait") or 30),
+)
+"""
+
+
+def test_an_application_is_up_only_once_its_health_check_passes(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
+    node2 = next(n for n in nodes if n.name == "node2")
+    pulumi = Pulumi(workdir, stack_name)
+    pulumi.write_program(CHECKED)
+    pulumi.init()
+    try:
+        pulumi.up()
+        # Had `up` not waited for the check, the container would still be "starting" (2 s).
+        container = node2.client().containers.get(f"flocker-{stack_name}-checked")
+        assert container.attrs["State"]["Health"]["Status"] == "healthy"
+        pulumi.config({"check": "echo not ready; exit 3", "wait": "3"})
+        failed = pulumi.up(check=False)
+        output = failed.stdout + failed.stderr
+        assert failed.returncode != 0
+        expected = "not up after 3s (status running, unhealthy: its health check exited 3: not ready)"
+        assert f"node node2: flocker-{stack_name}-checked {expected}" in output, output
+        assert "Traceback" not in output
+    finally:
+        pulumi.destroy()
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)

@@ -1,7 +1,9 @@
 """Container specs: links are filled in for the node the container starts on."""
 
-from flocker_provider.containers import container_spec
-from flocker_provider.models import Application, Link, Owner
+import dataclasses
+
+from flocker_provider.containers import ContainerSpec, container_spec
+from flocker_provider.models import Application, HealthCheck, Link, Owner, Port
 
 OWNER = Owner("p", "dev", "shipper")
 APP = Application(
@@ -30,3 +32,26 @@ def test_the_spec_does_not_depend_on_the_node() -> None:
     assert "10.0.0" not in spec.to_json()
     assert spec.on_node("10.0.0.1") != spec.on_node("10.0.0.2")
     assert type(spec).from_json(spec.to_json()) == spec
+
+
+SPEC = ContainerSpec(
+    name="flocker-dev-es",
+    image="es:1",
+    ports=(Port(9200, 9200),),
+    volume_name="v",
+    mountpoint="/d",
+    links=(Link("es", 9200, 9200),),
+    labels=(("io.flocker-pulumi.resource", "es"),),
+)
+
+
+def test_a_container_without_a_health_check_keeps_the_hash_it_had_before_health_checks() -> None:
+    # A different hash would restart every application after a provider upgrade.
+    assert SPEC.config_hash() == "96e2bfb3eb858081"
+
+
+def test_a_health_check_is_part_of_the_spec() -> None:
+    checked = dataclasses.replace(SPEC, health_check=HealthCheck(command=("CMD-SHELL", "true"), interval=0.5))
+    assert checked.config_hash() != SPEC.config_hash()
+    assert ContainerSpec.from_json(checked.to_json()) == checked
+    assert ContainerSpec.from_json(SPEC.to_json()) == SPEC

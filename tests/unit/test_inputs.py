@@ -4,6 +4,7 @@ import pytest
 
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.inputs import parse_application
+from flocker_provider.models import HealthCheck
 
 # Check probes every routing node for taken ports: these engines refuse at once, on this machine.
 NODE = {"node": "node1", "node_address": "127.0.0.1", "docker_host": "tcp://127.0.0.1:9", "tls": None}
@@ -78,6 +79,20 @@ def test_valid_application_has_no_failures() -> None:
                 )
             ],
         ),
+        (
+            {"health_check": {"command": "", "interval": 0.01}},
+            [
+                ("health_check.command", "expected a shell command line or a list of arguments, got ''"),
+                ("health_check.interval", "expected seconds between 0.1 and 3600, got 0.01"),
+            ],
+        ),
+        (
+            {"health_check": {"command": ["true"], "retries": 0, "every": 1}},
+            [
+                ("health_check.every", "unknown key; expected one of command, interval, timeout, retries, start_period"),
+                ("health_check.retries", "expected a number 1-1000, got 0"),
+            ],
+        ),
     ],
 )
 def test_bad_application_inputs_are_check_failures(changes: dict, expected: list) -> None:
@@ -130,3 +145,10 @@ def test_a_node_added_to_the_cluster_is_no_change_for_a_volume() -> None:
     volume = {"name": "v", "project": "p", "stack": "s", **NODE, "volume_name": "v"}
     old, new = {**volume, "route_nodes": [NODE]}, {**volume, "route_nodes": [NODE, NODE3], "hold_seconds": 10}
     assert VolumeProvider().diff("id", old, new).changes is False
+
+
+def test_a_health_check_is_docker_s_test_in_seconds() -> None:
+    shell = parse_application(app(health_check={"command": "curl -f localhost:9200"})).application.health_check
+    assert shell == HealthCheck(command=("CMD-SHELL", "curl -f localhost:9200"), interval=1.0, timeout=5.0, retries=3, start_period=0.0)
+    program = parse_application(app(health_check={"command": ["test", "-f", "/ready"], "interval": 0.5, "retries": 10.0}))
+    assert program.application.health_check == HealthCheck(command=("CMD", "test", "-f", "/ready"), interval=0.5, retries=10)
