@@ -32,6 +32,8 @@ HOST_PORT_COUNT = 12768  # up to 32767
 HOST_PORT_ATTEMPTS = 8
 ROUTES_DIR = "/routes/ports"
 PROBE_TIMEOUT = 1.0
+# How often a starting application is looked at: after a move's start, every poll can be downtime.
+WAIT_POLL = 0.1
 # Several resources change routes at once (the engine runs up to 4 operations in
 # parallel): starting a router, writing its files and removing it with its last route
 # must not interleave, or a route could be written into a router that is going away.
@@ -370,7 +372,7 @@ class DockerNode:
                 # "unhealthy" is not final (a check that passes later makes it healthy): only the deadline is.
                 status = f"{container.status}{_health(container)}"
                 raise TimeoutError(f"node {self.node.name}: {name} not up after {timeout:g}s (status {status})")
-            time.sleep(0.3)
+            time.sleep(WAIT_POLL)
 
     def stop_container(self, name: str, timeout: int = 10) -> None:
         container = self.find_container(name)
