@@ -166,15 +166,38 @@ def measure_paths(nodes: dict[str, ClusterNode], stack: str) -> dict[str, Any]:
         "hosting_router": (host.address, 8701, 8702),
         "non_hosting_route": (other.address, 8701, 8702),
     }
-    log(f"throughput: {THROUGHPUT_ROUNDS} rounds over {', '.join(paths)}")
-    best = dict.fromkeys(paths, 0.0)
+    # Which mechanism the non-hosting route measures: kernel forwarding once node3's router has
+    # proven the target (it probes at once), else its proxy (no NET_ADMIN or no iptables).
+    router = other.client().containers.get(f"flocker-{stack}.router")
+
+    def kernel_backend() -> str | None:
+        # The stats file is written every second; a router that forwards by kernel says so within a few.
+        try:
+            stats = json.loads(router.exec_run(["cat", "/routes/router-stats.json"]).output)
+        except ValueError:
+            return None
+        return stats.get("kernel_backend") if 8701 in stats.get("kernel_ports", []) else None
+
+    try:
+        mechanism = f"kernel ({eventually(kernel_backend, timeout=10, what='kernel forwarding on node3')})"
+    except AssertionError:  # eventually gave up: the router proxies (no NET_ADMIN or no iptables)
+        mechanism = "proxy"
+    log(f"throughput: {THROUGHPUT_ROUNDS} rounds over {', '.join(paths)}; non-hosting route by {mechanism}")
+    rounds: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(THROUGHPUT_ROUNDS):
         for name, (address, blast_port, _) in paths.items():
-            best[name] = max(best[name], throughput(address, blast_port))
+            rounds[name].append(throughput(address, blast_port))
     found = {}
     for name, (address, _, echo_port) in paths.items():
         log(f"latency: {name} ({address})")
-        found[name] = {"throughput_mib_s": round(best[name], 1), **latency(address, echo_port)}
+        found[name] = {
+            "throughput_mib_s": round(max(rounds[name]), 1),
+            # The best round alone swings with one lucky direct round on a shared machine; the
+            # median of the same rounds is reported beside it (the target stays on the best).
+            "median_throughput_mib_s": round(statistics.median(rounds[name]), 1),
+            **latency(address, echo_port),
+        }
+    found["non_hosting_route"]["mechanism"] = mechanism
     return found
 
 
@@ -210,14 +233,23 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
     direct = paths["direct"]
     ratios = {
         "routed_throughput_over_direct": round(paths["non_hosting_route"]["throughput_mib_s"] / direct["throughput_mib_s"], 3),
+        "routed_median_throughput_over_direct_median": round(
+            paths["non_hosting_route"]["median_throughput_mib_s"] / direct["median_throughput_mib_s"], 3
+        ),
         "hosting_router_throughput_over_direct": round(paths["hosting_router"]["throughput_mib_s"] / direct["throughput_mib_s"], 3),
         "routed_added_median_latency_ms": round(paths["non_hosting_route"]["median_ms"] - direct["median_ms"], 3),
         "hosting_router_added_median_latency_ms": round(paths["hosting_router"]["median_ms"] - direct["median_ms"], 3),
         "failed_connections_during_move": move["routed_via_node3"]["failed"],
     }
-    lines = ["# Routing benchmark", "", "| path | throughput MiB/s | median ms | p99 ms |", "|---|---|---|---|"]
+    lines = [
+        "# Routing benchmark",
+        "",
+        f"| path | throughput MiB/s (best of {THROUGHPUT_ROUNDS}) | median of the rounds | median ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in paths.items():
-        lines.append(f"| {name} | {row['throughput_mib_s']} | {row['median_ms']} | {row['p99_ms']} |")
+        label = f"{name} ({row['mechanism']})" if "mechanism" in row else name
+        lines.append(f"| {label} | {row['throughput_mib_s']} | {row['median_throughput_mib_s']} | {row['median_ms']} | {row['p99_ms']} |")
     lines += ["", "| during a move (node1 -> node2) | ok | failed | slowest s |", "|---|---|---|---|"]
     for name in ("routed_via_node3", "baseline_direct_to_source"):
         row = move[name]

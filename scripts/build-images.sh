@@ -17,7 +17,7 @@ set -euo pipefail
 
 SUITE=bookworm
 VARIANT=minbase
-INCLUDE=python3,rsync,socat,ca-certificates
+INCLUDE=python3,rsync,socat,ca-certificates,iptables
 IMAGES=(elasticsearch logstash kibana)
 REFS=("${IMAGES[@]/%/:local}"); REFS=("${REFS[@]/#/flocker/}")   # flocker/NAME:local
 

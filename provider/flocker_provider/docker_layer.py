@@ -34,6 +34,10 @@ ROUTES_DIR = "/routes/ports"
 PROBE_TIMEOUT = 1.0
 # How often a starting application is looked at: after a move's start, every poll can be downtime.
 WAIT_POLL = 0.1
+# The router removes its iptables rules when it gets SIGTERM (well under a second); a router
+# killed without that time would leave them, and only a router of the same stack starting on
+# that node again would clean them up.
+ROUTER_STOP_TIMEOUT = 10
 # Several resources change routes at once (the engine runs up to 4 operations in
 # parallel): starting a router, writing its files and removing it with its last route
 # must not interleave, or a route could be written into a router that is going away.
@@ -255,7 +259,7 @@ class DockerNode:
                 if result.exit_code != 0:
                     raise RuntimeError(f"node {self.node.name}: removing routes failed: {result.output.decode(errors='replace')}")
             if not self.read_routes(router):
-                self.remove_container(router.name, timeout=0)
+                self.remove_container(router.name, timeout=ROUTER_STOP_TIMEOUT)
                 self.remove_volume(router.volume)
 
     def _router_lock(self, router: RouterSpec) -> threading.Lock:
@@ -268,16 +272,25 @@ class DockerNode:
         if container is not None and container.status == "running" and container.labels.get(L.CONFIG_HASH) == wanted:
             return container
         if container is not None:
-            container.remove(force=True)  # an older router or a stopped one: its routes are in the volume
+            # An older router or a stopped one: its routes are in the volume. Stopped first, so
+            # that it removes its iptables rules (the new one would clean them up anyway).
+            if container.status == "running":
+                container.stop(timeout=ROUTER_STOP_TIMEOUT)
+            container.remove(force=True)
         self.ensure_image(router.image)
         self.create_volume(router.volume, dict(router.labels))
         return self.client.containers.run(
             router.image,
-            command=["python3", "-c", router_source(), "--routes-dir", ROUTES_DIR],
+            # --kernel-forwarding: the router DNATs routes to other nodes with iptables (see
+            # docs/architecture.md); with the tag its rules are told apart from everyone else's.
+            command=["python3", "-c", router_source(), "--routes-dir", ROUTES_DIR, "--kernel-forwarding", "--rule-tag", router.name],
             name=router.name,
             detach=True,
             # The host network: the router listens on the node's own addresses.
             network_mode="host",
+            # iptables in the node's network namespace. Without it (some hosts do not grant it)
+            # the router logs that once and proxies every connection.
+            cap_add=["NET_ADMIN"],
             labels={**dict(router.labels), L.CONFIG_HASH: wanted},
             volumes={router.volume: {"bind": "/routes", "mode": "rw"}},
             restart_policy={"Name": "always"},

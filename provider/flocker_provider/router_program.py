@@ -23,6 +23,17 @@ The provider ships this file's source into a "router" container (``python3 route
 --routes-dir /routes``), so it must stay a single file using only the Python 3.11 standard
 library, and must not import anything from the project.
 
+Kernel forwarding (``--kernel-forwarding``): the proxy costs a third of the throughput of a
+direct connection, because every byte crosses user space twice. So once a route's target is on
+another node and has accepted a connection, the router also installs iptables rules in the node's
+network namespace (the router runs on the host network) that DNAT new connections to the external
+port straight to the target, with MASQUERADE so replies come back through this node. The proxy's
+listener stays open underneath: the DNAT rule goes the moment the route becomes a hold, changes
+target or is removed, or the target stops accepting, and new connections then reach the listener
+again and are held or retried as above. Connections the kernel already forwards keep their
+conntrack entry and stay on their target, like spliced ones. If iptables is missing or not
+permitted (no NET_ADMIN), the router logs it once and proxies everything.
+
 Counters are written every second to ``<routes-dir>/../router-stats.json`` so that tests and the
 provider can check how a cutover went (how many connections were held, for how long).
 """
@@ -34,15 +45,19 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
 import re
+import shlex
 import signal
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +80,17 @@ ACCEPT_BATCH = 64
 PIPE_SIZE = 1024 * 1024
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 COPY_CHUNK = 256 * 1024
+
+# Kernel forwarding. A target is probed this often until it accepts (then its DNAT rule goes in),
+# and checked this often afterwards, so that a target that stops accepting (a crashed
+# application) is taken out of the kernel's hands and new connections are held by the proxy again.
+PROBE_INTERVAL = 0.5
+HEALTH_INTERVAL = 1.0
+IPTABLES_TIMEOUT = 10.0
+# Our chains are named CHAIN_PREFIX-<hash of the rule tag>-<part>: iptables allows 28 characters.
+CHAIN_PREFIX = "FLKR"
+# The iptables variants of Debian's package; the one with more rules is the one dockerd uses.
+IPTABLES_BACKENDS = ("iptables-nft", "iptables-legacy")
 
 ROUTE_FILE = re.compile(r"^([0-9]{1,5})\.json$")
 
@@ -116,6 +142,241 @@ def format_target(target: tuple[str, int] | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# Kernel forwarding (iptables)
+
+Runner = Callable[[list[str], str | None], tuple[int, str]]
+
+
+def run_command(args: list[str], stdin: str | None = None) -> tuple[int, str]:
+    """Runs a command, returning its exit status and its output (stdout and stderr) in one string."""
+    try:
+        done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=IPTABLES_TIMEOUT, check=False)
+    except FileNotFoundError:
+        return 127, f"{args[0]}: command not found"
+    except (OSError, subprocess.SubprocessError) as error:
+        return 1, f"{args[0]}: {error}"
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+@dataclass(frozen=True)
+class RuleNames:
+    """What marks our rules: three chains of our own and a comment on every rule, jumps included."""
+
+    comment: str
+    dnat: str
+    snat: str
+    accept: str
+
+
+def rule_names(tag: str) -> RuleNames:
+    # The tag (the router container's name) can be longer than a chain name may be: a hash of it
+    # keeps two stacks' routers on one node apart. The comment carries it readably, without
+    # spaces so that `iptables -S` output splits back into the very rule.
+    digest = hashlib.sha256(tag.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9._:-]", "_", tag)[:200]
+    base = f"{CHAIN_PREFIX}-{digest}"
+    return RuleNames(f"flocker-router:{readable}", f"{base}-DNAT", f"{base}-SNAT", f"{base}-FWD")
+
+
+def jump_rules(names: RuleNames, forward_chain: str) -> list[tuple[str, str, list[str]]]:
+    """(table, chain, rule) of the jumps into our chains, each inserted first in its chain.
+
+    Only connections to one of the node's own addresses are DNATed (like Docker's own jump),
+    never traffic passing through. Locally originated connections (OUTPUT) are left to the
+    proxy: the node's own processes and host-network containers are not what the proxy slows.
+    Containers on bridge networks arrive through PREROUTING and are forwarded too.
+    """
+    mark = ["-m", "comment", "--comment", names.comment]
+    return [
+        ("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", *mark, "-j", names.dnat]),
+        ("nat", "POSTROUTING", [*mark, "-j", names.snat]),
+        ("filter", forward_chain, [*mark, "-j", names.accept]),
+    ]
+
+
+def restore_input(names: RuleNames, forwards: dict[int, tuple[str, int]], ports: Iterable[int], jumps_into: str | None = None) -> str:
+    """iptables-restore input (for --noflush) that replaces the contents of our three chains.
+
+    Declaring a chain flushes it, so one restore swaps every rule of ours at once, atomically.
+    ``forwards``: external port -> target to DNAT to. ``ports``: every routed external port;
+    MASQUERADE and ACCEPT stay for all of them, whether DNATed now or not, because connections
+    the kernel forwarded before a change of target must keep working until their target closes
+    them (the conntrack state DNAT with the external port as original destination port is only
+    ever given by our own DNAT rules: that port belongs to the router's listener on this node).
+    ``jumps_into``: also insert the jumps, into this filter chain for the ACCEPTs (at start).
+    """
+    mark = ["-m", "comment", "--comment", names.comment]
+    nat = [f":{names.dnat} - [0:0]", f":{names.snat} - [0:0]"]
+    accept = [f":{names.accept} - [0:0]"]
+    jumps = jump_rules(names, jumps_into) if jumps_into else []
+    for table, chain, rule in jumps:
+        (nat if table == "nat" else accept).append(" ".join(["-I", chain, "1", *rule]))
+    for port in sorted(forwards):
+        host, target_port = forwards[port]
+        nat.append(
+            " ".join(
+                ["-A", names.dnat, "-p", "tcp", "--dport", str(port), *mark, "-j", "DNAT", "--to-destination", f"{host}:{target_port}"]
+            )
+        )
+    for port in sorted(set(ports)):
+        dnatted = ["-p", "tcp", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", str(port), *mark]
+        nat.append(" ".join(["-A", names.snat, *dnatted, "-j", "MASQUERADE"]))
+        accept.append(" ".join(["-A", names.accept, *dnatted, "-j", "ACCEPT"]))
+    return "\n".join(["*nat", *nat, "COMMIT", "*filter", *accept, "COMMIT", ""])
+
+
+def deletion_of(line: str, comment: str) -> list[str] | None:
+    """The arguments that delete the rule of an `iptables -S` line, if it carries our comment."""
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        return None
+    if len(words) < 2 or words[0] != "-A":
+        return None
+    marked = any(word == "--comment" and following == comment for word, following in zip(words, words[1:], strict=False))
+    return ["-D", *words[1:]] if marked else None
+
+
+def choose_backend(runner: Runner) -> str | None:
+    """The iptables variant that holds the node's rules (dockerd's), or None if none works here.
+
+    Both variants' tables can exist side by side; rules written with the other one than dockerd
+    uses would be evaluated separately from Docker's (and, with legacy tables, `iptables`
+    warns on every call). Counting rules is how Kubernetes' iptables wrapper decides, too.
+    A tie (no rules anywhere) goes to nft, Debian's default. `-save` creates no table.
+    """
+    best: str | None = None
+    best_count = -1
+    for backend in IPTABLES_BACKENDS:
+        status, output = runner([f"{backend}-save"], None)
+        if status != 0:
+            continue
+        count = sum(line.startswith("-A ") for line in output.splitlines())
+        if count > best_count:
+            best, best_count = backend, count
+    return best
+
+
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` is one of this network namespace's own addresses (binding to it works)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return False
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError:
+            return False
+    return True
+
+
+class KernelForwarding:
+    """Our iptables rules in the node's network namespace: set up at start, swapped on every
+    change with one iptables-restore, removed at stop. Any failure turns it off for good (logged
+    once): the proxy then forwards every connection, which is slower but always right."""
+
+    def __init__(self, tag: str, runner: Runner = run_command, is_local: Callable[[str], bool] = is_local_address) -> None:
+        self.names = rule_names(tag)
+        self.runner = runner
+        self.is_local = is_local
+        self.backend: str | None = None
+        self.forward_chain = "FORWARD"
+        self.enabled = False
+        self.applied: tuple[dict[int, tuple[str, int]], frozenset[int]] = ({}, frozenset())
+
+    def can_forward_to(self, target: tuple[str, int] | None) -> bool:
+        """DNAT is for IPv4 targets on other nodes. A target on this node (the hosting node's own
+        route) stays with the proxy: nat rules apply once per connection, so Docker's DNAT of the
+        published port would not follow ours and docker-proxy (userland, no faster than ours)
+        would take the connection; the container's own address is not in the route."""
+        if target is None:
+            return False
+        try:
+            address = ipaddress.ip_address(target[0])
+        except ValueError:
+            return False  # a name; the provider writes addresses
+        return address.version == 4 and not self.is_local(target[0])
+
+    def _run(self, args: list[str], stdin: str | None = None, restore: bool = False) -> tuple[int, str]:
+        assert self.backend is not None
+        # -w: wait for the xtables lock (legacy) rather than fail when dockerd holds it.
+        program = f"{self.backend}-restore" if restore else self.backend
+        return self.runner([program, "-w", str(int(IPTABLES_TIMEOUT)), *args], stdin)
+
+    def start(self) -> bool:
+        self.backend = choose_backend(self.runner)
+        if self.backend is None:
+            log("kernel forwarding off: no working iptables here (missing, or no NET_ADMIN); the proxy forwards every connection")
+            return False
+        # A router that was killed (SIGKILL, a crash) left its rules: they may point at old targets.
+        self.cleanup()
+        status, _ = self._run(["-t", "filter", "-S", "DOCKER-USER"])
+        # dockerd sets FORWARD's policy to DROP and leaves DOCKER-USER to its users; without
+        # dockerd's chains, FORWARD itself.
+        self.forward_chain = "DOCKER-USER" if status == 0 else "FORWARD"
+        status, output = self._run(["--noflush"], restore_input(self.names, {}, (), jumps_into=self.forward_chain), restore=True)
+        if status != 0:
+            self._turn_off(f"{self.backend}-restore failed: {output}")
+            return False
+        self.enabled = True
+        self.applied = ({}, frozenset())
+        chains = f"{self.names.dnat}, {self.names.snat}, {self.names.accept} via {self.forward_chain}"
+        log(f"kernel forwarding on ({self.backend}; chains {chains}; rules marked {self.names.comment})")
+        return True
+
+    def apply(self, forwards: dict[int, tuple[str, int]], ports: Iterable[int]) -> bool:
+        """Makes our rules DNAT exactly ``forwards``; True if they do (or already did)."""
+        if not self.enabled:
+            return False
+        wanted = (dict(forwards), frozenset(ports))
+        if wanted == self.applied:
+            return True
+        started = time.monotonic()
+        status, output = self._run(["--noflush"], restore_input(self.names, *wanted), restore=True)
+        if status != 0:
+            self._turn_off(f"{self.backend}-restore failed: {output}")
+            return False
+        self.applied = wanted
+        # How long a change took matters: a hold must be in force within the provider's settle wait.
+        dnat = ", ".join(f"{port}->{format_target(target)}" for port, target in sorted(forwards.items())) or "none"
+        log(f"kernel forwarding: DNAT {dnat} ({(time.monotonic() - started) * 1000:.0f} ms)")
+        return True
+
+    def _turn_off(self, reason: str) -> None:
+        self.enabled = False
+        log(f"kernel forwarding off: {reason}; the proxy forwards every connection from now on")
+        # A DNAT rule left to a target that stops would refuse connections the proxy would hold.
+        if not self.cleanup():
+            log("could not remove every kernel forwarding rule; `iptables -S` shows what is left, marked " + self.names.comment)
+
+    def cleanup(self) -> bool:
+        """Deletes every rule and chain of ours (and nothing else); True if none is left."""
+        if self.backend is None:
+            return True
+        clean = True
+        for table, chain in (("nat", "PREROUTING"), ("nat", "POSTROUTING"), ("filter", "DOCKER-USER"), ("filter", "FORWARD")):
+            status, output = self._run(["-t", table, "-S", chain])
+            if status != 0:
+                continue  # DOCKER-USER exists only with dockerd's rules
+            for line in output.splitlines():
+                deletion = deletion_of(line, self.names.comment)
+                if deletion is not None and self._run(["-t", table, *deletion])[0] != 0:
+                    clean = False
+        for table, chain in (("nat", self.names.dnat), ("nat", self.names.snat), ("filter", self.names.accept)):
+            if self._run(["-t", table, "-S", chain])[0] != 0:
+                continue  # not there
+            if self._run(["-t", table, "-F", chain])[0] != 0 or self._run(["-t", table, "-X", chain])[0] != 0:
+                clean = False
+        self.enabled = False
+        self.applied = ({}, frozenset())
+        return clean
+
+    def stop(self) -> None:
+        if self.backend is not None and not self.cleanup():
+            log("could not remove every kernel forwarding rule; `iptables -S` shows what is left, marked " + self.names.comment)
+
+
 class Stats:
     """Counters since start, written to router-stats.json.
 
@@ -123,6 +384,8 @@ class Stats:
     refused; each held connection ends as held_released (then counted as forwarded too) or
     held_timed_out. max_hold_seconds is the longest wait of a released connection, i.e. how long a
     cutover made clients wait. connect_failures counts failed attempts, not connections.
+    Connections the kernel forwards (kernel_ports: the external ports DNATed right now, with
+    kernel_backend) never reach the router and are not counted.
     """
 
     def __init__(self) -> None:
@@ -135,6 +398,8 @@ class Stats:
         self.max_hold_seconds = 0.0
         self.active = 0
         self.waiting = 0
+        self.kernel_backend: str | None = None
+        self.kernel_ports: list[int] = []
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +412,8 @@ class Stats:
             "max_hold_seconds": round(self.max_hold_seconds, 3),
             "active": self.active,
             "waiting": self.waiting,
+            "kernel_backend": self.kernel_backend,
+            "kernel_ports": self.kernel_ports,
         }
 
 
@@ -160,6 +427,10 @@ class Route:
         self.removed = False
         self.listener: socket.socket | None = None
         self.bind_task: asyncio.Task[None] | None = None
+        # The target last seen accepting a connection; only then may the kernel forward to it.
+        self.proven: tuple[str, int] | None = None
+        # Probes self.target for kernel forwarding; None when the kernel cannot forward to it.
+        self.watch_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
     def update(self, target: tuple[str, int] | None, hold_seconds: float) -> None:
@@ -335,8 +606,15 @@ class Copy:
 
 
 class Router:
-    def __init__(self, routes_dir: str | os.PathLike[str], listen_address: str = "0.0.0.0", use_splice: bool = True) -> None:
+    def __init__(
+        self,
+        routes_dir: str | os.PathLike[str],
+        listen_address: str = "0.0.0.0",
+        use_splice: bool = True,
+        kernel: KernelForwarding | None = None,
+    ) -> None:
         self.routes_dir = Path(routes_dir)
+        self.kernel = kernel
         self.stats_path = Path(os.path.abspath(self.routes_dir)).parent / "router-stats.json"
         self.listen_address = listen_address
         self.use_splice = use_splice and hasattr(os, "splice")
@@ -405,10 +683,12 @@ class Router:
             route = Route(port, target, hold)
             self.routes[port] = route
             route.bind_task = self.spawn(self._open_listener(route))
+            self._target_changed(route)
             return
         if (route.target, route.hold_seconds) != (target, hold):
             log(f"port {port}: target {format_target(route.target)} -> {format_target(target)} (hold {hold:g} s)")
             route.update(target, hold)
+            self._target_changed(route)
 
     def _remove(self, port: int) -> None:
         route = self.routes.pop(port)
@@ -418,6 +698,7 @@ class Router:
         self._close_listener(route)
         # Wakes held connections, which then close: the application is gone.
         route.notify()
+        self._target_changed(route)
 
     async def _open_listener(self, route: Route) -> None:
         logged: int | None = None
@@ -453,6 +734,68 @@ class Router:
     def _resume_accepting(self, route: Route) -> None:
         if route.listener is not None and not route.removed:
             asyncio.get_running_loop().add_reader(route.listener.fileno(), self._accept, route)
+
+    # Kernel forwarding
+
+    def _target_changed(self, route: Route) -> None:
+        """Takes the kernel's DNAT rule away at once unless the new target is proven, and starts
+        proving it. Synchronous (one iptables-restore, some milliseconds): a hold must be in
+        force before the provider's settle wait ends, and this is the only way to be sure."""
+        if self.kernel is None or not self.kernel.enabled:
+            return
+        if route.proven != route.target:
+            route.proven = None
+        if route.watch_task is not None:
+            route.watch_task.cancel()
+            route.watch_task = None
+        if not route.removed and self.kernel.can_forward_to(route.target):
+            assert route.target is not None
+            route.watch_task = self.spawn(self._watch(route, route.target))
+        self._sync_kernel()
+
+    def _sync_kernel(self) -> None:
+        if self.kernel is None or not self.kernel.enabled:
+            return
+        forwards = {
+            port: route.target
+            for port, route in self.routes.items()
+            if route.target is not None and route.proven == route.target and route.watch_task is not None
+        }
+        if not self.kernel.apply(forwards, self.routes):
+            # Off for good now (logged): the listeners take every connection again.
+            for route in self.routes.values():
+                if route.watch_task is not None:
+                    route.watch_task.cancel()
+                    route.watch_task = None
+
+    def _proven(self, route: Route, target: tuple[str, int], accepts: bool) -> None:
+        if route.removed or route.target != target or route.watch_task is None:
+            return  # the route moved on meanwhile, or the kernel does not forward it
+        if accepts and route.proven != target:
+            route.proven = target
+            log(f"port {route.port}: {format_target(target)} accepts; the kernel forwards new connections")
+            self._sync_kernel()
+        elif not accepts and route.proven == target:
+            route.proven = None
+            log(f"port {route.port}: {format_target(target)} stopped accepting; the proxy takes new connections")
+            self._sync_kernel()
+
+    async def _watch(self, route: Route, target: tuple[str, int]) -> None:
+        """Probes the target until it accepts, then keeps checking that it still does.
+
+        A proxied connection that reaches the target proves it too (usually first, during a
+        move); the probe is for targets nobody connects to through the proxy.
+        """
+        while True:
+            try:
+                sock = await self._connect(target, CONNECT_ATTEMPT_TIMEOUT)
+            except (OSError, TimeoutError):
+                accepts = False
+            else:
+                sock.close()
+                accepts = True
+            self._proven(route, target, accepts)
+            await asyncio.sleep(HEALTH_INTERVAL if accepts else PROBE_INTERVAL)
 
     # Connections
 
@@ -537,6 +880,8 @@ class Router:
                         self._waiting.discard(client)
                         self._splice(client, upstream)
                         self.stats.forwarded += 1
+                        if route.proven != target:
+                            self._proven(route, target, accepts=True)
                         if held:
                             waited = loop.time() - arrival
                             self.stats.held_released += 1
@@ -581,6 +926,9 @@ class Router:
     def write_stats(self) -> None:
         self.stats.active = len(self.connections)
         self.stats.waiting = len(self._waiting)
+        kernel = self.kernel if self.kernel is not None and self.kernel.enabled else None
+        self.stats.kernel_backend = kernel.backend if kernel is not None else None
+        self.stats.kernel_ports = sorted(kernel.applied[0]) if kernel is not None else []
         temporary = self.stats_path.with_name(f".{self.stats_path.name}.{os.getpid()}.tmp")
         try:
             temporary.write_text(json.dumps(self.stats.as_dict(), sort_keys=True) + "\n")
@@ -604,6 +952,8 @@ class Router:
                 loop.add_signal_handler(signum, stop.set)
         loop.set_exception_handler(_log_loop_exception)
         log(f"watching {self.routes_dir} (pid {os.getpid()})")
+        if self.kernel is not None:
+            self.kernel.start()
         stats_task = self.spawn(self._stats_loop())
         try:
             while not stop.is_set():
@@ -620,6 +970,8 @@ class Router:
                 connection.close()
             # Let cancelled tasks run their cleanup before the loop goes away.
             await asyncio.sleep(0)
+            if self.kernel is not None:
+                self.kernel.stop()
             self.write_stats()
             log("stopped")
 
@@ -652,9 +1004,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routes-dir", required=True, help="directory of <port>.json route files")
     parser.add_argument("--listen-address", default="0.0.0.0", help="address the listeners bind (default 0.0.0.0)")
     parser.add_argument("--no-splice", action="store_true", help="copy with recv/send instead of splice(2) (for comparison)")
+    parser.add_argument(
+        "--kernel-forwarding",
+        action="store_true",
+        help="also DNAT proven targets on other nodes with iptables (needs NET_ADMIN in the node's network namespace)",
+    )
+    parser.add_argument("--rule-tag", default="router", help="names our iptables chains and comments (the router container's name)")
     args = parser.parse_args(argv)
     _raise_file_limit()
-    asyncio.run(Router(args.routes_dir, args.listen_address, use_splice=not args.no_splice).run())
+    kernel = KernelForwarding(args.rule_tag) if args.kernel_forwarding else None
+    asyncio.run(Router(args.routes_dir, args.listen_address, use_splice=not args.no_splice, kernel=kernel).run())
     return 0
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import docker
 
+from flocker_provider.router_program import rule_names
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MANAGED = "io.flocker-pulumi.managed"
@@ -140,6 +142,26 @@ def ours(nodes: list[ClusterNode], stack: str) -> dict[str, list[str]]:
         names = [f"container:{c.name}" for c in client.containers.list(all=True, filters=filters)]
         names += [f"volume:{v.name}" for v in client.volumes.list(filters=filters)]
         found[node.name] = sorted(names)
+    return found
+
+
+def router_rules(nodes: list[ClusterNode], stack: str) -> dict[str, list[str]]:
+    """The iptables rules and chains of this stack's router left on each node (both backends).
+
+    Read from a throw-away container on the node's host network, as the router itself sees them.
+    """
+    names = rule_names(f"flocker-{stack}.router")
+    marks = (names.comment, names.dnat, names.snat, names.accept)
+    found: dict[str, list[str]] = {}
+    for node in nodes:
+        output = node.client().containers.run(
+            "flocker/base:local",
+            ["sh", "-c", "iptables-nft-save 2>/dev/null; iptables-legacy-save 2>/dev/null; true"],
+            network_mode="host",
+            cap_add=["NET_ADMIN"],
+            remove=True,
+        )
+        found[node.name] = [line for line in output.decode().splitlines() if any(mark in line for mark in marks)]
     return found
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from flocker_provider.docker_layer import host_port
 
-from .harness import REPO, ClusterNode, Pulumi, es_count, eventually, http_json, http_text, ours, send_lines
+from .harness import REPO, ClusterNode, Pulumi, es_count, eventually, http_json, http_text, ours, router_rules, send_lines
 
 pytestmark = pytest.mark.cluster
 
@@ -128,6 +128,7 @@ def elk(nodes: list[ClusterNode], workdir: Path, stack_name: str):
     yield pulumi
     pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+    assert all(not rules for rules in router_rules(nodes, stack_name).values()), router_rules(nodes, stack_name)
 
 
 def test_elk_answers_on_every_node_and_a_move_refuses_no_connection(elk: Pulumi, nodes: list[ClusterNode], stack_name: str) -> None:
@@ -143,6 +144,13 @@ def test_elk_answers_on_every_node_and_a_move_refuses_no_connection(elk: Pulumi,
     assert shipper.attrs["Config"]["Env"].count(f"ES_PORT_9200_TCP=tcp://{node2.address}:9200") == 1
     send_lines(node2.address, [f"before {i}" for i in range(5)])
     eventually(lambda: es_count(node3.address) == 5, what="lines sent before the move indexed")
+
+    # The kernel forwards the store's port on nodes that do not host it (the router proved the
+    # target first), the hosting node's own router proxies it.
+    node1 = by_name(nodes, "node1")
+    eventually(lambda: 9200 in router_stats(node3, stack_name)["kernel_ports"], what="kernel forwarding on node3")
+    assert router_stats(node3, stack_name)["kernel_backend"] == "iptables-nft"
+    assert 9200 not in router_stats(node1, stack_name)["kernel_ports"]
 
     # node3 hosts neither the source (node1) nor the destination (node4) of the move.
     client, sender = ClientLoop(node3.address), LineSender(node2.address)
@@ -174,6 +182,10 @@ def test_elk_answers_on_every_node_and_a_move_refuses_no_connection(elk: Pulumi,
     assert (shipper.id, shipper.attrs["State"]["StartedAt"]) == shipper_before
     target = routes(node3, stack_name)[9200]["target"]
     assert target.startswith(f"{node4.address}:"), target
+    # After the move: kernel forwarding to the new target, and from the old host too.
+    eventually(lambda: 9200 in router_stats(node3, stack_name)["kernel_ports"], what="kernel forwarding on node3 after the move")
+    eventually(lambda: 9200 in router_stats(node1, stack_name)["kernel_ports"], what="kernel forwarding on node1 after the move")
+    assert 9200 not in router_stats(node4, stack_name)["kernel_ports"]
 
 
 REMOVABLE = """
@@ -207,6 +219,7 @@ def test_deleting_an_application_removes_its_routes_on_every_node(nodes: list[Cl
         pulumi.destroy()
     # The router went with the last application that needed it.
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+    assert all(not rules for rules in router_rules(nodes, stack_name).values()), router_rules(nodes, stack_name)
 
 
 def test_an_application_restarted_outside_pulumi_keeps_its_routes(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
@@ -285,6 +298,7 @@ def test_conflicts_are_rejected_at_preview(nodes: list[ClusterNode], workdir: Pa
     finally:
         squatter.remove(force=True)
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+    assert all(not rules for rules in router_rules(nodes, stack_name).values()), router_rules(nodes, stack_name)
 
 
 GROWING = """
@@ -316,3 +330,4 @@ def test_a_node_added_to_the_cluster_gets_routes_without_a_restart(nodes: list[C
     finally:
         pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+    assert all(not rules for rules in router_rules(nodes, stack_name).values()), router_rules(nodes, stack_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -13,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from flocker_provider import router_program
 
 ROUTER = Path(__file__).resolve().parents[2] / "provider" / "flocker_provider" / "router_program.py"
 LOOPBACK = "127.0.0.1"
@@ -350,3 +353,251 @@ def test_hundreds_of_held_connections_are_all_released(router: RouterProcess, se
     stats = router.wait_stats(lambda s: s["held_released"] >= 200)
     assert stats["accepted"] == 200
     assert stats["held_timed_out"] == 0
+
+
+# Kernel forwarding: the iptables rules the router computes, and what it runs, with a fake runner
+# (the router must never touch this machine's own iptables in unit tests).
+
+TAG = "flocker-unit.router"
+NAMES = router_program.rule_names(TAG)
+MARK = f'-m comment --comment "{NAMES.comment}"'
+
+
+class FakeIptables:
+    """Answers the router's iptables commands from a table of prefixes; records every call."""
+
+    def __init__(self, answers: dict[tuple[str, ...], tuple[int, str]] | None = None) -> None:
+        self.answers = {
+            ("iptables-nft-save",): (0, "*filter\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n"),
+            ("iptables-legacy-save",): (0, ""),
+            **(answers or {}),
+        }
+        self.calls: list[tuple[list[str], str | None]] = []
+
+    def __call__(self, args: list[str], stdin: str | None) -> tuple[int, str]:
+        self.calls.append((args, stdin))
+        # The longest matching prefix, ignoring the lock wait option.
+        words = tuple(w for i, w in enumerate(args) if w != "-w" and (i == 0 or args[i - 1] != "-w"))
+        for length in range(len(words), 0, -1):
+            if words[:length] in self.answers:
+                return self.answers[words[:length]]
+        return 0, ""
+
+    def restores(self) -> list[str]:
+        return [stdin for args, stdin in self.calls if args[0].endswith("-restore") and stdin is not None]
+
+    def commands(self) -> list[list[str]]:
+        """Every call's arguments (restores too), without the lock wait option."""
+        return [[w for i, w in enumerate(args) if w != "-w" and args[i - 1] != "-w"] for args, _ in self.calls]
+
+
+def test_chain_names_fit_iptables_and_tell_stacks_apart() -> None:
+    other = router_program.rule_names("flocker-another-stack-with-a-very-long-name.router")
+    for names in (NAMES, other):
+        assert all(len(chain) <= 28 and chain.startswith("FLKR-") for chain in (names.dnat, names.snat, names.accept))
+    assert {NAMES.dnat, NAMES.snat, NAMES.accept}.isdisjoint({other.dnat, other.snat, other.accept})
+    assert NAMES.comment == f"flocker-router:{TAG}"
+    assert " " not in router_program.rule_names("a stack; with spaces").comment
+
+
+def test_restore_input_swaps_our_chains_and_dnats_only_the_forwarded_ports() -> None:
+    text = router_program.restore_input(NAMES, {8701: ("10.0.0.2", 32768)}, [8702, 8701])
+    lines = text.splitlines()
+    # Declaring the chains flushes them: the restore replaces everything of ours at once.
+    assert lines[:3] == ["*nat", f":{NAMES.dnat} - [0:0]", f":{NAMES.snat} - [0:0]"]
+    assert f"-A {NAMES.dnat} -p tcp --dport 8701 -m comment --comment {NAMES.comment} -j DNAT --to-destination 10.0.0.2:32768" in lines
+    assert sum("-j DNAT" in line for line in lines) == 1
+    # MASQUERADE and ACCEPT for every routed port: connections forwarded before a change keep working.
+    for port in (8701, 8702):
+        dnatted = f"-p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} -m comment --comment {NAMES.comment}"
+        assert f"-A {NAMES.snat} {dnatted} -j MASQUERADE" in lines
+        assert f"-A {NAMES.accept} {dnatted} -j ACCEPT" in lines
+    assert lines[lines.index("*filter") + 1] == f":{NAMES.accept} - [0:0]"
+    assert lines.count("COMMIT") == 2
+    assert not any(line.startswith("-I ") for line in lines)
+
+
+def test_restore_input_at_start_inserts_the_jumps_first() -> None:
+    lines = router_program.restore_input(NAMES, {}, [], jumps_into="DOCKER-USER").splitlines()
+    assert f"-I PREROUTING 1 -m addrtype --dst-type LOCAL -m comment --comment {NAMES.comment} -j {NAMES.dnat}" in lines
+    assert f"-I POSTROUTING 1 -m comment --comment {NAMES.comment} -j {NAMES.snat}" in lines
+    assert f"-I DOCKER-USER 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}" in lines
+    # Each jump in the table its chain is in.
+    assert lines.index("*filter") < lines.index(f"-I DOCKER-USER 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}")
+
+
+def test_only_rules_with_our_exact_comment_are_deleted() -> None:
+    ours = f"-A PREROUTING -m addrtype --dst-type LOCAL {MARK} -j {NAMES.dnat}"
+    assert router_program.deletion_of(ours, NAMES.comment) == [
+        "-D",
+        "PREROUTING",
+        *["-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", NAMES.comment, "-j", NAMES.dnat],
+    ]
+    for line in (
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        f'-A PREROUTING -m comment --comment "{NAMES.comment}-other" -j X',  # another stack whose name starts like ours
+        f"-N {NAMES.dnat}",
+        "-P FORWARD DROP",
+        '-A FORWARD -m comment --comment "unbalanced',
+    ):
+        assert router_program.deletion_of(line, NAMES.comment) is None, line
+
+
+@pytest.mark.parametrize(
+    ("nft", "legacy", "chosen"),
+    [
+        ((0, "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN"), (0, ""), "iptables-nft"),
+        ((0, ""), (0, "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN"), "iptables-legacy"),
+        ((0, ""), (0, ""), "iptables-nft"),
+        ((1, "Permission denied (you must be root)"), (127, "not found"), None),
+        ((127, "not found"), (127, "not found"), None),
+    ],
+    ids=["nft", "legacy", "tie", "no-permission", "missing"],
+)
+def test_the_backend_with_dockers_rules_is_chosen(nft: tuple[int, str], legacy: tuple[int, str], chosen: str | None) -> None:
+    fake = FakeIptables({("iptables-nft-save",): nft, ("iptables-legacy-save",): legacy})
+    assert router_program.choose_backend(fake) == chosen
+
+
+def test_start_removes_stale_rules_of_ours_only_then_installs_the_jumps() -> None:
+    stale = f"-A PREROUTING -m addrtype --dst-type LOCAL {MARK} -j {NAMES.dnat}"
+    fake = FakeIptables(
+        {
+            ("iptables-nft", "-t", "nat", "-S", "PREROUTING"): (
+                0,
+                f"-P PREROUTING ACCEPT\n{stale}\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+            ),
+            ("iptables-nft", "-t", "nat", "-S", NAMES.dnat): (0, f"-N {NAMES.dnat}"),
+            ("iptables-nft", "-t", "nat", "-S", NAMES.snat): (1, "No chain/target/match by that name."),
+            ("iptables-nft", "-t", "filter", "-S", NAMES.accept): (1, "No chain/target/match by that name."),
+        }
+    )
+    kernel = router_program.KernelForwarding(TAG, runner=fake)
+    assert kernel.start()
+    assert kernel.enabled and kernel.backend == "iptables-nft" and kernel.forward_chain == "DOCKER-USER"
+    commands = fake.commands()
+    deletions = [c for c in commands if "-D" in c]
+    # The quotes iptables -S prints are gone: the comment is one argument again.
+    jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", NAMES.comment, "-j", NAMES.dnat]
+    assert deletions == [["iptables-nft", "-t", "nat", "-D", "PREROUTING", *jump]]
+    assert ["iptables-nft", "-t", "nat", "-F", NAMES.dnat] in commands
+    assert ["iptables-nft", "-t", "nat", "-X", NAMES.dnat] in commands
+    assert ["iptables-nft", "-t", "nat", "-X", NAMES.snat] not in commands  # not there: nothing to delete
+    (restore,) = fake.restores()
+    assert f"-I DOCKER-USER 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}" in restore
+    assert fake.calls[-1][0][:3] == ["iptables-nft-restore", "-w", "10"] and "--noflush" in fake.calls[-1][0]
+
+
+def test_without_dockers_chain_the_accepts_go_into_forward() -> None:
+    fake = FakeIptables({("iptables-nft", "-t", "filter", "-S", "DOCKER-USER"): (1, "No chain/target/match by that name.")})
+    kernel = router_program.KernelForwarding(TAG, runner=fake)
+    assert kernel.start()
+    assert f"-I FORWARD 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}" in fake.restores()[0]
+
+
+def test_apply_restores_only_changes_and_a_failure_turns_kernel_forwarding_off() -> None:
+    fake = FakeIptables()
+    kernel = router_program.KernelForwarding(TAG, runner=fake)
+    assert kernel.start()
+    assert kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])
+    assert kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])  # unchanged: no second restore
+    assert len(fake.restores()) == 2
+    assert kernel.applied == ({8701: ("10.0.0.2", 32768)}, frozenset({8701}))
+
+    fake.answers[("iptables-nft-restore",)] = (1, "iptables-nft-restore: line 3 failed")
+    assert not kernel.apply({}, [8701])
+    assert not kernel.enabled
+    # Turning off removes our rules, so no DNAT is left to a target that may go away.
+    assert ["iptables-nft", "-t", "nat", "-S", NAMES.dnat] in fake.commands()
+    assert not kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])
+
+
+def test_no_iptables_means_proxy_only() -> None:
+    fake = FakeIptables({("iptables-nft-save",): (127, "not found"), ("iptables-legacy-save",): (127, "not found")})
+    kernel = router_program.KernelForwarding(TAG, runner=fake)
+    assert not kernel.start()
+    assert not kernel.enabled
+    assert not kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])
+    kernel.stop()
+    assert [args[0] for args, _ in fake.calls] == ["iptables-nft-save", "iptables-legacy-save"]
+
+
+def test_only_ipv4_targets_on_other_nodes_are_forwarded_by_the_kernel() -> None:
+    kernel = router_program.KernelForwarding(TAG, runner=FakeIptables(), is_local=lambda host: host == "10.0.0.1")
+    assert kernel.can_forward_to(("10.0.0.2", 32768))
+    assert not kernel.can_forward_to(("10.0.0.1", 32768))  # this node: the proxy
+    assert not kernel.can_forward_to(None)
+    assert not kernel.can_forward_to(("fd00::2", 32768))
+    assert not kernel.can_forward_to(("node2.example", 32768))
+    assert router_program.is_local_address("127.0.0.1")
+    assert not router_program.is_local_address("192.0.2.123")  # TEST-NET-1: nobody's address
+
+
+def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path: Path, servers: Callable[..., EchoServer]) -> None:
+    """The router in this process with a fake iptables: which ports its rules DNAT, and when."""
+    server = servers(prefix=b"S")
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    fake = FakeIptables()
+    # Loopback stands in for another node's address.
+    kernel = router_program.KernelForwarding(TAG, runner=fake, is_local=lambda host: False)
+    port = free_port()
+
+    def write(target: str | None) -> None:
+        (routes / ".tmp").write_text(json.dumps({"target": target, "hold_seconds": 10}))
+        os.replace(routes / ".tmp", routes / f"{port}.json")
+
+    async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> float:
+        started = time.monotonic()
+        while not predicate():
+            assert time.monotonic() - started < timeout, f"timed out; applied {kernel.applied}"
+            await asyncio.sleep(0.01)
+        return time.monotonic() - started
+
+    async def scenario() -> None:
+        router = router_program.Router(routes, LOOPBACK, kernel=kernel)
+        stop = asyncio.Event()
+        running = asyncio.create_task(router.run(stop))
+        await until(lambda: kernel.enabled)
+
+        write(server.address)
+        # Proven by the probe: the rule goes in without any client.
+        await until(lambda: kernel.applied[0] == {port: (LOOPBACK, server.port)})
+        assert kernel.applied[1] == {port}
+
+        # A hold: the rule must be gone well within the provider's settle wait (0.3 s).
+        write(None)
+        assert await until(lambda: kernel.applied[0] == {}) < 0.3
+        assert kernel.applied[1] == {port}  # MASQUERADE/ACCEPT stay for connections already forwarded
+
+        # A connection arriving during the hold reaches the listener, is held, and its success
+        # proves the new target at once.
+        other = servers(prefix=b"T")
+        loop = asyncio.get_running_loop()
+        client = await loop.run_in_executor(None, connect, port)
+        await asyncio.sleep(0.2)
+        write(other.address)
+        await until(lambda: kernel.applied[0] == {port: (LOOPBACK, other.port)})
+        await loop.run_in_executor(None, client.sendall, b"1")
+        assert await loop.run_in_executor(None, recv_exactly, client, 2) == b"T1"
+        client.close()
+
+        # The target stops accepting: the rule goes, the proxy holds new connections again.
+        other.close()
+        await until(lambda: kernel.applied[0] == {}, timeout=5)
+
+        # Removing the route removes everything for its port.
+        (routes / f"{port}.json").unlink()
+        await until(lambda: kernel.applied == ({}, frozenset()))
+
+        stop.set()
+        await running
+
+    asyncio.run(scenario())
+    # Stopping removed our chains (the fake says they exist).
+    commands = fake.commands()
+    last_restore = max(i for i, command in enumerate(commands) if command[0].endswith("-restore"))
+    after_last_restore = commands[last_restore + 1 :]
+    for table, chain in (("nat", NAMES.dnat), ("nat", NAMES.snat), ("filter", NAMES.accept)):
+        assert ["iptables-nft", "-t", table, "-X", chain] in after_last_restore
+    assert not kernel.enabled
