@@ -44,10 +44,17 @@ ROUTER_STOP_TIMEOUT = 10
 # One lock per router, so that the routers of different nodes are written at once.
 _ROUTER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _ROUTER_LOCKS_GUARD = threading.Lock()
-# Writes each (port, body) argument pair with a rename, so the router never reads half a file.
+# Writes each (port, body) argument pair with a rename, so the router never reads half a
+# file, then waits until the router has put every one in force (it copies a route file to
+# applied/ once it is): a hold must be in force before the application stops.
+ROUTE_ACK_SECONDS = 10
 _WRITE_ROUTES = (
-    f'set -e; mkdir -p {ROUTES_DIR}; while [ $# -gt 1 ]; do printf "%s" "$2" > {ROUTES_DIR}/.$1.tmp; '
-    f"mv {ROUTES_DIR}/.$1.tmp {ROUTES_DIR}/$1.json; shift 2; done"
+    f'set -e; mkdir -p {ROUTES_DIR}; ports=""; while [ $# -gt 1 ]; do printf "%s" "$2" > {ROUTES_DIR}/.$1.tmp; '
+    f'mv {ROUTES_DIR}/.$1.tmp {ROUTES_DIR}/$1.json; ports="$ports $1"; shift 2; done; '
+    f"i=0; for p in $ports; do until cmp -s {ROUTES_DIR}/$p.json {ROUTES_DIR}/../applied/$p.json; do "
+    f"i=$((i+1)); if [ $i -gt {ROUTE_ACK_SECONDS * 100} ]; then "
+    f'echo "the router did not take the route of port $p within {ROUTE_ACK_SECONDS} s (see its log)"; exit 3; fi; '
+    "sleep 0.01; done; done"
 )
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .docker_layer import DockerNode, NodeUnreachable, connect
 from .models import Node
 from .progress import report
-from .router_program import POLL_INTERVAL
 from .steps import (
     CreateVolume,
     Plan,
@@ -25,11 +23,6 @@ from .steps import (
     WaitForApplication,
     describe,
 )
-
-# The router reads its route files every POLL_INTERVAL: a hold must be in force before the
-# application stops, or a connection accepted just before could reach a dying container.
-# The routers of all nodes poll independently, so one wait after the writes covers all.
-HOLD_SETTLE = 3 * POLL_INTERVAL
 
 
 class StepFailed(Exception):
@@ -122,8 +115,6 @@ def _point_routes(step: PointRoutes, engines: Engines) -> None:
         problems = [problem for problem in pool.map(write, step.nodes) if problem]
     if problems:
         raise RuntimeError("; ".join(problems))
-    if backend is None:
-        time.sleep(HOLD_SETTLE)
 
 
 def _skip_unreachable(step: Step, exc: NodeUnreachable) -> None:

@@ -19,6 +19,11 @@ application exists, and the provider steers it through a tiny file per port:
 * Changing the target never closes the listener; connections already spliced stay on the old
   target until it closes them, which is what lets a move drain gracefully.
 
+Once a route file is in force, the router copies it to ``<routes-dir>/../applied/<port>.json``;
+the provider's write waits until the copy equals what it wrote, so it knows (rather than
+guesses from the poll interval) that a hold is in force on every node before it stops the
+application. A starting router clears the copies of its predecessor.
+
 The provider ships this file's source into a "router" container (``python3 router_program.py
 --routes-dir /routes``), so it must stay a single file using only the Python 3.11 standard
 library, and must not import anything from the project.
@@ -51,6 +56,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -338,7 +344,7 @@ class KernelForwarding:
             self._turn_off(f"{self.backend}-restore failed: {output}")
             return False
         self.applied = wanted
-        # How long a change took matters: a hold must be in force within the provider's settle wait.
+        # How long a change took matters: a hold is acknowledged only once it is in force, and the provider waits for that.
         dnat = ", ".join(f"{port}->{format_target(target)}" for port, target in sorted(forwards.items())) or "none"
         log(f"kernel forwarding: DNAT {dnat} ({(time.monotonic() - started) * 1000:.0f} ms)")
         return True
@@ -616,6 +622,7 @@ class Router:
         self.routes_dir = Path(routes_dir)
         self.kernel = kernel
         self.stats_path = Path(os.path.abspath(self.routes_dir)).parent / "router-stats.json"
+        self.applied_dir = Path(os.path.abspath(self.routes_dir)).parent / "applied"
         self.listen_address = listen_address
         self.use_splice = use_splice and hasattr(os, "splice")
         self.stats = Stats()
@@ -670,6 +677,7 @@ class Router:
                 log(f"ignoring route file {entry.name}: {error}")
                 continue
             self._apply(port, target, hold)
+            self._acknowledge(port, raw)
         for port in list(self.routes):
             if port not in present:
                 self._remove(port)
@@ -690,7 +698,29 @@ class Router:
             route.update(target, hold)
             self._target_changed(route)
 
+    def _acknowledge(self, port: int, raw: bytes) -> None:
+        """``applied/<port>.json`` = the route file's bytes once the route is in force (the
+        kernel's rule included): the provider waits for it instead of guessing how long a
+        poll takes, so a hold is known to be in force before the application stops."""
+        temporary = self.applied_dir / f".{port}.json.tmp"
+        try:
+            temporary.write_bytes(raw)
+            os.replace(temporary, self.applied_dir / f"{port}.json")
+        except OSError as error:
+            log(f"cannot acknowledge port {port}: {error}")
+
+    def _clear_acknowledgements(self) -> None:
+        # A fresh router has applied nothing yet: an acknowledgement from its predecessor must not count.
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.applied_dir)
+        try:
+            self.applied_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            log(f"cannot create {self.applied_dir}: {error}")
+
     def _remove(self, port: int) -> None:
+        with contextlib.suppress(OSError):
+            (self.applied_dir / f"{port}.json").unlink()
         route = self.routes.pop(port)
         route.removed = True
         if route.bind_task is not None and not route.bind_task.done():
@@ -739,8 +769,8 @@ class Router:
 
     def _target_changed(self, route: Route) -> None:
         """Takes the kernel's DNAT rule away at once unless the new target is proven, and starts
-        proving it. Synchronous (one iptables-restore, some milliseconds): a hold must be in
-        force before the provider's settle wait ends, and this is the only way to be sure."""
+        proving it. Synchronous (one iptables-restore, some milliseconds): the route is
+        acknowledged only after this, and a hold must be in force before the application stops."""
         if self.kernel is None or not self.kernel.enabled:
             return
         if route.proven != route.target:
@@ -952,6 +982,7 @@ class Router:
                 loop.add_signal_handler(signum, stop.set)
         loop.set_exception_handler(_log_loop_exception)
         log(f"watching {self.routes_dir} (pid {os.getpid()})")
+        self._clear_acknowledgements()
         if self.kernel is not None:
             self.kernel.start()
         stats_task = self.spawn(self._stats_loop())

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from flocker_provider import executor
 from flocker_provider.containers import router_spec
 from flocker_provider.docker_layer import NodeUnreachable
 from flocker_provider.executor import Engines, StepFailed, execute
@@ -57,16 +56,6 @@ def test_routes_are_written_on_every_node_at_once() -> None:
         execute((step,), engines)
     expected = {9200: {"target": "10.0.0.2:32768", "hold_seconds": 30.0, "application": "es"}}
     assert [fakes[n].routes for n in NODES] == [expected] * 3
-
-
-def test_a_hold_waits_for_the_routers_to_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr(executor.time, "sleep", slept.append)
-    fakes = {n: FakeEngine(n, None) for n in NODES}
-    with engines_of(fakes) as engines:
-        execute((PointRoutes(NODES, ROUTER, "es", PORTS, None, "flocker-dev-es", 30.0),), engines)
-        execute((PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0),), engines)
-    assert slept == [executor.HOLD_SETTLE]
 
 
 def test_a_node_that_does_not_answer_is_skipped_unless_it_runs_the_application(capsys: pytest.CaptureFixture[str]) -> None:

@@ -565,9 +565,12 @@ def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path
         await until(lambda: kernel.applied[0] == {port: (LOOPBACK, server.port)})
         assert kernel.applied[1] == {port}
 
-        # A hold: the rule must be gone well within the provider's settle wait (0.3 s).
+        # A hold: the rule is gone by the time the router acknowledges it (the provider waits
+        # for that before it stops the application), and soon.
         write(None)
-        assert await until(lambda: kernel.applied[0] == {}) < 0.3
+        acknowledged = tmp_path / "applied" / f"{port}.json"
+        assert await until(lambda: acknowledged.exists() and acknowledged.read_bytes() == (routes / f"{port}.json").read_bytes()) < 0.3
+        assert kernel.applied[0] == {}
         assert kernel.applied[1] == {port}  # MASQUERADE/ACCEPT stay for connections already forwarded
 
         # A connection arriving during the hold reaches the listener, is held, and its success
@@ -601,3 +604,22 @@ def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path
     for table, chain in (("nat", NAMES.dnat), ("nat", NAMES.snat), ("filter", NAMES.accept)):
         assert ["iptables-nft", "-t", table, "-X", chain] in after_last_restore
     assert not kernel.enabled
+
+
+def test_a_starting_router_clears_its_predecessors_acknowledgements(tmp_path: Path) -> None:
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    stale = tmp_path / "applied" / "9200.json"
+    stale.parent.mkdir()
+    stale.write_text('{"target": null}')
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(router_program.Router(routes, LOOPBACK).run(stop))
+        await asyncio.sleep(0.1)
+        # Not applied by this router: a provider waiting for it must not take it as done.
+        assert not stale.exists()
+        stop.set()
+        await running
+
+    asyncio.run(scenario())
