@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from flocker_provider import labels as L
 from flocker_provider.executor import Engines
 from flocker_provider.inputs import parse_volume
 from flocker_provider.migration import TransferChannel
@@ -24,7 +25,7 @@ def volume_on(node: ClusterNode, stack: str):
 def test_verification_finds_a_difference_the_copy_did_not_fix(nodes: list[ClusterNode], stack_name: str) -> None:
     source, destination = volume_on(nodes[0], stack_name), volume_on(nodes[1], stack_name)
     with Engines() as engines:
-        engines[source.node].create_volume(source.name, {"io.flocker-pulumi.managed": "true"})
+        engines[source.node].create_volume(source.name, L.owner_labels(source.owner, L.KIND_VOLUME))
         try:
             nodes[0].client().containers.run(
                 "flocker/base:local",
