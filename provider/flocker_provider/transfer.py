@@ -67,7 +67,7 @@ def heartbeat(command: list[str]) -> list[str]:
     return ["sh", "-c", script, "sh", *command]
 
 
-def client_command(address: str, port: int, *, dry_run: bool = False) -> list[str]:
+def client_command(address: str, port: int) -> list[str]:
     """rsync from the mounted volume to the daemon; the password comes in RSYNC_PASSWORD.
 
     ``--inplace --no-whole-file`` makes rsync send only the changed blocks of a large
@@ -83,11 +83,7 @@ def client_command(address: str, port: int, *, dry_run: bool = False) -> list[st
         "--no-whole-file",
         "--stats",
     ]
-    if dry_run:
-        args += ["--dry-run", "--itemize-changes"]
-    else:
-        args += ["--info=progress2"]
-    return [*args, f"{MOUNT}/", f"rsync://{USER}@{address}:{port}/{MODULE}/"]
+    return [*args, "--info=progress2", f"{MOUNT}/", f"rsync://{USER}@{address}:{port}/{MODULE}/"]
 
 
 # The first copy into an empty destination is a plain tar stream: rsync's protocol costs
@@ -210,17 +206,33 @@ def parse_progress(output: str) -> Progress | None:
     return Progress(int(copied.replace(",", "")), int(percent), rate, remaining)
 
 
-def itemized_differences(output: str) -> list[str]:
-    """Lines of a dry run that name a file still different (stats lines excluded)."""
-    lines = []
-    for line in output.splitlines():
-        # Itemized lines start with an 11-character change code such as '>f.st......'.
-        if re.match(r"^[<>ch.*][fdLDS][\.\+\?cstpoguax]{9} ", line) or line.startswith("*deleting"):
-            # A directory whose only difference is its time is not missing data.
-            if re.match(r"^\.d\.\.t\.\.\.\.\.\. ", line):
-                continue
-            lines.append(line)
-    return lines
+LISTING = "/tmp/flocker-listing"
+
+
+def listing_command() -> list[str]:
+    """The volume tree as sorted lines (kept in LISTING) and their digest on stdout.
+
+    What the copy must have made identical: every entry's type, mode and owner, and of
+    files their link count, size and modification second; of symlinks the target.
+    Directory sizes and times are left out (file systems differ, and deleting a file
+    changes its directory's time). The verification compares the two digests: both
+    sides scan their own disk at once, and only a digest crosses the network.
+    """
+    script = (
+        f"set -e; cd {MOUNT}; "
+        r"find . \( -type f -printf 'f %m %U:%G %n %s %Ts %p\n' \) -o \( -type l -printf 'l %U:%G %p -> %l\n' \) "
+        rf"-o -printf '%y %m %U:%G %p\n' > {LISTING}.unsorted; "
+        f"LC_ALL=C sort {LISTING}.unsorted > {LISTING}; wc -l < {LISTING}; sha256sum < {LISTING}"
+    )
+    return ["sh", "-c", script]
+
+
+def listing_differences(source: str, destination: str, limit: int = 5) -> list[str]:
+    """The first lines only one side's listing has, said for people."""
+    theirs, ours = set(destination.splitlines()), set(source.splitlines())
+    found = [f"only on the source: {line}" for line in source.splitlines() if line not in theirs]
+    found += [f"only on the destination: {line}" for line in destination.splitlines() if line not in ours]
+    return found[:limit]
 
 
 def human_bytes(size: float | None) -> str:

@@ -5,7 +5,7 @@ from flocker_provider.transfer import (
     TransferStats,
     client_command,
     daemon_command,
-    itemized_differences,
+    listing_differences,
     parse_progress,
     parse_stats,
     parse_stream_progress,
@@ -42,9 +42,15 @@ def test_progress_takes_the_newest_carriage_return_line() -> None:
     )
 
 
-def test_itemized_differences_ignore_directory_times_and_stats() -> None:
-    output = ".d..t...... ./\n>f.st...... big.db\n*deleting   old.log\nNumber of files: 3\n"
-    assert itemized_differences(output) == [">f.st...... big.db", "*deleting   old.log"]
+def test_listing_differences_name_each_side() -> None:
+    source = "d 755 0:0 .\nf 644 0:0 1 10 1700000000 ./big.db\nf 644 0:0 1 3 1700000000 ./new.log"
+    destination = "d 755 0:0 .\nf 644 0:0 1 9 1700000000 ./big.db\nf 644 0:0 1 1 1690000000 ./old.log"
+    assert listing_differences(source, destination) == [
+        "only on the source: f 644 0:0 1 10 1700000000 ./big.db",
+        "only on the source: f 644 0:0 1 3 1700000000 ./new.log",
+        "only on the destination: f 644 0:0 1 9 1700000000 ./big.db",
+        "only on the destination: f 644 0:0 1 1 1690000000 ./old.log",
+    ]
 
 
 def test_daemon_accepts_only_the_source_and_one_user() -> None:
