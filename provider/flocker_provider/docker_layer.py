@@ -25,12 +25,12 @@ import docker.utils
 from . import labels as L
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
 from .models import Node, NodeVolumeState, RunningContainer
+from .route_writer import ROUTES_DIR, SCRIPT, RouteSession, problems, route_lines
 
 API_TIMEOUT = 60
 HOST_PORT_FIRST = 20000
 HOST_PORT_COUNT = 12768  # up to 32767
 HOST_PORT_ATTEMPTS = 8
-ROUTES_DIR = "/routes/ports"
 PROBE_TIMEOUT = 1.0
 # How often a starting application is looked at: after a move's start, every poll can be downtime.
 WAIT_POLL = 0.1
@@ -44,18 +44,6 @@ ROUTER_STOP_TIMEOUT = 10
 # One lock per router, so that the routers of different nodes are written at once.
 _ROUTER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _ROUTER_LOCKS_GUARD = threading.Lock()
-# Writes each (port, body) argument pair with a rename, so the router never reads half a
-# file, then waits until the router has put every one in force (it copies a route file to
-# applied/ once it is): a hold must be in force before the application stops.
-ROUTE_ACK_SECONDS = 10
-_WRITE_ROUTES = (
-    f'set -e; mkdir -p {ROUTES_DIR}; ports=""; while [ $# -gt 1 ]; do printf "%s" "$2" > {ROUTES_DIR}/.$1.tmp; '
-    f'mv {ROUTES_DIR}/.$1.tmp {ROUTES_DIR}/$1.json; ports="$ports $1"; shift 2; done; '
-    f"i=0; for p in $ports; do until cmp -s {ROUTES_DIR}/$p.json {ROUTES_DIR}/../applied/$p.json; do "
-    f"i=$((i+1)); if [ $i -gt {ROUTE_ACK_SECONDS * 100} ]; then "
-    f'echo "the router did not take the route of port $p within {ROUTE_ACK_SECONDS} s (see its log)"; exit 3; fi; '
-    "sleep 0.01; done; done"
-)
 
 
 class NodeUnreachable(Exception):
@@ -85,9 +73,11 @@ def connect(node: Node) -> Iterator[DockerNode]:
         client.ping()
     except Exception as exc:  # docker-py raises many unrelated types for "cannot connect"
         raise NodeUnreachable(f"node {node.name}: Docker engine at {node.docker_host} did not answer: {_short(exc)}") from exc
+    engine = DockerNode(node, client)
     try:
-        yield DockerNode(node, client)
+        yield engine
     finally:
+        engine.close()
         client.close()
 
 
@@ -105,6 +95,13 @@ class DockerNode:
     def __init__(self, node: Node, client: docker.DockerClient) -> None:
         self.node = node
         self.client = client
+        # Route sessions by router container id; None once opening one failed here (a
+        # transport that cannot hijack a connection): then an exec per write.
+        self._route_sessions: dict[str, RouteSession] | None = {}
+
+    def close(self) -> None:
+        for session in (self._route_sessions or {}).values():
+            session.close()
 
     # -- discovery ---------------------------------------------------------------------
 
@@ -244,13 +241,42 @@ class DockerNode:
     # -- changes -----------------------------------------------------------------------
 
     def point_routes(self, router: RouterSpec, routes: dict[int, dict]) -> None:
-        """Write route files (``{"target", "hold_seconds", "application"}`` per external port)."""
+        """Write route files (``{"target", "hold_seconds", "application"}`` per external port)
+        and return once the router has put every one in force."""
         with self._router_lock(router):
             container = self._ensure_router(router)
-            args = [str(a) for port, body in sorted(routes.items()) for a in (port, json.dumps(body, sort_keys=True))]
-            result = container.exec_run(["sh", "-c", _WRITE_ROUTES, "routes", *args])
-            if result.exit_code != 0:
-                raise RuntimeError(f"node {self.node.name}: writing routes failed: {result.output.decode(errors='replace')}")
+            answers = self._write_routes(container, route_lines(routes))
+            found = problems(answers, sorted(routes), router.name)
+            if found:
+                raise RuntimeError(f"node {self.node.name}: " + "; ".join(found))
+
+    def prepare_routes(self, router: RouterSpec) -> None:
+        """The router running and a route session open, before a move's application stops."""
+        with self._router_lock(router):
+            container = self._ensure_router(router)
+            if self._route_sessions is not None and container.id not in self._route_sessions:
+                self._open_session(container.id)
+
+    def _write_routes(self, container: docker.models.containers.Container, lines: list[str]) -> list[str]:
+        if self._route_sessions is not None:
+            session = self._route_sessions.get(container.id) or self._open_session(container.id)
+            if session is not None:
+                try:
+                    return session.write(lines)
+                except Exception:  # a broken session: the write is idempotent, so an exec does it again
+                    session.close()
+                    del self._route_sessions[container.id]
+        result = container.exec_run(["sh", "-c", SCRIPT, "routes", *lines])
+        return result.output.decode(errors="replace").splitlines()
+
+    def _open_session(self, container_id: str) -> RouteSession | None:
+        assert self._route_sessions is not None
+        try:
+            session = self._route_sessions[container_id] = RouteSession(self.client.api, container_id)
+        except Exception:  # a transport that cannot hijack the connection: an exec per write from now on
+            self._route_sessions = None
+            return None
+        return session
 
     def remove_routes(self, router: RouterSpec, application: str, ports: tuple[int, ...]) -> None:
         """Remove ``application``'s route files; the router and its volume go once none is left."""

@@ -21,6 +21,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from . import labels as L
+from .containers import RouterSpec
 from .docker_layer import DockerNode, NodeUnreachable, connect
 from .errors import ProviderError
 from .executor import Engines, StepFailed, run_step
@@ -123,7 +124,22 @@ def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, s
     return report_
 
 
+def _prepare_routes(plan: Plan, engines: Engines) -> None:
+    """Routers running and route sessions open on every node the move routes through, while
+    the application still serves: the hold and the routes to the destination are written
+    while it is down."""
+    wanted = {(node, step.router) for step in plan if isinstance(step, PointRoutes) for node in step.nodes}
+
+    def prepare(item: tuple[Node, RouterSpec]) -> None:
+        with contextlib.suppress(Exception):  # the route steps themselves report what fails
+            engines[item[0]].prepare_routes(item[1])
+
+    with ThreadPoolExecutor(max_workers=max(len(wanted), 1)) as pool:
+        list(pool.map(prepare, wanted))
+
+
 def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: MoveReport, timeout: float) -> None:
+    _prepare_routes(plan, engines)
     stopped: list[StopApplication] = []
     held: list[PointRoutes] = []
     handed_over = False

@@ -1,0 +1,103 @@
+"""Writing route files into a router container, and knowing when the router has put them in force.
+
+A write is lines ``PORT BODY``; the shell below writes each file with a rename (the router
+never reads half a file) and answers ``ok PORT`` once the router has copied it to
+``applied/`` (it does once the route is in force), ``late PORT`` past the deadline, or
+``failed PORT``. The lines come from the exec's arguments (one exec per write) or, in a
+``RouteSession``, from the stdin of one exec kept open: a move writes routes on every node
+twice while its application is down, and an exec per write (runc joining the container)
+cost 50-100 ms each there, with four nodes at once on a busy machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+from typing import Any
+
+ROUTES_DIR = "/routes/ports"
+ACK_SECONDS = 10
+_TRIES = ACK_SECONDS * 100  # one every 10 ms
+
+SCRIPT = (
+    f"mkdir -p {ROUTES_DIR}; "
+    "take() { while read -r port body; do "
+    f'printf "%s" "$body" > {ROUTES_DIR}/.$port.tmp && mv {ROUTES_DIR}/.$port.tmp {ROUTES_DIR}/$port.json '
+    '|| { echo "failed $port"; continue; }; '
+    f"i=0; until cmp -s {ROUTES_DIR}/$port.json {ROUTES_DIR}/../applied/$port.json || [ $i -gt {_TRIES} ]; do "
+    "i=$((i+1)); sleep 0.01; done; "
+    f'if [ $i -gt {_TRIES} ]; then echo "late $port"; else echo "ok $port"; fi; done; }}; '
+    'if [ $# -gt 0 ]; then printf "%s\\n" "$@" | take; else take; fi'
+)
+
+
+def route_lines(routes: dict[int, dict]) -> list[str]:
+    # JSON has no newline in it: one line per route, whatever the application's name.
+    return [f"{port} {json.dumps(body, sort_keys=True)}" for port, body in sorted(routes.items())]
+
+
+def problems(answers: list[str], ports: list[int], router: str) -> list[str]:
+    """What the answers to a write of ``ports`` say went wrong, for people."""
+    said = {}
+    for answer in answers:
+        verdict, _, port = answer.strip().partition(" ")
+        if port.isdigit():
+            said[int(port)] = verdict
+    found = []
+    for port in ports:
+        verdict = said.get(port)
+        if verdict == "ok":
+            continue
+        if verdict == "late":
+            found.append(f"the router did not take the route of port {port} within {ACK_SECONDS} s (see `docker logs {router}`)")
+        elif verdict == "failed":
+            found.append(f"could not write the route file of port {port}")
+        else:
+            found.append(f"no answer for the route of port {port}: {' / '.join(answers)[-300:]}")
+    return found
+
+
+class RouteSession:
+    """One exec in a router container taking route lines on its stdin until closed.
+
+    The exec's output comes in Docker's multiplexed frames (8-byte header: stream, size).
+    Every read has a deadline: a connection that stops answering must fail the step, which
+    then falls back to an exec per write.
+    """
+
+    def __init__(self, api: Any, container_id: str) -> None:
+        exec_id = api.exec_create(container_id, ["sh", "-c", SCRIPT], stdin=True)["Id"]
+        self._response = api.exec_start(exec_id, socket=True)
+        # docker-py hands back a SocketIO over plain TCP, the socket itself otherwise.
+        self._socket = getattr(self._response, "_sock", self._response)
+        self._pending = b""
+
+    def write(self, lines: list[str]) -> list[str]:
+        self._socket.settimeout(ACK_SECONDS + 5)
+        self._socket.sendall("".join(f"{line}\n" for line in lines).encode())
+        return [self._answer() for _ in lines]
+
+    def _answer(self) -> str:
+        while b"\n" not in self._pending:
+            _, size = struct.unpack(">BxxxL", self._exactly(8))
+            self._pending += self._exactly(size)
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self._socket.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("the route writer in the router container ended")
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        # End of input ends the shell, and with it the exec.
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            self._response.close()
