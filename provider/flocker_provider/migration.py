@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import docker.errors
@@ -237,6 +237,8 @@ class TransferChannel:
         self.port: int | None = None
         self.receiver: Container | None = None
         self.sender: Container | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._source_listing: Future[str] | None = None
         self.fresh = False
         self.created = False
 
@@ -254,6 +256,7 @@ class TransferChannel:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for node in (self.source, self.destination):
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
                 _remove_transfer_containers(self.engines[node], self.volume)
@@ -390,6 +393,10 @@ class TransferChannel:
 
     def push(self, final: bool, timeout: float) -> list[dict]:
         rounds: list[dict] = []
+        if final:
+            # The application is stopped: the source no longer changes, so its side of the
+            # verification is scanned while phase 2 copies.
+            self._source_listing = self._pool.submit(self._listing, self.source)
         if not final and self.fresh:
             rounds.append(self._stream(timeout))
             self.fresh = False
@@ -412,33 +419,39 @@ class TransferChannel:
             previous = delta
 
     def verify(self, timeout: float) -> None:
-        """The destination's tree against the source's (see ``listing_command``), both listed at once.
+        """The destination's tree against the source's (see ``listing_command``).
 
         Not a second rsync dry run: that costs a connection, a login and a file list sent
         over the network while the application is stopped; two local scans and a digest
-        cost a third of it, and less the more files there are.
+        cost a third of it, and less the more files there are. The source's scan ran
+        during phase 2 (it no longer changes once the application is stopped); only the
+        destination's is left here.
         """
         if self.receiver is None:
             raise RuntimeError(f"no copy on {self.destination.name} to verify")
-        helpers = {self.source: self._source_helper(), self.destination: self.receiver}
-
-        def listed(node: Node) -> str:
-            code, output = helpers[node].exec_run(listing_command())
-            text = output.decode(errors="replace")
-            if code != 0:
-                raise RuntimeError(f"listing the volume on {node.name} failed: {_tail(text)}")
-            return text
-
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            source, destination = pool.map(listed, (self.source, self.destination))
-        if source == destination:
+        source_listing = self._source_listing or self._pool.submit(self._listing, self.source)
+        destination = self._listing(self.destination)
+        if source_listing.result(timeout) == destination:
             return
         # Only now the listings themselves, to say what differs (capped: a volume may hold millions of files).
-        full = [helpers[node].exec_run(["head", "-c", "4000000", LISTING]).output.decode(errors="replace") for node in helpers]
-        differences = listing_differences(*full)
+        full = [self._helper(node).exec_run(["head", "-c", "4000000", LISTING]).output for node in (self.source, self.destination)]
+        differences = listing_differences(*(text.decode(errors="replace") for text in full))
         raise RuntimeError(
             f"destination copy on {self.destination.name} differs from the source: {'; '.join(differences) or _tail(destination)}"
         )
+
+    def _helper(self, node: Node) -> Container:
+        if node == self.source:
+            return self._source_helper()
+        assert self.receiver is not None, "the destination's helper starts with the first rsync round"
+        return self.receiver
+
+    def _listing(self, node: Node) -> str:
+        code, output = self._helper(node).exec_run(listing_command())
+        text = output.decode(errors="replace")
+        if code != 0:
+            raise RuntimeError(f"listing the volume on {node.name} failed: {_tail(text)}")
+        return text
 
 
 def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:
