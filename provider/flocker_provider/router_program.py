@@ -67,8 +67,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Both are part of a move's downtime: a hold is waited for three polls, and a connection held
-# for a starting application waits up to one retry interval longer than it must. A poll is a
+# Both are part of a move's downtime: the provider waits until a hold is acknowledged, which
+# happens at the next poll, and a connection held for a starting application waits up to one
+# retry interval longer than it must. A poll is a
 # scandir of a handful of files, a failed connect one local round trip: cheap at this rate.
 POLL_INTERVAL = 0.03
 RETRY_INTERVAL = 0.05
