@@ -631,6 +631,9 @@ class Router:
         # Stat signature of each route file as last read, so unchanged files are not re-parsed every poll
         # and a malformed file is logged once rather than ten times a second.
         self._seen: dict[int, tuple[int, int, int]] = {}
+        # Route files applied to a port not listened on yet: acknowledged once it is, so that a
+        # port held by someone else fails the provider's write instead of passing silently.
+        self._unacknowledged: dict[int, bytes] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Accepted clients not yet forwarded (held or connecting), and forwarded connections.
         self._waiting: set[socket.socket] = set()
@@ -678,7 +681,10 @@ class Router:
                 log(f"ignoring route file {entry.name}: {error}")
                 continue
             self._apply(port, target, hold)
-            self._acknowledge(port, raw)
+            if self.routes[port].listener is None:
+                self._unacknowledged[port] = raw
+            else:
+                self._acknowledge(port, raw)
         for port in list(self.routes):
             if port not in present:
                 self._remove(port)
@@ -700,8 +706,8 @@ class Router:
             self._target_changed(route)
 
     def _acknowledge(self, port: int, raw: bytes) -> None:
-        """``applied/<port>.json`` = the route file's bytes once the route is in force (the
-        kernel's rule included): the provider waits for it instead of guessing how long a
+        """``applied/<port>.json`` = the route file's bytes once the route is in force (the port
+        listened on, the kernel's rule in place): the provider waits for it instead of guessing how long a
         poll takes, so a hold is known to be in force before the application stops."""
         temporary = self.applied_dir / f".{port}.json.tmp"
         try:
@@ -720,6 +726,7 @@ class Router:
             log(f"cannot create {self.applied_dir}: {error}")
 
     def _remove(self, port: int) -> None:
+        self._unacknowledged.pop(port, None)
         with contextlib.suppress(OSError):
             (self.applied_dir / f"{port}.json").unlink()
         route = self.routes.pop(port)
@@ -751,6 +758,9 @@ class Router:
                 continue
             route.listener = sock
             self._resume_accepting(route)
+            raw = self._unacknowledged.pop(route.port, None)
+            if raw is not None:
+                self._acknowledge(route.port, raw)
             log(f"listening on {self.listen_address}:{route.port} -> {format_target(route.target)}")
             return
 

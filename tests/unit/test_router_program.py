@@ -623,3 +623,29 @@ def test_a_starting_router_clears_its_predecessors_acknowledgements(tmp_path: Pa
         await running
 
     asyncio.run(scenario())
+
+
+def test_a_route_is_acknowledged_only_once_its_port_is_listened_on(tmp_path: Path) -> None:
+    """A port someone else holds must fail the provider's write (no acknowledgement), not pass silently."""
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    squatter = socket.create_server((LOOPBACK, 0))
+    port = squatter.getsockname()[1]
+    (routes / f"{port}.json").write_text(json.dumps({"target": None, "hold_seconds": 10}))
+    acknowledged = tmp_path / "applied" / f"{port}.json"
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(router_program.Router(routes, LOOPBACK).run(stop))
+        await asyncio.sleep(0.3)
+        assert not acknowledged.exists()
+        squatter.close()
+        for _ in range(100):
+            if acknowledged.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert acknowledged.read_bytes() == (routes / f"{port}.json").read_bytes()
+        stop.set()
+        await running
+
+    asyncio.run(scenario())
