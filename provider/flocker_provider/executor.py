@@ -108,7 +108,8 @@ def _point_routes(step: PointRoutes, engines: Engines) -> None:
         try:
             engine.point_routes(step.router, routes)
         except Exception as exc:  # reported with the node's name, after every other node was written
-            return f"{node.name}: {exc}"
+            text = str(exc)
+            return text if text.startswith(f"node {node.name}:") else f"node {node.name}: {text}"
         return None
 
     with ThreadPoolExecutor(max_workers=len(step.nodes)) as pool:

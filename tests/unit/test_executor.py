@@ -73,5 +73,5 @@ def test_a_failed_write_names_its_node_after_the_other_nodes_are_written() -> No
     step = PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0)
     with engines_of(fakes) as engines, pytest.raises(StepFailed) as failed:
         execute((step,), engines)
-    assert str(failed.value) == "step 'route port 9200 on node1, node2, node3 to es on node1' failed: node2: writing routes failed"
+    assert str(failed.value) == "step 'route port 9200 on node1, node2, node3 to es on node1' failed: node node2: writing routes failed"
     assert fakes[N1].routes and fakes[N3].routes
