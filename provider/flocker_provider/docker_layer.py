@@ -28,6 +28,9 @@ from .models import Node, NodeVolumeState, RunningContainer
 from .route_writer import ROUTES_DIR, SCRIPT, RouteSession, problems, route_lines
 
 API_TIMEOUT = 60
+# Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over
+# TLS, asking would go out before requests can be told to trust the node's own CA (connect()).
+API_VERSION = "1.41"
 HOST_PORT_FIRST = 20000
 HOST_PORT_COUNT = 12768  # up to 32767
 HOST_PORT_ATTEMPTS = 8
@@ -69,7 +72,12 @@ def connect(node: Node) -> Iterator[DockerNode]:
             tls=tls,
             timeout=API_TIMEOUT,
             use_ssh_client=node.docker_host.startswith("ssh://"),
+            version=API_VERSION,
         )
+        if tls is not None:
+            # Otherwise REQUESTS_CA_BUNDLE and the like, set on many machines for other
+            # programs, override the node's CA and every TLS node fails (docker-py #2433).
+            client.api.trust_env = False
         client.ping()
     except Exception as exc:  # docker-py raises many unrelated types for "cannot connect"
         raise NodeUnreachable(f"node {node.name}: Docker engine at {node.docker_host} did not answer: {_short(exc)}") from exc
