@@ -13,6 +13,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v rsync >/dev/null || need+=(rsync)
 command -v socat >/dev/null || need+=(socat)
+command -v openssl >/dev/null || need+=(openssl)   # the TLS test makes its certificates
 command -v iptables >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -606,6 +606,21 @@ def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path
     assert not kernel.enabled
 
 
+def while_a_router_runs(routes: Path, check: Callable[[], Awaitable[None]]) -> None:
+    """A router on ``routes`` (loopback, no kernel forwarding) in this process for as long as ``check`` runs."""
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(router_program.Router(routes, LOOPBACK).run(stop))
+        try:
+            await check()
+        finally:
+            stop.set()
+            await running
+
+    asyncio.run(scenario())
+
+
 def test_a_starting_router_clears_its_predecessors_acknowledgements(tmp_path: Path) -> None:
     routes = tmp_path / "routes"
     routes.mkdir()
@@ -613,16 +628,12 @@ def test_a_starting_router_clears_its_predecessors_acknowledgements(tmp_path: Pa
     stale.parent.mkdir()
     stale.write_text('{"target": null}')
 
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(router_program.Router(routes, LOOPBACK).run(stop))
+    async def check() -> None:
         await asyncio.sleep(0.1)
         # Not applied by this router: a provider waiting for it must not take it as done.
         assert not stale.exists()
-        stop.set()
-        await running
 
-    asyncio.run(scenario())
+    while_a_router_runs(routes, check)
 
 
 def test_a_route_is_acknowledged_only_once_its_port_is_listened_on(tmp_path: Path) -> None:
@@ -634,9 +645,7 @@ def test_a_route_is_acknowledged_only_once_its_port_is_listened_on(tmp_path: Pat
     (routes / f"{port}.json").write_text(json.dumps({"target": None, "hold_seconds": 10}))
     acknowledged = tmp_path / "applied" / f"{port}.json"
 
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(router_program.Router(routes, LOOPBACK).run(stop))
+    async def check() -> None:
         await asyncio.sleep(0.3)
         assert not acknowledged.exists()
         squatter.close()
@@ -645,7 +654,5 @@ def test_a_route_is_acknowledged_only_once_its_port_is_listened_on(tmp_path: Pat
                 break
             await asyncio.sleep(0.02)
         assert acknowledged.read_bytes() == (routes / f"{port}.json").read_bytes()
-        stop.set()
-        await running
 
-    asyncio.run(scenario())
+    while_a_router_runs(routes, check)
