@@ -112,7 +112,12 @@ class ApplicationProvider(ResourceProvider):
 
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_application, props)
-        outs = _converge_application(inputs, (inputs.node,), (), ())
+        try:
+            outs = _converge_application(inputs, (inputs.node,), (), ())
+        except Exception as exc:
+            # The engine records nothing of a failed create: what it started would run on
+            # outside the stack, holding its ports and its volume, and block `destroy`.
+            raise ProviderError(f"{exc}; {_undo_create(inputs)}") from exc
         return CreateResult(id_=L.container_name(inputs.owner), outs={**props, **outs})
 
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
@@ -131,12 +136,23 @@ class ApplicationProvider(ResourceProvider):
         return ReadResult(id_, {**props, "container_id": found.container_id})
 
     def delete(self, _id: str, props: dict) -> None:
-        inputs = _parse_or_raise(parse_application, props)
-        name = L.container_name(inputs.owner)
-        with Engines() as engines:
-            discovered = {inputs.node: engines[inputs.node].discover_application(name)}
-            routing = _routing(inputs.owner, inputs.routing)
-            execute(plan_application(inputs.owner.resource, None, discovered, routing, inputs.application.ports), engines)
+        _remove_application(_parse_or_raise(parse_application, props))
+
+
+def _remove_application(inputs: ApplicationInputs) -> None:
+    name = L.container_name(inputs.owner)
+    with Engines() as engines:
+        discovered = {inputs.node: engines[inputs.node].discover_application(name)}
+        routing = _routing(inputs.owner, inputs.routing)
+        execute(plan_application(inputs.owner.resource, None, discovered, routing, inputs.application.ports), engines)
+
+
+def _undo_create(inputs: ApplicationInputs) -> str:
+    try:
+        _remove_application(inputs)
+    except Exception as exc:  # the first failure is the story; this one only adds to it
+        return f"removing what it had started failed too ({exc}); `pulumi up` takes over what is left once the cause is fixed"
+    return "what it had started was removed again"
 
 
 def _converge_application(

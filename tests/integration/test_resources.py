@@ -106,3 +106,33 @@ def test_an_application_is_up_only_once_its_health_check_passes(nodes: list[Clus
     finally:
         pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+
+
+DOOMED = """
+from flocker_pulumi import FlockerApplication
+
+FlockerApplication(
+    "doomed",
+    image="flocker/base:local",
+    node="node2",
+    command=["sleep", "600"],
+    ports=[{"internal": 80, "external": 18080}],
+    health_check={"command": "echo never; exit 1", "interval": 0.2, "retries": 1},
+    wait_timeout=2,
+)
+"""
+
+
+def test_a_failed_create_leaves_nothing_behind(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
+    """The engine records nothing of a failed create: whatever it started must go again, or it runs on outside the stack."""
+    pulumi = Pulumi(workdir, stack_name)
+    pulumi.write_program(DOOMED)
+    pulumi.init()
+    try:
+        failed = pulumi.up(check=False)
+        output = failed.stdout + failed.stderr
+        assert failed.returncode != 0
+        assert "not up after 2s" in output and "what it had started was removed again" in output, output
+        assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+    finally:
+        pulumi.destroy()
