@@ -3,7 +3,8 @@
 A write is lines ``PORT BODY``; the shell below writes each file with a rename (the router
 never reads half a file) and answers ``ok PORT`` once the router has copied it to
 ``applied/`` (it does once the route is in force), ``late PORT`` past the deadline, or
-``failed PORT``. The lines come from the exec's arguments (one exec per write) or, in a
+``failed PORT``. It wakes the router with SIGUSR1 when the router says it takes the signal
+(``WAKE_FILE``) rather than waiting for its next poll. The lines come from the exec's arguments (one exec per write) or, in a
 ``RouteSession``, from the stdin of one exec kept open: a move writes routes on every node
 twice while its application is down, and an exec per write (runc joining the container)
 cost 50-100 ms each there, with four nodes at once on a busy machine.
@@ -17,6 +18,8 @@ import socket
 import struct
 from typing import Any
 
+from .router_program import WAKE_FILE
+
 ROUTES_DIR = "/routes/ports"
 ACK_SECONDS = 10
 _TRIES = ACK_SECONDS * 100  # one every 10 ms
@@ -26,6 +29,8 @@ SCRIPT = (
     "take() { while read -r port body; do "
     f'printf "%s" "$body" > {ROUTES_DIR}/.$port.tmp && mv {ROUTES_DIR}/.$port.tmp {ROUTES_DIR}/$port.json '
     '|| { echo "failed $port"; continue; }; '
+    f"pid=; {{ read -r pid < {ROUTES_DIR}/../{WAKE_FILE}; }} 2>/dev/null; "
+    '[ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null; '
     f"i=0; until cmp -s {ROUTES_DIR}/$port.json {ROUTES_DIR}/../applied/$port.json || [ $i -gt {_TRIES} ]; do "
     "i=$((i+1)); sleep 0.01; done; "
     f'if [ $i -gt {_TRIES} ]; then echo "late $port"; else echo "ok $port"; fi; done; }}; '

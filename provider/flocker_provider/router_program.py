@@ -68,10 +68,15 @@ from pathlib import Path
 from typing import Any
 
 # Both are part of a move's downtime: the provider waits until a hold is acknowledged, which
-# happens at the next poll, and a connection held for a starting application waits up to one
-# retry interval longer than it must. A poll is a
+# happens at the next poll (at once when the writer wakes the router with SIGUSR1, see
+# WAKE_FILE), and a connection held for a starting application waits up to one retry
+# interval longer than it must. A poll is a
 # scandir of a handful of files, a failed connect one local round trip: cheap at this rate.
 POLL_INTERVAL = 0.03
+# The router's pid, beside the routes directory: a route writer that finds it sends SIGUSR1 to
+# have the file read now. Only a router that handles the signal writes it (the default action
+# of SIGUSR1 would kill a router that does not).
+WAKE_FILE = "router.pid"
 RETRY_INTERVAL = 0.05
 BIND_RETRY_INTERVAL = 0.1
 STATS_INTERVAL = 1.0
@@ -624,6 +629,7 @@ class Router:
         self.kernel = kernel
         self.stats_path = Path(os.path.abspath(self.routes_dir)).parent / "router-stats.json"
         self.applied_dir = Path(os.path.abspath(self.routes_dir)).parent / "applied"
+        self.wake_path = Path(os.path.abspath(self.routes_dir)).parent / WAKE_FILE
         self.listen_address = listen_address
         self.use_splice = use_splice and hasattr(os, "splice")
         self.stats = Stats()
@@ -724,6 +730,14 @@ class Router:
             self.applied_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             log(f"cannot create {self.applied_dir}: {error}")
+
+    def _write_wake_file(self) -> None:
+        temporary = self.wake_path.with_name(f".{WAKE_FILE}.tmp")
+        try:
+            temporary.write_text(f"{os.getpid()}\n")
+            os.replace(temporary, self.wake_path)
+        except OSError as error:
+            log(f"cannot write {self.wake_path} (route writers will wait for polls): {error}")
 
     def _remove(self, port: int) -> None:
         self._unacknowledged.pop(port, None)
@@ -988,21 +1002,32 @@ class Router:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        nudge = asyncio.Event()  # set by a stop or a writer's SIGUSR1: poll now
+
+        async def relay_stop() -> None:
+            await stop.wait()
+            nudge.set()
+
+        for signum, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set), (signal.SIGUSR1, nudge.set)):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, stop.set)
+                loop.add_signal_handler(signum, handler)
         loop.set_exception_handler(_log_loop_exception)
         log(f"watching {self.routes_dir} (pid {os.getpid()})")
         self._clear_acknowledgements()
         if self.kernel is not None:
             self.kernel.start()
+        self._write_wake_file()
         stats_task = self.spawn(self._stats_loop())
+        self.spawn(relay_stop())
         try:
             while not stop.is_set():
+                nudge.clear()
                 self.poll()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), POLL_INTERVAL)
+                    await asyncio.wait_for(nudge.wait(), POLL_INTERVAL)
         finally:
+            with contextlib.suppress(OSError):
+                self.wake_path.unlink()
             stats_task.cancel()
             for port in list(self.routes):
                 self._remove(port)
