@@ -147,7 +147,7 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
     try:
         for step in plan:
             report(f"move {channel.label}: {describe(step)}")
-            step_started = time.monotonic()
+            step_started, step_at = time.monotonic(), round(time.time(), 3)
             match step:
                 case PushVolume(final=final):
                     report_.rounds += channel.push(final, timeout)
@@ -171,7 +171,7 @@ def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: Mo
                         report_.downtime_seconds = round(time.monotonic() - stop_time, 3)
                 case _:
                     run_step(step, engines, timeout)
-            report_.steps.append({"step": describe(step), "seconds": round(time.monotonic() - step_started, 3)})
+            report_.steps.append({"step": describe(step), "started_at": step_at, "seconds": round(time.monotonic() - step_started, 3)})
     except Exception as exc:
         failure = exc if isinstance(exc, StepFailed) else StepFailed(step, exc)
         failure = StepFailed(failure.step, RuntimeError(f"{failure.cause}{_unreachable(engines, channel)}"))
