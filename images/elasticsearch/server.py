@@ -3,9 +3,12 @@
 
 Why a stand-in: no container registry can be reached, and what the cluster tests need from
 "Elasticsearch" is a stateful service whose data lives in a volume (/var/lib/elasticsearch)
-and must survive being moved from node to node. Every document is one JSON file, written
-durably (temp file + fsync + rename + directory fsync) before the request is answered, so a
-copy of the directory taken after the server stopped holds every acknowledged write.
+and must survive being moved from node to node. Like Elasticsearch's translog, every write
+is a JSON line appended to its index's log and fsynced before the request is answered, so a
+copy of the directory taken after the server stopped holds every acknowledged write. (It was
+one file per document: a volume then held as many files as documents, which no real
+Elasticsearch does, and a move's phase 2 and verification, which look at every file, grew
+with the writes made during phase 1 rather than with the volume.)
 
 Supported (Elasticsearch 7 shapes):
   GET|HEAD /                                  cluster info with "tagline"
@@ -28,7 +31,6 @@ Hits come back in the order documents were first written (there is no scoring).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -42,7 +44,7 @@ import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 DATA_DIR = os.environ.get("ES_DATA_DIR", "/var/lib/elasticsearch")
 PORT = int(os.environ.get("ES_PORT", "9200"))
@@ -70,6 +72,10 @@ class ApiError(Exception):
         }
 
 
+def _line(op: Json) -> bytes:
+    return json.dumps(op, ensure_ascii=False).encode() + b"\n"
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -78,26 +84,23 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _doc_filename(doc_id: str) -> str:
-    # Ids are arbitrary strings; the file name need not be reversible because each file
-    # holds its own id. Prefixes keep the two naming forms from ever colliding.
-    encoded = quote(doc_id, safe="-_")
-    if len(encoded) <= 200:
-        return f"d-{encoded}.json"
-    return f"h-{hashlib.sha256(doc_id.encode()).hexdigest()}.json"
+LOG = "translog.jsonl"
 
 
 class Store:
-    """All documents, in memory for queries and on disk for durability, under one lock.
+    """All documents, in memory for queries and in one append-only log per index for
+    durability, under one lock.
 
     One lock for everything keeps concurrent writers and readers trivially consistent; a
-    write holds it for one fsync, which is plenty for a test stand-in.
+    write holds it for one fsync, which is plenty for a test stand-in. A log with more
+    superseded lines than live documents is rewritten when the server starts.
     """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.lock = threading.Lock()
         self.indices: dict[str, dict[str, Json]] = {}  # index -> id -> {"_source", "_version", "_seq_no"}
+        self.logs: dict[str, Any] = {}  # index -> its log, open for appending
         self.seq_no = 0
         self._load()
 
@@ -112,21 +115,14 @@ class Store:
             directory = os.path.join(base, index)
             if not os.path.isdir(directory):
                 continue
-            docs: dict[str, Json] = {}
-            for name in os.listdir(directory):
-                path = os.path.join(directory, name)
-                if name.endswith(".tmp"):
-                    os.unlink(path)  # an unacknowledged write interrupted by a crash
-                    continue
-                if not name.endswith(".json"):
-                    continue
-                try:
-                    with open(path, encoding="utf-8") as f:
-                        record = json.load(f)
-                    docs[record["_id"]] = {k: record[k] for k in ("_source", "_version", "_seq_no")}
-                except (OSError, ValueError, KeyError) as e:
-                    log(f"skipping unreadable document file {path}: {e}")
-            self.indices[index] = docs
+            docs, lines = self._replay(os.path.join(directory, LOG))
+            legacy = self._legacy_files(directory)
+            self.indices[index] = {**legacy, **docs}
+            if legacy or lines > 2 * len(docs) + 100:
+                self._rewrite(index)
+                for name in os.listdir(directory):
+                    if name.endswith(".json") and name != LOG:  # now in the log
+                        os.unlink(os.path.join(directory, name))
             count += len(docs)
         # Keep first-write order across restarts; seq_no continues after the highest seen.
         for docs in self.indices.values():
@@ -134,10 +130,76 @@ class Store:
                 self.seq_no = max(self.seq_no, int(doc["_seq_no"]) + 1)
         log(f"loaded {count} documents in {len(self.indices)} indices from {self.root}")
 
+    @staticmethod
+    def _replay(path: str) -> tuple[dict[str, Json], int]:
+        """The documents a log leaves, and its number of lines. A last line without its
+        newline is a write a crash interrupted (never acknowledged): it is cut off."""
+        docs: dict[str, Json] = {}
+        if not os.path.exists(path):
+            return docs, 0
+        with open(path, "rb") as f:
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            log(f"{path}: cutting off an interrupted write of {len(data) - len(complete)} bytes")
+            with open(path, "r+b") as f:
+                f.truncate(len(complete))
+                os.fsync(f.fileno())
+        lines = complete.splitlines()
+        for number, line in enumerate(lines, 1):
+            try:
+                op = json.loads(line)
+                if op["op"] == "delete":
+                    docs.pop(op["_id"], None)
+                else:
+                    docs[op["_id"]] = {k: op[k] for k in ("_source", "_version", "_seq_no")}
+            except (ValueError, KeyError, TypeError) as e:
+                log(f"{path}:{number}: skipping an unreadable line: {e}")
+        return docs, len(lines)
+
+    @staticmethod
+    def _legacy_files(directory: str) -> dict[str, Json]:
+        """Documents of the one-file-per-document layout of earlier versions."""
+        docs: dict[str, Json] = {}
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name.endswith(".tmp"):
+                os.unlink(path)  # a write or a rewrite interrupted by a crash (the log is intact)
+            elif name.endswith(".json"):
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        record = json.load(f)
+                    docs[record["_id"]] = {k: record[k] for k in ("_source", "_version", "_seq_no")}
+                except (OSError, ValueError, KeyError) as e:
+                    log(f"skipping unreadable document file {path}: {e}")
+        return docs
+
+    def _rewrite(self, index: str) -> None:
+        """The log of ``index`` as one line per live document (temp file, fsync, rename)."""
+        path = os.path.join(self._index_dir(index), LOG)
+        with open(f"{path}.tmp", "wb") as f:
+            for doc_id, doc in self.indices[index].items():
+                f.write(_line({"op": "put", "_id": doc_id, **doc}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f"{path}.tmp", path)
+        _fsync_dir(self._index_dir(index))
+
+    def _append_locked(self, index: str, op: Json) -> None:
+        f = self.logs.get(index)
+        if f is None:
+            f = self.logs[index] = open(os.path.join(self._index_dir(index), LOG), "ab")  # noqa: SIM115 (kept open)
+        f.write(_line(op))
+        f.flush()
+        os.fsync(f.fileno())
+
     def _ensure_index_locked(self, index: str) -> dict[str, Json]:
         if index not in self.indices:
             directory = self._index_dir(index)
             os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, LOG), "ab") as f:
+                os.fsync(f.fileno())
+            _fsync_dir(directory)
             _fsync_dir(os.path.dirname(directory))
             self.indices[index] = {}
         return self.indices[index]
@@ -153,6 +215,9 @@ class Store:
         with self.lock:
             if index not in self.indices:
                 return False
+            f = self.logs.pop(index, None)
+            if f is not None:
+                f.close()
             directory = self._index_dir(index)
             for name in os.listdir(directory):
                 os.unlink(os.path.join(directory, name))
@@ -167,16 +232,7 @@ class Store:
             old = docs.get(doc_id)
             version = (int(old["_version"]) + 1) if old else 1
             seq_no = int(old["_seq_no"]) if old else self.seq_no
-            record = {"_id": doc_id, "_source": source, "_version": version, "_seq_no": seq_no}
-            directory = self._index_dir(index)
-            path = os.path.join(directory, _doc_filename(doc_id))
-            tmp = f"{path}.{threading.get_ident()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(record, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(directory)
+            self._append_locked(index, {"op": "put", "_id": doc_id, "_source": source, "_version": version, "_seq_no": seq_no})
             docs[doc_id] = {"_source": source, "_version": version, "_seq_no": seq_no}
             if not old:
                 self.seq_no += 1
@@ -193,11 +249,15 @@ class Store:
             doc = docs.get(doc_id)
             if doc is None:
                 return None
-            directory = self._index_dir(index)
-            os.unlink(os.path.join(directory, _doc_filename(doc_id)))
-            _fsync_dir(directory)
+            self._append_locked(index, {"op": "delete", "_id": doc_id})
             del docs[doc_id]
             return doc
+
+    def close(self) -> None:
+        with self.lock:  # a write in progress finishes first
+            for f in self.logs.values():
+                f.close()
+            self.logs.clear()
 
     def resolve(self, expression: str | None) -> list[str]:
         """Index names for an index expression; 404 for a named index that does not exist."""
@@ -536,8 +596,8 @@ def main() -> None:
     # serve_forever notices shutdown() only between polls: 0.5 s by default, all of it downtime in a move.
     server.serve_forever(poll_interval=0.05)
     server.server_close()
-    with Handler.store.lock:  # let a write in progress finish before the process ends
-        log("stopped")
+    Handler.store.close()
+    log("stopped")
 
 
 if __name__ == "__main__":

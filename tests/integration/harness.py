@@ -218,9 +218,23 @@ def send_lines(address: str, lines: list[str], port: int = 5000) -> None:
 
 def volume_checksums(node: ClusterNode, volume: str, image: str = "flocker/base:local") -> str:
     """sha256 of every file in a volume, read by a helper container on that node."""
+    return _in_volume(node, volume, "find . -type f -print0 | sort -z | xargs -0r sha256sum", image)
+
+
+def volume_prefix_checksums(node: ClusterNode, volume: str, like: ClusterNode, image: str = "flocker/base:local") -> tuple[str, str]:
+    """``volume_checksums`` on ``like``, and on ``node`` the sha256 of as many first bytes of
+    each of those files as ``like`` has: equal when every file on ``like`` is there on ``node``,
+    grown at most by appending (a store's log after writes went on)."""
+    sizes = _in_volume(like, volume, "find . -type f -printf '%s %p\\n' | sort -k2", image)
+    script = 'while read -r size path; do printf \'%s  %s\\n\' "$(head -c $size "$path" | sha256sum | cut -d\' \' -f1)" "$path"; done'
+    return volume_checksums(like, volume, image), _in_volume(node, volume, f'printf "%s" "$SIZES" | {{ {script}; }}', image, SIZES=sizes)
+
+
+def _in_volume(node: ClusterNode, volume: str, script: str, image: str, **environment: str) -> str:
     output = node.client().containers.run(
         image,
-        ["sh", "-c", "cd /data && find . -type f -print0 | sort -z | xargs -0r sha256sum"],
+        ["sh", "-c", f"cd /data && {script}"],
+        environment=environment,
         volumes={volume: {"bind": "/data", "mode": "ro"}},
         remove=True,
     )
