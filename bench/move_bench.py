@@ -199,7 +199,7 @@ def measured_move(store: Pulumi, source: ClusterNode, destination: ClusterNode) 
     """`pulumi up` after changing the store's node, with the client writing throughout.
 
     The client's downtime is its pause between acknowledged writes around the moment the
-    application was stopped (the issue's "last successful request on the source to first
+    application had stopped (the issue's "last successful request on the source to first
     on the destination"); its longest pause elsewhere in the move (writes are fsynced, and
     phase 1's copy competes for the disk) is kept beside it.
     """
@@ -211,8 +211,10 @@ def measured_move(store: Pulumi, source: ClusterNode, destination: ClusterNode) 
     up_seconds = time.monotonic() - started
     writer_finished(writer, time.monotonic())
     last_move = store.outputs()["last_move"]
-    stopped_at = next(s["started_at"] for s in last_move["steps"] if s["step"].startswith("stop "))
-    stopped = stopped_at - (time.time() - time.monotonic())  # on the writer's clock
+    # When the stop returned: the store no longer answers on the source, and not yet on the
+    # destination (a write in flight when the stop began may still be acknowledged during it).
+    stop = next(s for s in last_move["steps"] if s["step"].startswith("stop "))
+    stopped = stop["started_at"] + stop["seconds"] - (time.time() - time.monotonic())  # on the writer's clock
     gaps = [(round(b - a, 3), a <= stopped < b) for a, b in zip(writer.served, writer.served[1:], strict=False)]
     return {
         "from": source.name,
@@ -299,7 +301,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"The Elasticsearch stand-in with a client writing as fast as acknowledged, its volume filled to the size, moved"
         f" node1 -> node2 and back by `pulumi up`; {result['cpus']} cores shared with other work, measured {result['measured_at']}."
         " Downtime: the client's last acknowledged write on the old node to its first on the new one, around the moment the"
-        " store was stopped (provider: stop to running); its longest pause at any other time of the move beside it."
+        " store had stopped (provider: stop to running); its longest pause at any other time of the move beside it."
         " Raw: `tar | tar` over socat between the same nodes, before and after the moves, with the same writes going on.",
         "",
         "| volume | raw tar\\|tar | phase-1 round 1 | phase 1 / raw | downtime there / back (client) | (provider) |"
