@@ -415,13 +415,17 @@ class DockerNode:
             container = self.find_container(name)
             if container is None:
                 raise RuntimeError(f"node {self.node.name}: container {name} disappeared while starting")
-            if container.status == "running":
+            # Restarted by its restart policy since we started it: it exited, however briefly
+            # "running" it looks between two attempts.
+            crashed = container.attrs.get("RestartCount", 0) > 0
+            if container.status == "running" and not crashed:
                 health = container.attrs.get("State", {}).get("Health") or {}
                 if health.get("Status") in (None, "healthy"):
                     return
-            elif container.status in ("exited", "dead"):
+            elif container.status in ("exited", "dead") or crashed:
                 logs = container.logs(tail=20).decode(errors="replace").strip()
-                raise RuntimeError(f"node {self.node.name}: {name} exited while starting; last log lines:\n{logs}")
+                said = f"; last log lines:\n{logs}\n" if logs else ", writing no log"
+                raise RuntimeError(f"node {self.node.name}: {name} exited while starting{said}")
             if time.monotonic() > deadline:
                 # "unhealthy" is not final (a check that passes later makes it healthy): only the deadline is.
                 status = f"{container.status}{_health(container)}"

@@ -124,7 +124,10 @@ class ApplicationProvider(ResourceProvider):
         inputs = _parse_or_raise(parse_application, news)
         old = _parse_or_raise(parse_application, olds)
         dropped = tuple(n for n in old.routing.nodes if n not in inputs.routing.nodes)
-        outs = _converge_application(inputs, (old.node, inputs.node), old.application.ports, dropped)
+        try:
+            outs = _converge_application(inputs, (old.node, inputs.node), old.application.ports, dropped)
+        except Exception as exc:
+            raise ProviderError(f"{exc}{_roll_back(old, inputs)}") from exc
         return UpdateResult(outs={**news, **outs})
 
     def read(self, id_: str, props: dict) -> ReadResult:
@@ -145,6 +148,23 @@ def _remove_application(inputs: ApplicationInputs) -> None:
         discovered = {inputs.node: engines[inputs.node].discover_application(name)}
         routing = _routing(inputs.owner, inputs.routing)
         execute(plan_application(inputs.owner.resource, None, discovered, routing, inputs.application.ports), engines)
+
+
+def _roll_back(old: ApplicationInputs, new: ApplicationInputs) -> str:
+    """After a failed update: the previous configuration converged again, so that a change
+    that does not come up (a broken image, a failing health check) leaves the application
+    serving as it did, not down; the engine keeps the previous inputs in the state.
+
+    Not when the application moved with its volume: the volume's move decided where the
+    data lives, and starting the old configuration on the retired copy would fork it.
+    """
+    if old.node != new.node and new.volume_name is not None:
+        return ""
+    try:
+        _converge_application(old, (old.node, new.node), new.application.ports, ())
+    except Exception as exc:  # the first failure is the story; this one only adds to it
+        return f"; rolling back to the previous configuration failed too ({exc})"
+    return f"; rolled back: the previous configuration serves again on {old.node.name}"
 
 
 def _undo_create(inputs: ApplicationInputs) -> str:

@@ -22,6 +22,7 @@ store = FlockerApplication(
     ports=[{"internal": 9200, "external": 9200}],
     environment={"GREETING": config.get("greeting") or "hello"},
     volume={"mountpoint": "/var/lib/elasticsearch"},
+    wait_timeout=float(config.get("wait") or 120),
 )
 pulumi.export("container_id", store.container_id)
 """
@@ -59,6 +60,30 @@ def test_data_survives_image_and_environment_changes(store: Pulumi, nodes: list[
     assert store.outputs()["container_id"] not in (first, second)
     doc = eventually(lambda: http_json("GET", f"{url}/books/_doc/1"), what="document after image change")
     assert doc["_source"] == {"title": "Flocker"}
+
+
+def test_an_update_that_does_not_come_up_is_rolled_back(store: Pulumi, nodes: list[ClusterNode], stack_name: str) -> None:
+    url = f"http://{nodes[0].address}:9200"
+    store.up()
+    eventually(lambda: http_json("PUT", f"{url}/books/_doc/1", {"title": "Flocker"}), what="store accepts writes")
+
+    # An image whose command exits at once: the new container never comes up.
+    store.config({"image": "flocker/base:local", "wait": "5"})
+    failed = store.up(check=False)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    # Seen exited (or restarted) by the wait, or, when the wait caught its first instant of
+    # "running", by the route step that finds no port published.
+    assert "exited while starting" in output or "publishes no host port for [9200]: is it running?" in output, output
+    assert "rolled back: the previous configuration serves again on node1" in output, output
+    # The previous image serves the same data again, through the routes.
+    doc = eventually(lambda: http_json("GET", f"{url}/books/_doc/1"), what="document after the rollback")
+    assert doc["_source"] == {"title": "Flocker"}
+    container = nodes[0].client().containers.get(f"flocker-{stack_name}-store")
+    assert container.attrs["Config"]["Image"] == "flocker/elasticsearch:local" and container.status == "running"
+    # The state kept the previous inputs: going back to them is no change at all.
+    store.config({"image": "flocker/elasticsearch:local", "wait": "120"})
+    store.run("preview", "--expect-no-changes")
 
 
 def test_bad_inputs_fail_at_preview_and_change_nothing(store: Pulumi, nodes: list[ClusterNode], stack_name: str) -> None:

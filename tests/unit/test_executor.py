@@ -21,14 +21,15 @@ PORTS = (Port(9200, 9200),)
 class FakeEngine:
     """Records route writes; each waits at a barrier, so writes made one after another would never pass it."""
 
-    def __init__(self, node: Node, barrier: threading.Barrier | None, fail: bool = False) -> None:
+    def __init__(self, node: Node, barrier: threading.Barrier | None, fail: bool = False, published: dict | None = None) -> None:
         self.node = node
         self.barrier = barrier
         self.fail = fail
+        self.published = {9200: 32768} if published is None else published
         self.routes: dict[int, dict] = {}
 
     def published_ports(self, container: str) -> dict[int, int]:
-        return {9200: 32768}
+        return self.published
 
     def point_routes(self, router: object, routes: dict[int, dict]) -> None:
         if self.barrier is not None:
@@ -75,3 +76,13 @@ def test_a_failed_write_names_its_node_after_the_other_nodes_are_written() -> No
         execute((step,), engines)
     assert str(failed.value) == "step 'route port 9200 on node1, node2, node3 to es on node1' failed: node node2: writing routes failed"
     assert fakes[N1].routes and fakes[N3].routes
+
+
+def test_a_backend_that_publishes_no_port_is_not_routed_to() -> None:
+    """Between two restarts of a crash loop Docker lists no binding: the step says so, and writes nothing."""
+    fakes = {n: FakeEngine(n, None, published={} if n == N1 else None) for n in NODES}
+    step = PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0)
+    with engines_of(fakes) as engines, pytest.raises(StepFailed) as failed:
+        execute((step,), engines)
+    assert str(failed.value).endswith("failed: node node1: flocker-dev-es publishes no host port for [9200]: is it running?")
+    assert not any(fake.routes for fake in fakes.values())
