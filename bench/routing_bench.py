@@ -3,7 +3,8 @@
 In one run on the local cluster (numbers are only compared within the run: the machine is
 shared and noisy):
 
-- throughput (64 MiB per connection, best of 7 rounds over all paths) and request latency (1-byte echo on one
+- throughput (64 MiB per connection, best of 25 rounds over all paths, and the median of
+  each round's routed over direct) and request latency (1-byte echo on one
   connection, median and p99 of 2,000) through the route of a node that does not host
   the application, and through the hosting node's own router, against a direct
   connection to the container's published port on the hosting node (the baseline);
@@ -13,8 +14,9 @@ shared and noisy):
   The baseline is the same loop against the container's own published port on the source,
   i.e. what a client saw without routing.
 
-Targets (issue 4): routed throughput >= 80% of direct, routed median latency <= direct +
-1 ms, failed connections during a move = 0.
+Targets (issue 4): routed throughput >= 80% of direct (the median over the rounds of each
+round's routed transfer over its direct one), routed median latency <= direct + 1 ms,
+failed connections during a move = 0.
 
     .venv/bin/python bench/routing_bench.py --out bench/results/routing.json
 
@@ -44,8 +46,9 @@ from tests.integration.harness import ClusterNode, Pulumi, eventually, http_json
 BLAST_BYTES = 64 << 20
 ECHOES = 2000
 # Rounds over all paths in turn, best per path: load from other work on the machine then
-# hits every path alike instead of whichever ran at the wrong moment.
-THROUGHPUT_ROUNDS = 7
+# hits every path alike instead of whichever ran at the wrong moment. 25, not 7: single
+# rounds swing by half either way here, and a round takes 50 ms.
+THROUGHPUT_ROUNDS = 25
 # Port 7001 sends BLAST_BYTES then closes; port 7002 echoes.
 SERVER = f"""
 import socket, threading
@@ -82,7 +85,10 @@ pulumi.export("last_move", store.volume.last_move)
 """
 
 TARGETS = {
-    "routed_throughput_over_direct": (">=", 0.8),
+    # On the paired median, not on the best round of each path: with rounds of 50 ms that
+    # swing by half either way, the best of each is one lucky transfer (best/best ranged
+    # 0.59-0.91 across runs of the same code); each round's pair saw the same moment's load.
+    "routed_over_direct_paired_median": (">=", 0.8),
     "routed_added_median_latency_ms": ("<=", 1.0),
     "failed_connections_during_move": ("<=", 0),
 }
@@ -195,6 +201,7 @@ def measure_paths(nodes: dict[str, ClusterNode], stack: str) -> dict[str, Any]:
             # The best round alone swings with one lucky direct round on a shared machine; the
             # median of the same rounds is reported beside it (the target stays on the best).
             "median_throughput_mib_s": round(statistics.median(rounds[name]), 1),
+            "rounds_mib_s": [round(r, 1) for r in rounds[name]],
             **latency(address, echo_port),
         }
     found["non_hosting_route"]["mechanism"] = mechanism
@@ -235,6 +242,11 @@ def summarize(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
         "routed_throughput_over_direct": round(paths["non_hosting_route"]["throughput_mib_s"] / direct["throughput_mib_s"], 3),
         "routed_median_throughput_over_direct_median": round(
             paths["non_hosting_route"]["median_throughput_mib_s"] / direct["median_throughput_mib_s"], 3
+        ),
+        # Each round's routed transfer over the direct one right before it: both saw the same
+        # moment's load. Single rounds swing by half either way on this shared machine.
+        "routed_over_direct_paired_median": round(
+            statistics.median(r / d for r, d in zip(paths["non_hosting_route"]["rounds_mib_s"], direct["rounds_mib_s"], strict=True)), 3
         ),
         "hosting_router_throughput_over_direct": round(paths["hosting_router"]["throughput_mib_s"] / direct["throughput_mib_s"], 3),
         "routed_added_median_latency_ms": round(paths["non_hosting_route"]["median_ms"] - direct["median_ms"], 3),
