@@ -21,6 +21,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from . import labels as L
+from .attached_exec import ArmedExec
 from .containers import RouterSpec
 from .docker_layer import DockerNode, NodeUnreachable, connect
 from .errors import ProviderError
@@ -239,6 +240,9 @@ class TransferChannel:
         self.sender: Container | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._source_listing: Future[str] | None = None
+        # Phase 2's rsync on the source and the verification's listing on the destination,
+        # started at the end of phase 1 and run when their time comes (see ``arm``).
+        self._armed: dict[str, ArmedExec] = {}
         self.fresh = False
         self.created = False
 
@@ -256,6 +260,7 @@ class TransferChannel:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._disarm()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for node in (self.source, self.destination):
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
@@ -320,18 +325,24 @@ class TransferChannel:
         return self.sender
 
     def _run_on_source(
-        self, command: list[str], env: dict[str, str], timeout: float, progress: Callable[[str], str | None]
+        self,
+        command: list[str],
+        env: dict[str, str],
+        timeout: float,
+        progress: Callable[[str], str | None],
+        armed: ArmedExec | None = None,
     ) -> tuple[int, str]:
-        """Run a sending command on the source until it exits, reporting progress as it goes."""
+        """Run a sending command on the source (or fire the ``armed`` one) until it exits,
+        reporting progress as it goes."""
         api = self.engines[self.source].client.api
         helper = self._source_helper()
-        exec_id = api.exec_create(helper.id, heartbeat(command), environment=env)["Id"]
+        exec_id = armed.exec_id if armed else api.exec_create(helper.id, heartbeat(command), environment=env)["Id"]
         chunks: list[bytes] = []
         failed: list[BaseException] = []
 
         def read() -> None:
             try:
-                chunks.extend(api.exec_start(exec_id, stream=True))
+                chunks.extend(armed.fire() if armed else api.exec_start(exec_id, stream=True))
             except Exception as exc:  # handed to the waiting thread, which raises it
                 failed.append(exc)
 
@@ -364,7 +375,28 @@ class TransferChannel:
             return f"{phase}: {copied} copied ({found.percent}%), {found.rate}, {found.remaining} left"
 
         command = client_command(self.destination.address, self._rsync_port())
-        return self._run_on_source(command, {"RSYNC_PASSWORD": self.credentials.password}, timeout, progress)
+        armed = self._armed.pop("phase 2", None) if phase == "phase 2" else None
+        return self._run_on_source(command, {"RSYNC_PASSWORD": self.credentials.password}, timeout, progress, armed)
+
+    def arm(self) -> None:
+        """Start phase 2's rsync and the destination's listing now, to run when their time
+        comes: both run while the application is stopped, and an exec's start is 40-100 ms
+        of it. A transport that cannot hijack a connection runs them as plain execs then."""
+        self._disarm()
+        command = client_command(self.destination.address, self._rsync_port())
+        source, destination = self.engines[self.source].client.api, self.engines[self.destination].client.api
+        assert self.receiver is not None, "armed after phase 1, which started the receiver"
+        try:
+            env = {"RSYNC_PASSWORD": self.credentials.password}
+            self._armed["phase 2"] = ArmedExec(source, self._source_helper().id, heartbeat(command), env)
+            self._armed["listing"] = ArmedExec(destination, self.receiver.id, listing_command())
+        except Exception:  # any failure to hijack a connection means the same: plain execs
+            self._disarm()
+
+    def _disarm(self) -> None:
+        for armed in self._armed.values():
+            armed.close()
+        self._armed.clear()
 
     def _stream(self, timeout: float) -> dict:
         """Round 1 into an empty destination: a raw tar stream, no delta to compute."""
@@ -415,6 +447,8 @@ class TransferChannel:
             delta = stats.literal_bytes
             small = delta < SMALL_DELTA or (previous is not None and delta > previous // 2)
             if final or small or len(rounds) >= MAX_ROUNDS:
+                if not final:
+                    self.arm()
                 return rounds
             previous = delta
 
@@ -447,7 +481,12 @@ class TransferChannel:
         return self.receiver
 
     def _listing(self, node: Node) -> str:
-        code, output = self._helper(node).exec_run(listing_command())
+        armed = self._armed.pop("listing", None) if node == self.destination else None
+        if armed is not None:
+            output = b"".join(armed.fire())
+            code = armed.exit_code()
+        else:
+            code, output = self._helper(node).exec_run(listing_command())
         text = output.decode(errors="replace")
         if code != 0:
             raise RuntimeError(f"listing the volume on {node.name} failed: {_tail(text)}")

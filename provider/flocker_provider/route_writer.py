@@ -12,12 +12,10 @@ cost 50-100 ms each there, with four nodes at once on a busy machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import struct
 from typing import Any
 
+from .attached_exec import AttachedExec
 from .router_program import WAKE_FILE
 
 ROUTES_DIR = "/routes/ports"
@@ -67,42 +65,27 @@ def problems(answers: list[str], ports: list[int], router: str) -> list[str]:
 class RouteSession:
     """One exec in a router container taking route lines on its stdin until closed.
 
-    The exec's output comes in Docker's multiplexed frames (8-byte header: stream, size).
     Every read has a deadline: a connection that stops answering must fail the step, which
     then falls back to an exec per write.
     """
 
     def __init__(self, api: Any, container_id: str) -> None:
-        exec_id = api.exec_create(container_id, ["sh", "-c", SCRIPT], stdin=True)["Id"]
-        self._response = api.exec_start(exec_id, socket=True)
-        # docker-py hands back a SocketIO over plain TCP, the socket itself otherwise.
-        self._socket = getattr(self._response, "_sock", self._response)
+        self._exec = AttachedExec(api, container_id, ["sh", "-c", SCRIPT])
         self._pending = b""
 
     def write(self, lines: list[str]) -> list[str]:
-        self._socket.settimeout(ACK_SECONDS + 5)
-        self._socket.sendall("".join(f"{line}\n" for line in lines).encode())
+        self._exec.socket.settimeout(ACK_SECONDS + 5)
+        self._exec.send("".join(f"{line}\n" for line in lines).encode())
         return [self._answer() for _ in lines]
 
     def _answer(self) -> str:
         while b"\n" not in self._pending:
-            _, size = struct.unpack(">BxxxL", self._exactly(8))
-            self._pending += self._exactly(size)
+            payload = self._exec.frame()
+            if payload is None:
+                raise ConnectionError("the route writer in the router container ended")
+            self._pending += payload
         line, self._pending = self._pending.split(b"\n", 1)
         return line.decode(errors="replace")
 
-    def _exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self._socket.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("the route writer in the router container ended")
-            data += chunk
-        return data
-
     def close(self) -> None:
-        # End of input ends the shell, and with it the exec.
-        with contextlib.suppress(OSError):
-            self._socket.shutdown(socket.SHUT_WR)
-        with contextlib.suppress(OSError):
-            self._response.close()
+        self._exec.close()

@@ -4,6 +4,9 @@ import socket
 import struct
 import threading
 
+import pytest
+
+from flocker_provider.attached_exec import ArmedExec
 from flocker_provider.route_writer import RouteSession, problems, route_lines
 
 
@@ -28,12 +31,16 @@ class FakeApi:
     def __init__(self) -> None:
         self.ours, self.theirs = socket.socketpair()
 
-    def exec_create(self, container: str, cmd: list[str], stdin: bool) -> dict:
+    def exec_create(self, container: str, cmd: list[str], stdin: bool, environment: dict | None = None) -> dict:
         assert stdin and cmd[:2] == ["sh", "-c"]
+        self.command, self.environment = cmd, environment
         return {"Id": "exec1"}
 
     def exec_start(self, exec_id: str, socket: bool) -> object:
         return self.ours
+
+    def exec_inspect(self, exec_id: str) -> dict:
+        return {"ExitCode": 3}
 
 
 def frame(data: bytes) -> bytes:
@@ -58,3 +65,23 @@ def test_a_session_sends_lines_and_reads_framed_answers_split_anywhere() -> None
     assert b"".join(received) == b"80 {}\n9200 {}\n"
     session.close()
     assert api.theirs.recv(10) == b""  # end of input: the shell ends
+
+
+def test_an_armed_exec_runs_its_command_only_when_fired() -> None:
+    api = FakeApi()
+    armed = ArmedExec(api, "helper", ["rsync", "-a", "/data/"], {"RSYNC_PASSWORD": "x"})
+    assert api.command[3:] == ["sh", "rsync", "-a", "/data/"] and api.environment == {"RSYNC_PASSWORD": "x"}
+    api.theirs.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        api.theirs.recv(10)  # nothing said yet: the command waits
+
+    def shell() -> None:
+        assert api.theirs.recv(10) == b"go\n"
+        api.theirs.sendall(frame(b"sent 10 bytes\n") + frame(b"total size 4"))
+        api.theirs.close()  # the command exits
+
+    player = threading.Thread(target=shell)
+    player.start()
+    assert b"".join(armed.fire()) == b"sent 10 bytes\ntotal size 4"
+    player.join()
+    assert armed.exit_code() == 3

@@ -1,0 +1,80 @@
+"""Execs whose stdin we keep: started ahead of the moment they are needed.
+
+Starting an exec (runc joining the container) costs 40-100 ms on a busy node. A route
+session pays it once for a whole operation; an armed exec pays it before a move stops its
+application, for a command that phase 2 or the verification then runs at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+# The armed command waits for one line on its stdin, then becomes the command.
+_ARMED = 'read -r go || exit 125; exec "$@"'
+
+
+class AttachedExec:
+    """An exec started with its stdin attached; its output comes in Docker's multiplexed
+    frames (8-byte header: stream, size)."""
+
+    def __init__(self, api: Any, container_id: str, command: list[str], environment: dict[str, str] | None = None) -> None:
+        self._api = api
+        self.exec_id = api.exec_create(container_id, command, stdin=True, environment=environment)["Id"]
+        self._response = api.exec_start(self.exec_id, socket=True)
+        # docker-py hands back a SocketIO over plain TCP, the socket itself otherwise.
+        self.socket = getattr(self._response, "_sock", self._response)
+
+    def send(self, data: bytes) -> None:
+        self.socket.sendall(data)
+
+    def frame(self) -> bytes | None:
+        """The next frame's payload; None once the exec has ended."""
+        header = self._exactly(8)
+        if header is None:
+            return None
+        _, size = struct.unpack(">BxxxL", header)
+        payload = self._exactly(size)
+        if payload is None:
+            raise ConnectionError("the exec's output ended inside a frame")
+        return payload
+
+    def frames(self) -> Iterator[bytes]:
+        while (payload := self.frame()) is not None:
+            yield payload
+
+    def exit_code(self) -> int | None:
+        return self._api.exec_inspect(self.exec_id)["ExitCode"]
+
+    def _exactly(self, size: int) -> bytes | None:
+        data = b""
+        while len(data) < size:
+            chunk = self.socket.recv(size - len(data))
+            if not chunk:
+                if data:
+                    raise ConnectionError("the exec's output ended inside a frame")
+                return None
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        # End of input ends a command that reads it, and with it the exec.
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            self._response.close()
+
+
+class ArmedExec(AttachedExec):
+    """``command`` started now, run once ``fire`` says so."""
+
+    def __init__(self, api: Any, container_id: str, command: list[str], environment: dict[str, str] | None = None) -> None:
+        super().__init__(api, container_id, ["sh", "-c", _ARMED, "sh", *command], environment)
+
+    def fire(self) -> Iterator[bytes]:
+        """Run the command; its output as it comes, until it exits."""
+        self.send(b"go\n")
+        yield from self.frames()
