@@ -78,3 +78,4 @@ class ArmedExec(AttachedExec):
         """Run the command; its output as it comes, until it exits."""
         self.send(b"go\n")
         yield from self.frames()
+        self.close()  # the exec has ended; its connection goes back
