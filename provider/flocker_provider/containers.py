@@ -95,6 +95,11 @@ class RouterSpec:
     image: str
     labels: tuple[tuple[str, str], ...]
 
+    @property
+    def predecessor(self) -> str:
+        """The name an older router runs under while this one takes over from it."""
+        return f"{self.name}.old"
+
     def program_hash(self) -> str:
         """Changes with the router's source or image, so an upgraded provider replaces old routers."""
         body = json.dumps([self.image, router_source()])

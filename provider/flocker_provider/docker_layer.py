@@ -26,6 +26,7 @@ from . import labels as L
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
 from .models import Node, NodeVolumeState, RunningContainer
 from .route_writer import ROUTES_DIR, SCRIPT, RouteSession, problems, route_lines
+from .router_program import TAKEOVER_FILE
 
 API_TIMEOUT = 60
 # Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over
@@ -41,6 +42,10 @@ WAIT_POLL = 0.1
 # killed without that time would leave them, and only a router of the same stack starting on
 # that node again would clean them up.
 ROUTER_STOP_TIMEOUT = 10
+# How long a take-over waits for the new router to hold the ports before removing the old
+# one anyway, and how often it looks (an exec each).
+TAKEOVER_READY_SECONDS = 10
+TAKEOVER_POLL = 0.05
 # Several resources change routes at once (the engine runs up to 4 operations in
 # parallel): starting a router, writing its files and removing it with its last route
 # must not interleave, or a route could be written into a router that is going away.
@@ -301,6 +306,7 @@ class DockerNode:
                     raise RuntimeError(f"node {self.node.name}: removing routes failed: {result.output.decode(errors='replace')}")
             if not self.read_routes(router):
                 self.remove_container(router.name, timeout=ROUTER_STOP_TIMEOUT)
+                self.remove_container(router.predecessor, timeout=ROUTER_STOP_TIMEOUT)  # of a take-over cut short
                 self.remove_volume(router.volume)
 
     def _router_lock(self, router: RouterSpec) -> threading.Lock:
@@ -308,23 +314,50 @@ class DockerNode:
             return _ROUTER_LOCKS.setdefault((self.node.docker_host, router.name), threading.Lock())
 
     def _ensure_router(self, router: RouterSpec) -> docker.models.containers.Container:
+        predecessor = self.find_container(router.predecessor)
+        if predecessor is not None:  # a take-over that did not finish
+            predecessor.remove(force=True)
         container = self.find_container(router.name)
         wanted = router.program_hash()
         if container is not None and container.status == "running" and container.labels.get(L.CONFIG_HASH) == wanted:
             return container
+        if container is not None and container.status == "running":
+            return self._take_over(router, container, wanted)
         if container is not None:
-            # An older router or a stopped one: its routes are in the volume. Stopped first, so
-            # that it removes its iptables rules (the new one would clean them up anyway).
-            if container.status == "running":
-                container.stop(timeout=ROUTER_STOP_TIMEOUT)
-            container.remove(force=True)
+            container.remove(force=True)  # stopped: nothing to hand over
+        return self._run_router(router, wanted)
+
+    def _take_over(self, router: RouterSpec, old: docker.models.containers.Container, wanted: str) -> docker.models.containers.Container:
+        """An older router replaced without refusing connections (see ``--take-over`` in
+        router_program.py): the new one starts beside it, reads the routes and holds new
+        connections at their SYN; then the old one goes (SIGKILL: its iptables rules, marked
+        like the new one's, are the new one's now) and the new one binds its ports."""
+        old.rename(router.predecessor)
+        try:
+            new = self._run_router(router, wanted, take_over=True)
+        except Exception:
+            old.rename(router.name)  # still serving: it stays until a new one can start
+            raise
+        deadline = time.monotonic() + TAKEOVER_READY_SECONDS
+        while time.monotonic() < deadline:
+            if new.exec_run(["test", "-e", f"/routes/{TAKEOVER_FILE}"]).exit_code == 0:
+                break
+            new.reload()
+            if new.status != "running":
+                break  # the old one must go anyway: the new one restarts (restart policy) and binds then
+            time.sleep(TAKEOVER_POLL)
+        old.remove(force=True)
+        return new
+
+    def _run_router(self, router: RouterSpec, wanted: str, take_over: bool = False) -> docker.models.containers.Container:
         self.ensure_image(router.image)
         self.create_volume(router.volume, dict(router.labels))
+        # --kernel-forwarding: the router DNATs routes to other nodes with iptables (see
+        # docs/architecture.md); with the tag its rules are told apart from everyone else's.
+        command = ["python3", "-c", router_source(), "--routes-dir", ROUTES_DIR, "--kernel-forwarding", "--rule-tag", router.name]
         return self.client.containers.run(
             router.image,
-            # --kernel-forwarding: the router DNATs routes to other nodes with iptables (see
-            # docs/architecture.md); with the tag its rules are told apart from everyone else's.
-            command=["python3", "-c", router_source(), "--routes-dir", ROUTES_DIR, "--kernel-forwarding", "--rule-tag", router.name],
+            command=[*command, "--take-over"] if take_over else command,
             name=router.name,
             detach=True,
             # The host network: the router listens on the node's own addresses.

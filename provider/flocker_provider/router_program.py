@@ -77,6 +77,14 @@ POLL_INTERVAL = 0.03
 # have the file read now. Only a router that handles the signal writes it (the default action
 # of SIGUSR1 would kill a router that does not).
 WAKE_FILE = "router.pid"
+# Taking over from a running predecessor (``--take-over``): once the routes are read and new
+# connections' SYNs to them are dropped (TCP sends a dropped SYN again after a second: held,
+# not refused), this file says so beside the routes; the provider then removes the
+# predecessor, and the ports are bound within TAKEOVER_BIND_RETRY. The drop rules go once every
+# port is listened on, or after TAKEOVER_SECONDS whatever happens.
+TAKEOVER_FILE = "takeover.ready"
+TAKEOVER_BIND_RETRY = 0.01
+TAKEOVER_SECONDS = 10.0
 RETRY_INTERVAL = 0.05
 BIND_RETRY_INTERVAL = 0.1
 STATS_INTERVAL = 1.0
@@ -367,7 +375,13 @@ class KernelForwarding:
         if self.backend is None:
             return True
         clean = True
-        for table, chain in (("nat", "PREROUTING"), ("nat", "POSTROUTING"), ("filter", "DOCKER-USER"), ("filter", "FORWARD")):
+        for table, chain in (
+            ("nat", "PREROUTING"),
+            ("nat", "POSTROUTING"),
+            ("filter", "DOCKER-USER"),
+            ("filter", "FORWARD"),
+            ("filter", "INPUT"),  # the SYN drops of a take-over that did not end (its router killed meanwhile)
+        ):
             status, output = self._run(["-t", table, "-S", chain])
             if status != 0:
                 continue  # DOCKER-USER exists only with dockerd's rules
@@ -383,6 +397,28 @@ class KernelForwarding:
         self.enabled = False
         self.applied = ({}, frozenset())
         return clean
+
+    def drop_syns(self, ports: list[int]) -> bool:
+        """New connections to ``ports`` on this node dropped at their SYN (our comment, so that
+        ``release_syns`` and the next router's cleanup find the rules); True if in force."""
+        if not self.enabled or not ports:
+            return False
+        for i in range(0, len(ports), 15):  # multiport takes 15 ports a rule
+            chunk = ",".join(str(p) for p in sorted(ports)[i : i + 15])
+            rule = ["-p", "tcp", "--syn", "-m", "multiport", "--dports", chunk, "-m", "comment", "--comment", self.names.comment]
+            if self._run(["-t", "filter", "-I", "INPUT", *rule, "-j", "DROP"])[0] != 0:
+                self.release_syns()
+                return False
+        return True
+
+    def release_syns(self) -> None:
+        if self.backend is None:
+            return
+        _, output = self._run(["-t", "filter", "-S", "INPUT"])
+        for line in output.splitlines():
+            deletion = deletion_of(line, self.names.comment)
+            if deletion is not None:
+                self._run(["-t", "filter", *deletion])
 
     def stop(self) -> None:
         if self.backend is not None and not self.cleanup():
@@ -624,12 +660,16 @@ class Router:
         listen_address: str = "0.0.0.0",
         use_splice: bool = True,
         kernel: KernelForwarding | None = None,
+        take_over: bool = False,
     ) -> None:
         self.routes_dir = Path(routes_dir)
         self.kernel = kernel
         self.stats_path = Path(os.path.abspath(self.routes_dir)).parent / "router-stats.json"
         self.applied_dir = Path(os.path.abspath(self.routes_dir)).parent / "applied"
         self.wake_path = Path(os.path.abspath(self.routes_dir)).parent / WAKE_FILE
+        self.takeover_path = self.wake_path.with_name(TAKEOVER_FILE)
+        # Until when new connections' SYNs are dropped while the predecessor goes; None: not taking over.
+        self.taking_over_until: float | None = time.monotonic() + TAKEOVER_SECONDS if take_over else None
         self.listen_address = listen_address
         self.use_splice = use_splice and hasattr(os, "splice")
         self.stats = Stats()
@@ -731,6 +771,29 @@ class Router:
         except OSError as error:
             log(f"cannot create {self.applied_dir}: {error}")
 
+    def _start_takeover(self) -> None:
+        """Read the routes (their ports are still the predecessor's), drop new connections' SYNs
+        to them, and say so: the provider removes the predecessor then."""
+        with contextlib.suppress(OSError):
+            self.takeover_path.unlink()
+        self.poll()
+        ports = sorted(self.routes)
+        dropped = self.kernel is not None and self.kernel.drop_syns(ports)
+        log(
+            f"taking over ports {ports}"
+            + (": new connections wait for their SYN's second try" if dropped else " (no iptables: refused meanwhile)")
+        )
+        try:
+            self.takeover_path.write_text(f"{os.getpid()}\n")
+        except OSError as error:
+            log(f"cannot write {self.takeover_path}: {error}")
+
+    def _end_takeover(self, why: str) -> None:
+        self.taking_over_until = None
+        if self.kernel is not None:
+            self.kernel.release_syns()
+        log(f"took over ({why})")
+
     def _write_wake_file(self) -> None:
         temporary = self.wake_path.with_name(f".{WAKE_FILE}.tmp")
         try:
@@ -768,10 +831,12 @@ class Router:
                     logged = error.errno
                     reason = "address in use" if error.errno == errno.EADDRINUSE else str(error)
                     log(f"cannot listen on {self.listen_address}:{route.port} ({reason}); retrying every {BIND_RETRY_INTERVAL:g} s")
-                await asyncio.sleep(BIND_RETRY_INTERVAL)
+                await asyncio.sleep(TAKEOVER_BIND_RETRY if self.taking_over_until is not None else BIND_RETRY_INTERVAL)
                 continue
             route.listener = sock
             self._resume_accepting(route)
+            if self.taking_over_until is not None and all(r.listener is not None for r in self.routes.values()):
+                self._end_takeover("every port listened on")
             raw = self._unacknowledged.pop(route.port, None)
             if raw is not None:
                 self._acknowledge(route.port, raw)
@@ -1016,6 +1081,8 @@ class Router:
         self._clear_acknowledgements()
         if self.kernel is not None:
             self.kernel.start()
+        if self.taking_over_until is not None:
+            self._start_takeover()
         self._write_wake_file()
         stats_task = self.spawn(self._stats_loop())
         self.spawn(relay_stop())
@@ -1023,6 +1090,8 @@ class Router:
             while not stop.is_set():
                 nudge.clear()
                 self.poll()
+                if self.taking_over_until is not None and time.monotonic() > self.taking_over_until:
+                    self._end_takeover(f"{TAKEOVER_SECONDS:g} s passed; ports not listened on are refused again")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(nudge.wait(), POLL_INTERVAL)
         finally:
@@ -1076,11 +1145,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also DNAT proven targets on other nodes with iptables (needs NET_ADMIN in the node's network namespace)",
     )
+    parser.add_argument(
+        "--take-over", action="store_true", help=f"a predecessor holds the ports: drop new SYNs until they are ours (see {TAKEOVER_FILE})"
+    )
     parser.add_argument("--rule-tag", default="router", help="names our iptables chains and comments (the router container's name)")
     args = parser.parse_args(argv)
     _raise_file_limit()
     kernel = KernelForwarding(args.rule_tag) if args.kernel_forwarding else None
-    asyncio.run(Router(args.routes_dir, args.listen_address, use_splice=not args.no_splice, kernel=kernel).run())
+    router = Router(args.routes_dir, args.listen_address, use_splice=not args.no_splice, kernel=kernel, take_over=args.take_over)
+    asyncio.run(router.run())
     return 0
 
 

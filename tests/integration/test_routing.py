@@ -331,3 +331,45 @@ def test_a_node_added_to_the_cluster_gets_routes_without_a_restart(nodes: list[C
         pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
     assert all(not rules for rules in router_rules(nodes, stack_name).values()), router_rules(nodes, stack_name)
+
+
+HANDED_OVER = """
+from flocker_pulumi import FlockerApplication
+FlockerApplication("store", image="flocker/elasticsearch:local", node="node1", ports=[{"internal": 9200, "external": 9200}])
+"""
+
+
+def test_a_new_router_takes_over_without_refusing_a_connection(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
+    """An upgraded provider replaces every router (another router program or image): the new
+    one starts beside the old one and new connections wait, through the hosting node's
+    router (proxy) as through another node's (kernel forwarding), instead of being refused."""
+    for node in nodes:
+        node.client().images.get("flocker/base:local").tag("flocker/base", "takeover")
+    pulumi = Pulumi(workdir, stack_name)
+    pulumi.write_program(HANDED_OVER)
+    pulumi.init()
+    loops = [ClientLoop(by_name(nodes, name).address) for name in ("node1", "node3")]
+    try:
+        pulumi.up()
+        for node in nodes:
+            eventually(lambda a=node.address: answers_http(f"http://{a}:9200/"), what=f"store on {node.name}")
+        before = {node.name: router(node, stack_name).id for node in nodes}
+        for loop in loops:
+            loop.start()
+        time.sleep(1)
+        pulumi.config({"flocker:transferImage": "flocker/base:takeover"})
+        pulumi.up()
+        time.sleep(2)  # connections held at their SYN come through a second later
+        for loop in loops:
+            loop.stop.set()
+            loop.join()
+        assert all(router(node, stack_name).id != before[node.name] for node in nodes)
+        assert all(router(node, stack_name).attrs["Config"]["Image"] == "flocker/base:takeover" for node in nodes)
+        for loop in loops:
+            assert loop.ok > 0 and loop.failures == {}, (loop.address, loop.failures)
+    finally:
+        for loop in loops:
+            loop.stop.set()
+        pulumi.destroy()
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+    assert all(not rules for rules in router_rules(nodes, stack_name).values()), router_rules(nodes, stack_name)

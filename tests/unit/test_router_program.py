@@ -488,6 +488,24 @@ def test_start_removes_stale_rules_of_ours_only_then_installs_the_jumps() -> Non
     assert fake.calls[-1][0][:3] == ["iptables-nft-restore", "-w", "10"] and "--noflush" in fake.calls[-1][0]
 
 
+def test_a_take_over_drops_syns_to_its_ports_and_takes_exactly_those_rules_away() -> None:
+    ours = f"-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m multiport --dports 80,9200 {MARK} -j DROP"
+    listing = f"-P INPUT ACCEPT\n{ours}\n-A INPUT -p tcp --dport 22 -j ACCEPT"
+    fake = FakeIptables({("iptables-nft", "-t", "filter", "-S", "INPUT"): (0, listing)})
+    kernel = router_program.KernelForwarding(TAG, runner=fake)
+    assert kernel.start()
+    ports = list(range(9000, 9017))  # 17 ports: two rules, multiport takes 15
+    assert kernel.drop_syns(ports)
+    inserted = [c for c in fake.commands() if c[3:5] == ["-I", "INPUT"]]
+    assert [c[c.index("--dports") + 1] for c in inserted] == [",".join(map(str, range(9000, 9015))), "9015,9016"]
+    assert all(c[-2:] == ["-j", "DROP"] and "--syn" in c and NAMES.comment in c for c in inserted)
+    kernel.release_syns()
+    deletions = [c for c in fake.commands() if "-D" in c and "INPUT" in c]
+    assert deletions[-1][3:5] == ["-D", "INPUT"] and "22" not in deletions[-1]
+    # A router killed while taking over: the next one's start removes its drops too.
+    assert any(c[3:5] == ["-D", "INPUT"] for c in fake.commands()[: fake.commands().index(inserted[0])])
+
+
 def test_without_dockers_chain_the_accepts_go_into_forward() -> None:
     fake = FakeIptables({("iptables-nft", "-t", "filter", "-S", "DOCKER-USER"): (1, "No chain/target/match by that name.")})
     kernel = router_program.KernelForwarding(TAG, runner=fake)
