@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import re
+import secrets
 import socket
 import tarfile
 import threading
@@ -333,14 +334,15 @@ class DockerNode:
         connections at their SYN; then the old one goes (SIGKILL: its iptables rules, marked
         like the new one's, are the new one's now) and the new one binds its ports."""
         old.rename(router.predecessor)
+        token = secrets.token_hex(8)
         try:
-            new = self._run_router(router, wanted, take_over=True)
+            new = self._run_router(router, wanted, take_over=token)
         except Exception:
             old.rename(router.name)  # still serving: it stays until a new one can start
             raise
         deadline = time.monotonic() + TAKEOVER_READY_SECONDS
         while time.monotonic() < deadline:
-            if new.exec_run(["test", "-e", f"/routes/{TAKEOVER_FILE}"]).exit_code == 0:
+            if new.exec_run(["cat", f"/routes/{TAKEOVER_FILE}"]).output.strip() == token.encode():
                 break
             new.reload()
             if new.status != "running":
@@ -349,7 +351,7 @@ class DockerNode:
         old.remove(force=True)
         return new
 
-    def _run_router(self, router: RouterSpec, wanted: str, take_over: bool = False) -> docker.models.containers.Container:
+    def _run_router(self, router: RouterSpec, wanted: str, take_over: str | None = None) -> docker.models.containers.Container:
         self.ensure_image(router.image)
         self.create_volume(router.volume, dict(router.labels))
         # --kernel-forwarding: the router DNATs routes to other nodes with iptables (see
@@ -357,7 +359,7 @@ class DockerNode:
         command = ["python3", "-c", router_source(), "--routes-dir", ROUTES_DIR, "--kernel-forwarding", "--rule-tag", router.name]
         return self.client.containers.run(
             router.image,
-            command=[*command, "--take-over"] if take_over else command,
+            command=[*command, "--take-over", take_over] if take_over else command,
             name=router.name,
             detach=True,
             # The host network: the router listens on the node's own addresses.

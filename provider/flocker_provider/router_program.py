@@ -77,11 +77,12 @@ POLL_INTERVAL = 0.03
 # have the file read now. Only a router that handles the signal writes it (the default action
 # of SIGUSR1 would kill a router that does not).
 WAKE_FILE = "router.pid"
-# Taking over from a running predecessor (``--take-over``): once the routes are read and new
-# connections' SYNs to them are dropped (TCP sends a dropped SYN again after a second: held,
-# not refused), this file says so beside the routes; the provider then removes the
-# predecessor, and the ports are bound within TAKEOVER_BIND_RETRY. The drop rules go once every
-# port is listened on, or after TAKEOVER_SECONDS whatever happens.
+# Taking over from a running predecessor (``--take-over TOKEN``): once the routes are read and
+# new connections' SYNs to them are dropped (TCP sends a dropped SYN again after a second:
+# held, not refused), this file beside the routes says TOKEN (the routes volume outlives
+# routers: an earlier take-over's file must not pass for this one's). The provider then
+# removes the predecessor, and the ports are bound within TAKEOVER_BIND_RETRY. The drop rules
+# go once every port is listened on, or after TAKEOVER_SECONDS whatever happens.
 TAKEOVER_FILE = "takeover.ready"
 TAKEOVER_BIND_RETRY = 0.01
 TAKEOVER_SECONDS = 10.0
@@ -660,7 +661,7 @@ class Router:
         listen_address: str = "0.0.0.0",
         use_splice: bool = True,
         kernel: KernelForwarding | None = None,
-        take_over: bool = False,
+        take_over: str | None = None,
     ) -> None:
         self.routes_dir = Path(routes_dir)
         self.kernel = kernel
@@ -670,6 +671,7 @@ class Router:
         self.takeover_path = self.wake_path.with_name(TAKEOVER_FILE)
         # Until when new connections' SYNs are dropped while the predecessor goes; None: not taking over.
         self.taking_over_until: float | None = time.monotonic() + TAKEOVER_SECONDS if take_over else None
+        self.takeover_token = take_over
         self.listen_address = listen_address
         self.use_splice = use_splice and hasattr(os, "splice")
         self.stats = Stats()
@@ -784,7 +786,7 @@ class Router:
             + (": new connections wait for their SYN's second try" if dropped else " (no iptables: refused meanwhile)")
         )
         try:
-            self.takeover_path.write_text(f"{os.getpid()}\n")
+            self.takeover_path.write_text(f"{self.takeover_token}\n")
         except OSError as error:
             log(f"cannot write {self.takeover_path}: {error}")
 
@@ -1146,7 +1148,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also DNAT proven targets on other nodes with iptables (needs NET_ADMIN in the node's network namespace)",
     )
     parser.add_argument(
-        "--take-over", action="store_true", help=f"a predecessor holds the ports: drop new SYNs until they are ours (see {TAKEOVER_FILE})"
+        "--take-over", metavar="TOKEN", help=f"a predecessor holds the ports: drop new SYNs until they are ours (see {TAKEOVER_FILE})"
     )
     parser.add_argument("--rule-tag", default="router", help="names our iptables chains and comments (the router container's name)")
     args = parser.parse_args(argv)

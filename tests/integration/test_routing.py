@@ -353,18 +353,22 @@ def test_a_new_router_takes_over_without_refusing_a_connection(nodes: list[Clust
         pulumi.up()
         for node in nodes:
             eventually(lambda a=node.address: answers_http(f"http://{a}:9200/"), what=f"store on {node.name}")
-        before = {node.name: router(node, stack_name).id for node in nodes}
+        first = {node.name: router(node, stack_name).id for node in nodes}
         for loop in loops:
             loop.start()
         time.sleep(1)
         pulumi.config({"flocker:transferImage": "flocker/base:takeover"})
         pulumi.up()
+        second = {node.name: router(node, stack_name).id for node in nodes}
+        assert all(router(node, stack_name).attrs["Config"]["Image"] == "flocker/base:takeover" for node in nodes)
+        # And back: a second take-over on the same routes volume, where the first one's marks are.
+        pulumi.config({"flocker:transferImage": "flocker/base:local"})
+        pulumi.up()
         time.sleep(2)  # connections held at their SYN come through a second later
         for loop in loops:
             loop.stop.set()
             loop.join()
-        assert all(router(node, stack_name).id != before[node.name] for node in nodes)
-        assert all(router(node, stack_name).attrs["Config"]["Image"] == "flocker/base:takeover" for node in nodes)
+        assert all(len({first[node.name], second[node.name], router(node, stack_name).id}) == 3 for node in nodes)
         for loop in loops:
             assert loop.ok > 0 and loop.failures == {}, (loop.address, loop.failures)
     finally:
