@@ -88,8 +88,7 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
 def _point_routes(step: PointRoutes, engines: Engines) -> None:
     backend = step.backend
     published = engines[backend].published_ports(step.container) if backend is not None else {}
-    unpublished = sorted({p.internal for p in step.ports} - set(published))
-    if backend is not None and unpublished:
+    if backend is not None and (unpublished := sorted({p.internal for p in step.ports} - set(published))):
         # Docker lists no binding while a container is not running (a crash loop between restarts).
         raise RuntimeError(f"node {backend.name}: {step.container} publishes no host port for {unpublished}: is it running?")
     routes = {

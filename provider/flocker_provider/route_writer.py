@@ -4,10 +4,11 @@ A write is lines ``PORT BODY``; the shell below writes each file with a rename (
 never reads half a file) and answers ``ok PORT`` once the router has copied it to
 ``applied/`` (it does once the route is in force), ``late PORT`` past the deadline, or
 ``failed PORT``. It wakes the router with SIGUSR1 when the router says it takes the signal
-(``WAKE_FILE``) rather than waiting for its next poll. The lines come from the exec's arguments (one exec per write) or, in a
-``RouteSession``, from the stdin of one exec kept open: a move writes routes on every node
-twice while its application is down, and an exec per write (runc joining the container)
-cost 50-100 ms each there, with four nodes at once on a busy machine.
+(``WAKE_FILE``) rather than waiting for its next poll. The lines come from the exec's
+arguments (one exec per write) or, in a ``RouteSession``, from the stdin of one exec kept
+open: a move writes routes on every node twice while its application is down, and an exec
+per write (runc joining the container) cost 50-100 ms each there, with four nodes at once on
+a busy machine.
 """
 
 from __future__ import annotations
