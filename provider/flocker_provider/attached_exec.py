@@ -8,13 +8,17 @@ application, for a command that phase 2 or the verification then runs at once.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
 # The armed command waits for one line on its stdin, then becomes the command.
 _ARMED = 'read -r go || exit 125; exec "$@"'
+# What a process killed with the rest of its PID namespace exits with (128 + SIGKILL).
+_KILLED = 137
 
 
 class AttachedExec:
@@ -79,3 +83,34 @@ class ArmedExec(AttachedExec):
         self.send(b"go\n")
         yield from self.frames()
         self.close()  # the exec has ended; its connection goes back
+
+
+class ExitWatch(AttachedExec):
+    """A shell inside an application's container that waits on its stdin, so that the end
+    of its output says the application's processes are gone.
+
+    When a container's first process ends, the kernel kills every other process of its PID
+    namespace, this shell included, and the exec's output ends within milliseconds. The
+    engine's stop returns 0.2-0.4 s later, once it has taken the container's network
+    down. Only an end by SIGKILL counts: a shell that ended otherwise (or never started)
+    says nothing about the application.
+    """
+
+    def __init__(self, api: Any, container_id: str, shell: str) -> None:
+        super().__init__(api, container_id, [shell, "-c", "read -r never"])
+
+    def watching(self) -> bool:
+        """Still waiting: the application has not ended since the watch began."""
+        readable, _, _ = select.select([self.socket], [], [], 0)
+        return not readable and bool(self._api.exec_inspect(self.exec_id)["Running"])
+
+    def wait(self, timeout: float) -> bool:
+        """True once the application's processes are gone; False if that cannot be told."""
+        deadline = time.monotonic() + timeout
+        self.socket.settimeout(max(timeout, 0.001))
+        try:
+            while self.frame() is not None:  # the shell writes nothing; anything is noise
+                self.socket.settimeout(max(deadline - time.monotonic(), 0.001))
+        except OSError:  # timed out, or the connection broke: nothing to tell
+            return False
+        return self._api.exec_inspect(self.exec_id)["ExitCode"] == _KILLED

@@ -16,7 +16,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import docker
 import docker.errors
@@ -24,10 +24,12 @@ import docker.tls
 import docker.utils
 
 from . import labels as L
+from .attached_exec import ExitWatch
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
 from .models import Node, NodeVolumeState, RunningContainer
 from .route_writer import ROUTES_DIR, SCRIPT, RouteSession, problems, route_lines
 from .router_program import TAKEOVER_FILE
+from .staging import GATE_ENTRYPOINT, HELD_LINE, RELEASE_SIGNAL, SHELL, application_argv, gate_archive, is_staged, staged_name
 
 API_TIMEOUT = 60
 # Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over
@@ -47,6 +49,9 @@ ROUTER_STOP_TIMEOUT = 10
 # one anyway, and how often it looks (an exec each).
 TAKEOVER_READY_SECONDS = 10
 TAKEOVER_POLL = 0.05
+# A staged container's gate says it holds within milliseconds of its start.
+GATE_READY_SECONDS = 30
+GATE_POLL = 0.02
 # Several resources change routes at once (the engine runs up to 4 operations in
 # parallel): starting a router, writing its files and removing it with its last route
 # must not interleave, or a route could be written into a router that is going away.
@@ -112,6 +117,8 @@ class DockerNode:
         # Route sessions by router container id; None once opening one failed here (a
         # transport that cannot hijack a connection): then an exec per write.
         self._route_sessions: dict[str, RouteSession] | None = {}
+        # Containers this run staged and that said they hold: the only ones it lets through.
+        self._held: set[str] = set()
 
     def close(self) -> None:
         for session in (self._route_sessions or {}).values():
@@ -158,6 +165,8 @@ class DockerNode:
         for container in self.client.containers.list(
             all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}"], "volume": volume}
         ):
+            if is_staged(container.name):  # not the application yet: it waits for this very copy
+                continue
             spec = ContainerSpec.from_json(container.labels[L.SPEC])
             found.append(MountedContainer(container.name, spec, container.status == "running"))
         return tuple(sorted(found, key=lambda c: c.name))
@@ -384,11 +393,56 @@ class DockerNode:
             self.client.volumes.get(name).remove(force=True)
 
     def start_container(self, spec: ContainerSpec) -> str:
+        """Start ``spec``'s container: let a staged one through its gate, or create it."""
+        staged = self.find_container(staged_name(spec.name))
+        if staged is not None:
+            if staged.id in self._held and staged.status == "running" and staged.labels.get(L.CONFIG_HASH) == spec.config_hash():
+                return self._release(staged, spec)
+            # Staged by an earlier run: whether it still holds is unknown, and a signal
+            # meant for the gate must not reach an application already let through.
+            staged.remove(force=True)
         self.ensure_image(spec.image)
+        return self._create_and_start(spec, spec.name, self._container_kwargs(spec))
+
+    def stage_container(self, spec: ContainerSpec) -> bool:
+        """Create and start ``spec``'s container under its staged name, held at the gate
+        (see staging.py); False when the image has no shell to hold it with."""
+        self.ensure_image(spec.image)
+        self.remove_container(staged_name(spec.name), timeout=0)  # of a move cut short
+        config = self.client.images.get(spec.image).attrs.get("Config") or {}
+        argv = application_argv(config.get("Entrypoint"), config.get("Cmd"), spec.command)
+        if not argv:
+            return False
+        kwargs = {**self._container_kwargs(spec), "entrypoint": GATE_ENTRYPOINT, "command": argv}
+
+        def hold(container: docker.models.containers.Container) -> bool:
+            try:
+                self.client.api.get_archive(container.id, SHELL)[0].close()
+            except docker.errors.NotFound:
+                return False
+            container.put_archive("/", gate_archive())
+            return True
+
+        container_id = self._create_and_start(spec, staged_name(spec.name), kwargs, hold)
+        if not container_id:
+            return False
+        deadline = time.monotonic() + GATE_READY_SECONDS
+        while HELD_LINE.encode() not in self.client.api.logs(container_id):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.node.name}: {staged_name(spec.name)} did not say it holds within {GATE_READY_SECONDS}s")
+            time.sleep(GATE_POLL)
+        self._held.add(container_id)
+        return True
+
+    def _release(self, staged: docker.models.containers.Container, spec: ContainerSpec) -> str:
+        staged.kill(signal=RELEASE_SIGNAL)
+        self._held.discard(staged.id)
+        staged.rename(spec.name)
+        return staged.id
+
+    def _container_kwargs(self, spec: ContainerSpec) -> dict:
         environment, extra_hosts = spec.on_node(self.node.address)
         kwargs: dict = {
-            "name": spec.name,
-            "detach": True,
             "environment": environment,
             "labels": spec.docker_labels(),
             "restart_policy": _restart_policy(spec),
@@ -411,6 +465,16 @@ class DockerNode:
                 "retries": check.retries,
                 "start_period": _nanoseconds(check.start_period),
             }
+        return kwargs
+
+    def _create_and_start(
+        self,
+        spec: ContainerSpec,
+        name: str,
+        kwargs: dict,
+        before_start: Callable[[docker.models.containers.Container], bool] | None = None,
+    ) -> str:
+        """The container's id, or "" when ``before_start`` declined it (then it is removed)."""
         # The external port belongs to the router on every node, this one included, which
         # forwards it to a host port of the container's (see docs/architecture.md). That host
         # port is chosen here rather than left to Docker: Docker picks a new ephemeral port at
@@ -418,13 +482,18 @@ class DockerNode:
         # every route pointing at a dead port.
         for attempt in range(HOST_PORT_ATTEMPTS):
             ports = {f"{p.internal}/tcp": (self.node_bind_address(), host_port(spec.name, p.internal, attempt)) for p in spec.ports}
+            container = self.client.containers.create(spec.image, name=name, ports=ports, **kwargs)
             try:
-                return self.client.containers.run(spec.image, ports=ports, **kwargs).id
+                if before_start is not None and not before_start(container):
+                    container.remove(force=True)
+                    return ""
+                container.start()
+                return container.id
             except docker.errors.APIError as exc:
+                # Created but not started: make room for the next candidate.
+                container.remove(force=True)
                 if not spec.ports or not _port_taken(exc):
                     raise
-                # Created but not started: make room for the next candidate.
-                self.remove_container(spec.name, timeout=0)
         raise RuntimeError(f"node {self.node.name}: no free host port for {spec.name} after {HOST_PORT_ATTEMPTS} candidates")
 
     def node_bind_address(self) -> str:
@@ -466,6 +535,16 @@ class DockerNode:
                 status = f"{container.status}{_health(container)}"
                 raise TimeoutError(f"node {self.node.name}: {name} not up after {timeout:g}s (status {status})")
             time.sleep(WAIT_POLL)
+
+    def watch_exit(self, name: str) -> ExitWatch | None:
+        """A watch on the end of ``name``'s processes (see ExitWatch); None if it cannot have one."""
+        container = self.find_container(name)
+        if container is None or container.status != "running":
+            return None
+        try:
+            return ExitWatch(self.client.api, container.id, SHELL)
+        except Exception:  # a transport that cannot hijack: the stop is waited for instead
+            return None
 
     def stop_container(self, name: str, timeout: int = 10) -> None:
         container = self.find_container(name)

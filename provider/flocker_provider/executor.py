@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .docker_layer import DockerNode, NodeUnreachable, connect
 from .models import Node
 from .progress import report
+from .staging import SHELL, staged_name
 from .steps import (
     CreateVolume,
     Plan,
@@ -17,6 +18,7 @@ from .steps import (
     RemoveApplication,
     RemoveRoutes,
     RemoveVolume,
+    StageApplication,
     StartApplication,
     Step,
     StopApplication,
@@ -75,12 +77,16 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
             engine.remove_volume(volume)
         case StartApplication(_, spec):
             engine.start_container(spec)
+        case StageApplication(_, spec):
+            if not engine.stage_container(spec):
+                report(f"{spec.image} has no {SHELL} to hold {spec.name} with: it starts after phase 2")
         case WaitForApplication(_, container):
             engine.wait_running(container, wait_timeout)
         case StopApplication(_, container):
             engine.stop_container(container)
         case RemoveApplication(_, container):
             engine.remove_container(container)
+            engine.remove_container(staged_name(container), timeout=0)  # of a move cut short
         case RemoveRoutes(_, router, application, ports):
             engine.remove_routes(router, application, ports)
 

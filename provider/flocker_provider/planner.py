@@ -17,6 +17,7 @@ from .steps import (
     RemoveApplication,
     RemoveRoutes,
     RemoveVolume,
+    StageApplication,
     StartApplication,
     StopApplication,
     VerifyVolume,
@@ -145,6 +146,8 @@ def plan_move(
     running = [c for c in state.source_containers if c.running]
     steps = [PushVolume(source, destination, volume, final=False)]
     for c in running:
+        steps += [*_stale(destination, c, state.destination_containers), StageApplication(destination, c.spec)]
+    for c in running:
         steps += _route_to(routing, None, c)
     steps += [StopApplication(source, c.name) for c in running]
     steps += [
@@ -153,7 +156,7 @@ def plan_move(
         HandoffVolume(source, destination, volume, labels),
     ]
     for c in running:
-        steps += _start_on(destination, c, state.destination_containers)
+        steps += [StartApplication(destination, c.spec), WaitForApplication(destination, c.name)]
         steps += _route_to(routing, destination, c)
     steps += [RemoveApplication(source, c.name) for c in state.source_containers]
     return tuple(steps)
@@ -165,5 +168,9 @@ def _route_to(routing: Routing, backend: Node | None, container: MountedContaine
 
 
 def _start_on(node: Node, container: MountedContainer, present: tuple[MountedContainer, ...]) -> list:
-    stale = [RemoveApplication(node, c.name) for c in present if c.name == container.name]
-    return [*stale, StartApplication(node, container.spec), WaitForApplication(node, container.name)]
+    return [*_stale(node, container, present), StartApplication(node, container.spec), WaitForApplication(node, container.name)]
+
+
+def _stale(node: Node, container: MountedContainer, present: tuple[MountedContainer, ...]) -> list[RemoveApplication]:
+    """A container of that name left on the destination (a move cut short) goes before the new one starts."""
+    return [RemoveApplication(node, c.name) for c in present if c.name == container.name]

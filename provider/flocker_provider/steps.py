@@ -28,6 +28,16 @@ class StartApplication:
 
 
 @dataclass(frozen=True)
+class StageApplication:
+    """Create and start the container of a moving application on its destination during
+    phase 1, held before its first instruction; ``StartApplication`` then lets it through
+    once the data is there (see staging.py). Images that cannot be held start from scratch then."""
+
+    node: Node
+    spec: ContainerSpec
+
+
+@dataclass(frozen=True)
 class WaitForApplication:
     node: Node
     container: str
@@ -118,6 +128,7 @@ Step = (
     CreateVolume
     | RemoveVolume
     | StartApplication
+    | StageApplication
     | WaitForApplication
     | StopApplication
     | RemoveApplication
@@ -139,6 +150,8 @@ def describe(step: Step) -> str:
             return f"remove volume {volume} from {node.name}"
         case StartApplication(node, spec):
             return f"start {spec.name} ({spec.image}) on {node.name}"
+        case StageApplication(node, spec):
+            return f"stage {spec.name} ({spec.image}) on {node.name}, held until its data is there"
         case WaitForApplication(node, container):
             return f"wait for {container} on {node.name}"
         case StopApplication(node, container):

@@ -122,6 +122,15 @@ def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: 
     assert last_move["from"] == "node1" and last_move["to"] == "node2"
     assert last_move["downtime_seconds"] is not None
 
+    # The destination's container was staged during phase 1 and let through at the gate;
+    # restarted, it passes the gate at once (the gate is open for good), with the data.
+    assert any(step["step"].startswith("stage ") for step in last_move["steps"])
+    container = destination.client().containers.get(volume)
+    assert container.attrs["Config"]["Entrypoint"][:2] == ["/bin/sh", "-c"]
+    assert not [c.name for n in nodes for c in n.client().containers.list(all=True) if c.name.endswith(".staged")]
+    container.restart(timeout=10)
+    eventually(lambda: http_json("GET", url)["hits"]["total"]["value"] >= len(writer.acknowledged), what="store serving after a restart")
+
 
 def test_move_there_and_back_sends_only_the_delta(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
     store = make(workdir, stack_name, STORE, "node1")

@@ -13,6 +13,7 @@ from flocker_provider.steps import (
     RemoveApplication,
     RemoveRoutes,
     RemoveVolume,
+    StageApplication,
     StartApplication,
     StopApplication,
     VerifyVolume,
@@ -142,9 +143,11 @@ def move_state(**changes: object) -> MoveState:
     return MoveState(**{**base, **changes})
 
 
-def test_two_phase_push_holds_connections_from_stop_until_up_on_the_destination() -> None:
-    assert plan_move("v", LABELS, N1, N2, move_state(), ROUTING) == (
+def two_phase_push(*before_staging: object) -> tuple:
+    return (
         PushVolume(N1, N2, "v", final=False),
+        *before_staging,
+        StageApplication(N2, SPEC),
         *route(None),
         StopApplication(N1, SPEC.name),
         PushVolume(N1, N2, "v", final=True),
@@ -155,6 +158,10 @@ def test_two_phase_push_holds_connections_from_stop_until_up_on_the_destination(
         *route(N2),
         RemoveApplication(N1, SPEC.name),
     )
+
+
+def test_two_phase_push_holds_connections_from_stop_until_up_on_the_destination() -> None:
+    assert plan_move("v", LABELS, N1, N2, move_state(), ROUTING) == two_phase_push()
 
 
 def test_standalone_volume_moves_without_applications() -> None:
@@ -204,3 +211,11 @@ def test_move_back_to_a_retired_copy_is_a_normal_push() -> None:
 def test_nothing_to_move_is_an_error() -> None:
     with pytest.raises(PlanError, match="no live copy on node1"):
         plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=False)), ROUTING)
+
+
+def test_a_move_cut_short_before_the_handoff_is_staged_again_from_scratch() -> None:
+    state = move_state(
+        destination_volume=NodeVolumeState("v", exists=True),
+        destination_containers=(MountedContainer(SPEC.name, SPEC, running=False),),
+    )
+    assert plan_move("v", LABELS, N1, N2, state, ROUTING) == two_phase_push(RemoveApplication(N2, SPEC.name))
