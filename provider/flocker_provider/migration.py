@@ -36,6 +36,7 @@ from .steps import (
     Plan,
     PointRoutes,
     PushVolume,
+    RemoveApplication,
     StageApplication,
     StopApplication,
     VerifyVolume,
@@ -156,10 +157,15 @@ def _prepare_routes(plan: Plan, engines: Engines) -> None:
 
 class Stops:
     """The applications a move stops. Each stop is asked of its engine in the background,
-    and the step ends as soon as the application's processes are gone (``ExitWatch``): the
-    engine's own work after that (taking the container's network down, 0.2-0.4 s) goes on
-    while phase 2 copies, and is waited for before the handoff. An application whose end
-    cannot be watched (no shell in its image) is waited for the plain way."""
+    and the step ends as soon as the application's processes are gone (``ExitWatch``).
+
+    The engine's own work after that (taking the container's network down, 0.2-0.4 s, and
+    longer while a big copy loads the node) goes on while phase 2 copies and the
+    destination starts, and is waited for before the source's containers are removed. Not
+    before the handoff: the data no longer changes once the processes are gone, and
+    nothing starts them again (the engine marks a stop as asked for before it signals, so
+    no restart policy applies). An application whose end cannot be watched (no shell in
+    its image) is waited for the plain way."""
 
     def __init__(self, engines: Engines) -> None:
         self._engines = engines
@@ -230,7 +236,6 @@ def _run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: M
                 case VerifyVolume():
                     channel.verify(timeout)
                 case HandoffVolume(source, destination, volume, labels):
-                    stops.settle()
                     engines[destination].unretire_volume(volume)
                     engines[source].retire_volume(volume, channel.image, dict(labels))
                     handed_over = True
@@ -248,9 +253,13 @@ def _run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: M
                     run_step(step, engines, timeout)
                     if stop_time is not None:
                         report_.downtime_seconds = round(time.monotonic() - stop_time, 3)
+                case RemoveApplication():
+                    stops.settle()
+                    run_step(step, engines, timeout)
                 case _:
                     run_step(step, engines, timeout)
             report_.steps.append({"step": describe(step), "started_at": step_at, "seconds": round(time.monotonic() - step_started, 3)})
+        stops.settle()
     except Exception as exc:
         failure = exc if isinstance(exc, StepFailed) else StepFailed(step, exc)
         failure = StepFailed(failure.step, RuntimeError(f"{failure.cause}{_unreachable(engines, channel)}"))

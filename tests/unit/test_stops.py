@@ -1,5 +1,5 @@
 """A move's stops against a stand-in engine: the step ends when the application's processes
-are gone, and the engine's stop is waited for before the handoff."""
+are gone, and the engine's stop is waited for before the source is cleaned up."""
 
 import contextlib
 import threading
@@ -74,7 +74,7 @@ def test_the_step_ends_when_the_processes_are_gone_and_the_handoff_waits_for_the
         settled = threading.Thread(target=stops.settle, daemon=True)
         settled.start()
         settled.join(0.2)
-        assert settled.is_alive()  # the handoff waits for it
+        assert settled.is_alive()  # removing the source waits for it
         engine.finish.set()
         settled.join(2)
         assert engine.stopped == [STEP.container]
@@ -104,7 +104,7 @@ def test_without_a_watch_that_saw_the_end_the_step_waits_for_the_engine(watch: F
         stops.close()
 
 
-def test_a_failed_stop_is_raised_before_the_handoff() -> None:
+def test_a_failed_stop_is_raised_when_settled() -> None:
     engine = FakeEngine(FakeWatch(watching=True, sees_exit=True), fail=True)
     with engines_of(engine) as engines:
         stops = Stops(engines)
