@@ -26,7 +26,7 @@ import docker.utils
 from . import labels as L
 from .attached_exec import ExitWatch
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
-from .models import Node, NodeVolumeState, RunningContainer
+from .models import Node, NodeVolumeState, Owner, RunningContainer
 from .route_writer import ROUTES_DIR, SCRIPT, RouteSession, problems, route_lines
 from .router_program import TAKEOVER_FILE
 from .staging import GATE_ENTRYPOINT, HELD_LINE, RELEASE_SIGNAL, SHELL, application_argv, gate_archive, is_staged, staged_name
@@ -159,17 +159,26 @@ class DockerNode:
             raise NotOurs(f"node {self.node.name}: a volume named {name} exists that flocker-pulumi did not create")
         return NodeVolumeState(name, exists=True, retired=self._holder(name) is not None)
 
+    def volume_owner_is(self, name: str, owner: Owner) -> bool:
+        try:
+            return L.same_owner(self.client.volumes.get(name).attrs.get("Labels"), owner)
+        except docker.errors.NotFound:
+            return False
+
     def mounting_containers(self, volume: str) -> tuple[MountedContainer, ...]:
         """Our application containers that mount ``volume``, with the spec each was started from."""
         found = []
-        for container in self.client.containers.list(
-            all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}"], "volume": volume}
-        ):
+        for container in self._mounting(volume):
             if is_staged(container.name):  # not the application yet: it waits for this very copy
                 continue
             spec = ContainerSpec.from_json(container.labels[L.SPEC])
             found.append(MountedContainer(container.name, spec, container.status == "running"))
         return tuple(sorted(found, key=lambda c: c.name))
+
+    def _mounting(self, volume: str) -> list[docker.models.containers.Container]:
+        return self.client.containers.list(
+            all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}"], "volume": volume}
+        )
 
     # A retired copy is marked by a never-started container that mounts it: Docker volume
     # labels cannot change after creation, and the holder also keeps `docker volume prune`
@@ -390,6 +399,11 @@ class DockerNode:
         state = self.discover_volume(name)
         if state.exists:
             self.unretire_volume(name)
+            # A staged container left by a move cut short (the provider killed) holds the
+            # volume: it never ran the application, and it goes with the volume.
+            for container in self._mounting(name):
+                if is_staged(container.name):
+                    container.remove(force=True)
             self.client.volumes.get(name).remove(force=True)
 
     def start_container(self, spec: ContainerSpec) -> str:

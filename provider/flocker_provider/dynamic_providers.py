@@ -36,8 +36,9 @@ from .inputs import (
     parse_volume,
 )
 from .migration import move_volume, plan_line
-from .models import Node, Owner, Port
+from .models import Node, NodeVolumeState, Owner, Port
 from .planner import Routing, plan_application, plan_volume
+from .progress import report
 
 # Keys the provider adds to the outputs; everything else in the outputs is an input.
 APPLICATION_OUTPUTS = ("container_id", "addresses")
@@ -238,7 +239,22 @@ class VolumeProvider(ResourceProvider):
         nodes = [inputs.node] + [node_from_props(n) for n in props.get("retired_copies") or []]
         with Engines() as engines:
             discovered = {node: engines[node].discover_volume(inputs.name) for node in nodes}
+            discovered.update(_left_copies(engines, inputs, [n for n in inputs.routing.nodes if n not in discovered]))
             execute(plan_volume(None, discovered), engines)
+
+
+def _left_copies(engines: Engines, inputs: VolumeInputs, nodes: list[Node]) -> dict[Node, NodeVolumeState]:
+    """Copies of the volume on the other nodes of the inventory that the state does not
+    know of: partial copies (with a staged container) of a move whose `pulumi` was killed.
+    Only this resource's own; a node that does not answer keeps its copy, said so."""
+    found = {}
+    for node in nodes:
+        try:
+            if engines[node].volume_owner_is(inputs.name, inputs.owner):
+                found[node] = engines[node].discover_volume(inputs.name)
+        except NodeUnreachable as exc:
+            report(f"warning: {exc}; a copy of {inputs.name} left there by an interrupted move stays")
+    return found
 
 
 def _volume_labels(inputs: VolumeInputs) -> tuple[tuple[str, str], ...]:

@@ -12,7 +12,7 @@ application exists, and the provider steers it through a tiny file per port:
     <routes-dir>/<port>.json   {"target": "ADDRESS:PORT" | null, "hold_seconds": 30}
 
 * ``target`` set: new connections are forwarded there. If connecting fails (the application is
-  starting), the router keeps retrying every RETRY_INTERVAL (0.05 s), re-reading the route each time, for up to
+  starting), the router keeps retrying every RETRY_INTERVAL (0.01 s), re-reading the route each time, for up to
   ``hold_seconds`` after the connection arrived; the client only sees a slower connect.
 * ``target`` null: a cutover is in progress. New connections are accepted and *held* (nothing is
   read or written) until a target appears, then forwarded with the bytes the client already sent.
@@ -70,8 +70,9 @@ from typing import Any
 # Both are part of a move's downtime: the provider waits until a hold is acknowledged, which
 # happens at the next poll (at once when the writer wakes the router with SIGUSR1, see
 # WAKE_FILE), and a connection held for a starting application waits up to one retry
-# interval longer than it must. A poll is a
-# scandir of a handful of files, a failed connect one local round trip: cheap at this rate.
+# interval longer than it must (the route reaches a staged application a few tens of
+# milliseconds before it listens). A poll is a scandir of a handful of files, a failed
+# connect one local round trip: cheap at these rates.
 POLL_INTERVAL = 0.03
 # The router's pid, beside the routes directory: a route writer that finds it sends SIGUSR1 to
 # have the file read now. Only a router that handles the signal writes it (the default action
@@ -86,7 +87,7 @@ WAKE_FILE = "router.pid"
 TAKEOVER_FILE = "takeover.ready"
 TAKEOVER_BIND_RETRY = 0.01
 TAKEOVER_SECONDS = 10.0
-RETRY_INTERVAL = 0.05
+RETRY_INTERVAL = 0.01
 BIND_RETRY_INTERVAL = 0.1
 STATS_INTERVAL = 1.0
 DEFAULT_HOLD_SECONDS = 30.0

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from flocker_provider import labels as L
+from flocker_provider.containers import ContainerSpec
+from flocker_provider.docker_layer import connect
+from flocker_provider.models import Node
+from flocker_provider.staging import HELD_LINE, staged_name
+
 from .harness import (
     REPO,
     STORE,
@@ -127,9 +133,45 @@ def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: 
     assert any(step["step"].startswith("stage ") for step in last_move["steps"])
     container = destination.client().containers.get(volume)
     assert container.attrs["Config"]["Entrypoint"][:2] == ["/bin/sh", "-c"]
-    assert not [c.name for n in nodes for c in n.client().containers.list(all=True) if c.name.endswith(".staged")]
+    assert not [c.name for n in nodes for c in n.client().containers.list(all=True) if c.name == staged_name(volume)]
     container.restart(timeout=10)
     eventually(lambda: http_json("GET", url)["hits"]["total"]["value"] >= len(writer.acknowledged), what="store serving after a restart")
+
+
+def test_a_staged_container_left_by_a_killed_move_never_runs_and_is_cleaned_up(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]
+) -> None:
+    """What a `pulumi` killed between staging and handoff leaves: a partial copy and a
+    staged container on the destination. It holds (the application never starts on the
+    partial copy), the next move of the volume replaces it, and deleting the volume
+    removes one on another node of the inventory, which the state does not know of."""
+    source = by_name(nodes, "node1")
+    store = make(workdir, stack_name, STORE, "node1")
+    cleanup.append(store)
+    store.up()
+    name = f"flocker-{stack_name}-store"
+    spec = ContainerSpec.from_json(source.client().containers.get(name).labels[L.SPEC])
+    volume_labels = source.client().volumes.get(name).attrs["Labels"]
+    for left in ("node2", "node3"):
+        node = by_name(nodes, left)
+        with connect(Node(node.name, node.address, node.docker_host)) as engine:
+            engine.create_volume(name, volume_labels)
+            assert engine.stage_container(spec)
+        time.sleep(1.5)  # past a round of the gate's loop
+        staged = node.client().containers.get(staged_name(name))
+        assert staged.status == "running"
+        assert staged.logs().decode().strip() == HELD_LINE  # and not a line of the store's
+
+    store.config({"node": "node2"})
+    store.up()
+    node2 = by_name(nodes, "node2")
+    eventually(lambda: http_json("GET", f"http://{node2.address}:9200/"), what="store up on node2")
+    container = node2.client().containers.get(name)
+    assert "listening" in container.logs().decode()
+    assert [c.name for c in node2.client().containers.list(all=True) if c.name == staged_name(name)] == []
+    node3 = by_name(nodes, "node3")
+    assert [c.name for c in node3.client().containers.list(all=True) if c.name == staged_name(name)] == [staged_name(name)]
+    # The cleanup fixture destroys the stack and checks nothing of ours is left on any node.
 
 
 def test_move_there_and_back_sends_only_the_delta(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
