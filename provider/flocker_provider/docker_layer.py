@@ -27,7 +27,7 @@ from . import labels as L
 from .attached_exec import ExitWatch
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
 from .models import Node, NodeVolumeState, Owner, RunningContainer
-from .route_writer import ROUTES_DIR, SCRIPT, RouteSession, problems, route_lines
+from .route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
 from .router_program import TAKEOVER_FILE
 from .staging import GATE_ENTRYPOINT, HELD_LINE, RELEASE_SIGNAL, SHELL, application_argv, gate_archive, is_staged, staged_name
 
@@ -298,7 +298,7 @@ class DockerNode:
                 except Exception:  # a broken session: the write is idempotent, so an exec does it again
                     session.close()
                     del self._route_sessions[container.id]
-        result = container.exec_run(["sh", "-c", SCRIPT, "routes", *lines])
+        result = container.exec_run([*COMMAND, *lines])
         return result.output.decode(errors="replace").splitlines()
 
     def _open_session(self, container_id: str) -> RouteSession | None:

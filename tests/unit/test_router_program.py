@@ -677,18 +677,18 @@ def test_a_route_is_acknowledged_only_once_its_port_is_listened_on(tmp_path: Pat
 
 
 def test_a_route_writer_wakes_the_router_instead_of_waiting_for_its_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The writer's shell (as run in the router container, its paths moved here) against a router that would poll once a minute."""
+    """The writer (as run in the router container, its paths moved here) against a router that would poll once a minute."""
     monkeypatch.setattr(router_program, "POLL_INTERVAL", 60.0)
     routes = tmp_path / "routes" / "ports"
     routes.mkdir(parents=True)
-    script = route_writer.SCRIPT.replace(route_writer.ROUTES_DIR, str(routes))
+    program = route_writer.PROGRAM.replace(route_writer.ROUTES_DIR, str(routes))
     port = free_port()
     line = f"{port} {json.dumps({'target': None, 'hold_seconds': 10})}\n"
 
     async def check() -> None:
         await asyncio.sleep(0.1)  # the router's first poll, before the route file exists
         assert (routes.parent / router_program.WAKE_FILE).read_text() == f"{os.getpid()}\n"
-        writer = await asyncio.create_subprocess_exec("sh", "-c", script, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        writer = await asyncio.create_subprocess_exec(sys.executable, "-c", program, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         answer, _ = await asyncio.wait_for(writer.communicate(line.encode()), 5)
         assert answer.decode() == f"ok {port}\n"
 
@@ -703,6 +703,14 @@ def test_a_route_writer_without_a_wake_file_says_nothing_of_it(tmp_path: Path) -
     body = json.dumps({"target": None, "hold_seconds": 10})
     (tmp_path / "routes" / "applied").mkdir()
     (tmp_path / "routes" / "applied" / "9200.json").write_text(body)  # as if the router had taken it
-    script = route_writer.SCRIPT.replace(route_writer.ROUTES_DIR, str(routes))
-    answer = subprocess.run(["sh", "-c", script], input=f"9200 {body}\n", capture_output=True, text=True, timeout=10)
+    program = route_writer.PROGRAM.replace(route_writer.ROUTES_DIR, str(routes))
+    answer = subprocess.run([sys.executable, "-c", program], input=f"9200 {body}\n", capture_output=True, text=True, timeout=10)
     assert (answer.stdout, answer.stderr) == ("ok 9200\n", "")
+    # The same as arguments (an exec per write), and a route the router never takes is late.
+    late = subprocess.run(
+        [sys.executable, "-c", program.replace("time.monotonic() + 10", "time.monotonic() + 0.1"), f"9200 {body}", "80 {}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert (late.stdout, late.stderr) == ("ok 9200\nlate 80\n", "")
