@@ -29,7 +29,17 @@ from .containers import ContainerSpec, MountedContainer, RouterSpec, router_sour
 from .models import Node, NodeVolumeState, Owner, RunningContainer
 from .route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
 from .router_program import TAKEOVER_FILE
-from .staging import GATE_ENTRYPOINT, HELD_LINE, RELEASE_SIGNAL, SHELL, application_argv, gate_archive, is_staged, staged_name
+from .staging import (
+    GATE_ENTRYPOINT,
+    HELD_LINE,
+    LET_THROUGH_LINE,
+    RELEASE_SIGNAL,
+    SHELL,
+    application_argv,
+    gate_archive,
+    is_staged,
+    staged_name,
+)
 
 API_TIMEOUT = 60
 # Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over
@@ -49,9 +59,10 @@ ROUTER_STOP_TIMEOUT = 10
 # one anyway, and how often it looks (an exec each).
 TAKEOVER_READY_SECONDS = 10
 TAKEOVER_POLL = 0.05
-# A staged container's gate says it holds within milliseconds of its start.
-GATE_READY_SECONDS = 30
-GATE_POLL = 0.02
+# A staged container's gate says it holds within milliseconds of its start, and that it
+# let the application through within milliseconds of the signal.
+GATE_SECONDS = 30
+GATE_POLL = 0.005
 # Several resources change routes at once (the engine runs up to 4 operations in
 # parallel): starting a router, writing its files and removing it with its last route
 # must not interleave, or a route could be written into a router that is going away.
@@ -440,11 +451,7 @@ class DockerNode:
         container_id = self._create_and_start(spec, staged_name(spec.name), kwargs, hold)
         if not container_id:
             return False
-        deadline = time.monotonic() + GATE_READY_SECONDS
-        while HELD_LINE.encode() not in self.client.api.logs(container_id):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node {self.node.name}: {staged_name(spec.name)} did not say it holds within {GATE_READY_SECONDS}s")
-            time.sleep(GATE_POLL)
+        self._await_gate(container_id, HELD_LINE, f"{staged_name(spec.name)} did not say it holds")
         self._held.add(container_id)
         return True
 
@@ -452,7 +459,17 @@ class DockerNode:
         staged.kill(signal=RELEASE_SIGNAL)
         self._held.discard(staged.id)
         staged.rename(spec.name)
+        # Running is not enough: a gate still holding runs too, and would be routed to.
+        self._await_gate(staged.id, LET_THROUGH_LINE, f"{spec.name} was not let through its gate")
         return staged.id
+
+    def _await_gate(self, container_id: str, line: str, failure: str) -> None:
+        deadline = time.monotonic() + GATE_SECONDS
+        while line.encode() not in (said := self.client.api.logs(container_id)):
+            if time.monotonic() > deadline:
+                tail = said.decode(errors="replace").strip()[-300:]
+                raise TimeoutError(f"node {self.node.name}: {failure} within {GATE_SECONDS}s" + (f"; its log: {tail}" if tail else ""))
+            time.sleep(GATE_POLL)
 
     def _container_kwargs(self, spec: ContainerSpec) -> dict:
         environment, extra_hosts = spec.on_node(self.node.address)

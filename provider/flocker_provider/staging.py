@@ -12,7 +12,7 @@ restarted by the engine (a reboot in the middle of a move) stays held until the 
 `pulumi up` removes it, and a container let through and restarted later passes straight
 on. The provider signals only containers it staged itself in the same run, once the gate
 has said it holds (a signal that came before its trap would be lost: the shell is the
-container's process 1). Images without ``/bin/sh`` are not staged; they start after phase 2.
+container's process 1), and waits until the gate says it let the process through. Images without ``/bin/sh`` are not staged; they start after phase 2.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ GATE_DIRECTORY = ".flocker"
 GATE_FILE = f"/{GATE_DIRECTORY}/gate"
 SHELL = "/bin/sh"
 HELD_LINE = "flocker-gate: held until the volume has moved here"
+LET_THROUGH_LINE = "flocker-gate: let through"
 # POSIX sh (dash, busybox ash, bash): the application's argv follows as "$@". While held,
 # SIGTERM ends the container at once; the sleep is reaped before the exec so the
-# application does not inherit it as a child.
+# application does not inherit it as a child. Both lines go to the container's log, where
+# the provider looks for them: held before it may signal, let through after it did.
 GATE_SCRIPT = (
-    f"trap 'exit 143' TERM INT; trap ': > {GATE_FILE}' USR2; "
-    f"[ -s {GATE_FILE} ] && echo '{HELD_LINE}' >&2; "
+    f"trap 'exit 143' TERM INT; trap ': > {GATE_FILE}' USR2; held=; "
+    f"[ -s {GATE_FILE} ] && {{ held=1; echo '{HELD_LINE}' >&2; }}; "
     f"while [ -s {GATE_FILE} ]; do sleep 1 & wait $!; kill $! 2>/dev/null; wait $! 2>/dev/null; done; "
+    f"[ -n \"$held\" ] && echo '{LET_THROUGH_LINE}' >&2; "
     'exec "$@"'
 )
 GATE_ENTRYPOINT = [SHELL, "-c", GATE_SCRIPT, "flocker-gate"]

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider.staging import GATE_FILE, GATE_SCRIPT, HELD_LINE, application_argv, gate_archive, is_staged, staged_name
+from flocker_provider.staging import (
+    GATE_FILE,
+    GATE_SCRIPT,
+    HELD_LINE,
+    LET_THROUGH_LINE,
+    application_argv,
+    gate_archive,
+    is_staged,
+    staged_name,
+)
 
 
 def gate(tmp_path: Path, *argv: str) -> subprocess.Popen:
@@ -42,8 +51,8 @@ def test_held_until_signalled_then_runs_the_command_and_stays_open(tmp_path: Pat
     assert process.poll() is None
     started = time.monotonic()
     process.send_signal(signal.SIGUSR2)
-    out, _ = process.communicate(timeout=5)
-    assert (out, process.returncode) == ("released\n", 0)
+    out, err = process.communicate(timeout=5)
+    assert (out, err, process.returncode) == ("released\n", f"{LET_THROUGH_LINE}\n", 0)
     assert time.monotonic() - started < 0.5  # the signal wakes it: no waiting out its sleep
     assert path.read_bytes() == b""
     # A restart later passes straight through, saying nothing.
