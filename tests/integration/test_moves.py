@@ -174,6 +174,50 @@ def test_a_staged_container_left_by_a_killed_move_never_runs_and_is_cleaned_up(
     # The cleanup fixture destroys the stack and checks nothing of ours is left on any node.
 
 
+def image_without_shell(node: ClusterNode) -> str:
+    """The store's image with /bin/sh taken out, as distroless images come: made on the node
+    by a container that deletes it, committed with the store's command."""
+    client = node.client()
+    remover = client.containers.run("flocker/elasticsearch:local", ["python3", "-c", "import os; os.unlink('/bin/sh')"], detach=True)
+    try:
+        assert remover.wait(timeout=60)["StatusCode"] == 0
+        remover.commit("flocker/elasticsearch", "noshell", changes=['CMD ["python3", "-u", "/opt/flocker/elasticsearch/server.py"]'])
+    finally:
+        remover.remove(force=True)
+    return "flocker/elasticsearch:noshell"
+
+
+def test_an_image_without_a_shell_moves_the_plain_way(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]
+) -> None:
+    """No staging and no exit watch without /bin/sh: the container starts after phase 2 and
+    phase 2 waits for docker stop, with every acknowledged write kept."""
+    source, destination = by_name(nodes, "node1"), by_name(nodes, "node2")
+    image = {node.name: image_without_shell(node) for node in (source, destination)}["node1"]
+    store = make(workdir, stack_name, STORE.replace("flocker/elasticsearch:local", image), "node1")
+    cleanup.append(store)
+    store.up()
+    eventually(lambda: http_json("GET", f"http://{source.address}:9200/"), what="store up")
+    writer = Writer([f"{source.address}:9200"])
+    writer.start()
+    eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
+    store.config({"node": "node2"})
+    result = store.up()
+    writer.stop.set()
+    writer.join()
+    try:
+        assert "has no /bin/sh to hold" in result.stdout
+        container = destination.client().containers.get(f"flocker-{stack_name}-store")
+        assert container.attrs["Config"]["Entrypoint"] is None  # the image's own command, no gate
+        url = f"http://{destination.address}:9200/acks/_search?size=10000"
+        found = {hit["_source"]["n"] for hit in http_json("GET", url)["hits"]["hits"]}
+        assert not sorted(set(writer.acknowledged) - found)
+    finally:
+        store.destroy()
+        for node in (source, destination):
+            node.client().images.remove(image, force=True)
+
+
 def test_move_there_and_back_sends_only_the_delta(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
     store = make(workdir, stack_name, STORE, "node1")
     cleanup.append(store)
