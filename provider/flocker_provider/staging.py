@@ -8,11 +8,12 @@ the application stopped; letting it through the gate costs a few API calls.
 The gate is a shell loop in front of the image's own command. It holds while
 ``/.flocker/gate`` (in the container's own writable layer) is not empty; SIGUSR2 empties it
 and lets the process through. The file, not the signal, is what holds: a staged container
-restarted by the engine (a reboot in the middle of a move) stays held until the next
-`pulumi up` removes it, and a container let through and restarted later passes straight
-on. The provider signals only containers it staged itself in the same run, once the gate
-has said it holds (a signal that came before its trap would be lost: the shell is the
-container's process 1), and waits until the gate says it let the process through. Images without ``/bin/sh`` are not staged; they start after phase 2.
+restarted by the engine (a reboot in the middle of a move) stays held until the next move
+of its volume, or the volume's deletion, removes it, and a container let through and
+restarted later passes straight on. The provider signals only containers it staged itself
+in the same run, once the gate has said it holds (a signal that came before its trap would
+be lost: the shell is the container's process 1), and waits until the gate says it let the
+process through. Images without ``/bin/sh`` are not staged; they start after phase 2.
 """
 
 from __future__ import annotations
