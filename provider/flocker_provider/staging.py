@@ -40,15 +40,17 @@ GATE_SCRIPT = (
 )
 GATE_ENTRYPOINT = [SHELL, "-c", GATE_SCRIPT, "flocker-gate"]
 RELEASE_SIGNAL = "USR2"
+# A dot: no application's container name has one.
+STAGED_SUFFIX = ".staged"
 
 
 def staged_name(container: str) -> str:
-    """The name a container is staged under until it is let through (a dot: no application's name has one)."""
-    return f"{container}.staged"
+    """The name a container is staged under until it is let through."""
+    return f"{container}{STAGED_SUFFIX}"
 
 
 def is_staged(name: str) -> bool:
-    return name.endswith(".staged")
+    return name.endswith(STAGED_SUFFIX)
 
 
 def application_argv(entrypoint: Sequence[str] | str | None, cmd: Sequence[str] | str | None, command: Sequence[str] | None) -> list[str]:
