@@ -337,7 +337,9 @@ write_nodes_file() {
     for i in $(existing_nodes); do
       [ $first = 1 ] || printf ', '
       first=0
-      printf '{"name": "node%s", "address": "%s", "docker_host": "tcp://%s:2375"}' "$i" "$(node_addr "$i")" "$(node_addr "$i")"
+      # engine_socket is not read by the provider: the SSH test reaches the engine through it.
+      printf '{"name": "node%s", "address": "%s", "docker_host": "tcp://%s:2375", "engine_socket": "%s/docker.sock"}' \
+        "$i" "$(node_addr "$i")" "$(node_addr "$i")" "$(node_run "$i")"
     done
     printf ']}\n'
   } >"$tmp"

@@ -24,6 +24,7 @@ import docker.tls
 import docker.utils
 
 from . import labels as L
+from . import ssh_tunnel
 from .attached_exec import ExitWatch
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
 from .models import Node, NodeVolumeState, Owner, RunningContainer
@@ -81,7 +82,12 @@ class NotOurs(Exception):
 
 @contextlib.contextmanager
 def connect(node: Node) -> Iterator[DockerNode]:
+    link: ssh_tunnel.Tunnel | None = None
     try:
+        base_url = node.docker_host
+        if base_url.startswith("ssh://"):
+            link = ssh_tunnel.tunnel(base_url)
+            base_url = link.url
         tls = None
         if node.tls is not None:
             tls = docker.tls.TLSConfig(
@@ -90,10 +96,9 @@ def connect(node: Node) -> Iterator[DockerNode]:
                 verify=True,
             )
         client = docker.DockerClient(
-            base_url=node.docker_host,
+            base_url=base_url,
             tls=tls,
             timeout=API_TIMEOUT,
-            use_ssh_client=node.docker_host.startswith("ssh://"),
             version=API_VERSION,
         )
         if tls is not None:
@@ -102,7 +107,15 @@ def connect(node: Node) -> Iterator[DockerNode]:
             client.api.trust_env = False
         client.ping()
     except Exception as exc:  # docker-py raises many unrelated types for "cannot connect"
-        raise NodeUnreachable(f"node {node.name}: Docker engine at {node.docker_host} did not answer: {_short(exc)}") from exc
+        why = str(exc) if isinstance(exc, ssh_tunnel.TunnelError) else _short(exc)
+        if link is not None:
+            # docker-py sees only a closed socket; ssh's log says which channel failed.
+            why = (
+                f"logged in, but nothing answered at {link.target.socket} on the host "
+                f"(ssh: {link.last_words() or why}): give the engine's socket as "
+                "ssh://user@host/path/of/docker.sock, and check that this user may use it"
+            )
+        raise NodeUnreachable(f"node {node.name}: Docker engine at {node.docker_host} did not answer: {why}") from exc
     engine = DockerNode(node, client)
     try:
         yield engine

@@ -20,6 +20,8 @@ from typing import Any
 
 import docker
 
+from flocker_provider.containers import RouterSpec
+from flocker_provider.docker_layer import DockerNode
 from flocker_provider.router_program import rule_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +53,7 @@ class ClusterNode:
     name: str
     address: str
     docker_host: str
+    engine_socket: str = ""  # the engine's unix socket on this machine
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.docker_host, timeout=60)
@@ -61,7 +64,7 @@ def load_nodes() -> list[ClusterNode] | None:
     if not path or not Path(path).exists():
         return None
     data = json.loads(Path(path).read_text())
-    return [ClusterNode(n["name"], n["address"], n["docker_host"]) for n in data["nodes"]]
+    return [ClusterNode(n["name"], n["address"], n["docker_host"], n.get("engine_socket", "")) for n in data["nodes"]]
 
 
 class Pulumi:
@@ -279,3 +282,38 @@ class Writer(threading.Thread):
     def outage(self) -> float:
         """The longest time between two acknowledged writes."""
         return max((b - a for a, b in zip(self.served, self.served[1:], strict=False)), default=0.0)
+
+
+def move_while_writing(
+    store: Pulumi, endpoints: list[ClusterNode], source: str, destination: str, writes_before: int = 50
+) -> tuple[Writer, subprocess.CompletedProcess[str]]:
+    """Moves the store (config `node`) while a Writer indexes into it through ``endpoints``'
+    port 9200; returns the stopped writer and what `pulumi up` printed."""
+    writer = Writer([f"{node.address}:9200" for node in endpoints])
+    writer.start()
+    eventually(lambda: len(writer.acknowledged) > writes_before, what="writes before the move")
+    store.config({"node": destination})
+    result = store.up()
+    assert f"moves from {source} to {destination}" in result.stdout, result.stdout
+    time.sleep(1)  # and some writes after it
+    writer.stop.set()
+    writer.join()
+    return writer, result
+
+
+def lost_writes(store_node: ClusterNode, writer: Writer) -> list[int]:
+    """The writer's acknowledged writes that the store on ``store_node`` does not have."""
+    found = {hit["_source"]["n"] for hit in http_json("GET", f"http://{store_node.address}:9200/acks/_search?size=10000")["hits"]["hits"]}
+    return sorted(set(writer.acknowledged) - found)
+
+
+def route_round_trip(engine: DockerNode, router: RouterSpec) -> None:
+    """A route written through the router's exec session, read back and removed."""
+    route = {"target": None, "hold_seconds": 5, "application": "web"}
+    engine.prepare_routes(router)
+    # The session is an exec that stays open in the router: the transport carries hijacked
+    # connections, so writes are not left to an exec each.
+    assert engine.client.containers.get(router.name).attrs["ExecIDs"], f"no route session open over {engine.node.docker_host}"
+    engine.point_routes(router, {18400: route})
+    assert engine.read_routes(router) == {18400: route}
+    engine.remove_routes(router, "web", (18400,))

@@ -19,11 +19,12 @@ from .harness import (
     STORE,
     ClusterNode,
     Pulumi,
-    Writer,
     by_name,
     eventually,
     http_json,
+    lost_writes,
     make,
+    move_while_writing,
     node_state,
     ours,
     volume_checksums,
@@ -102,21 +103,10 @@ def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: 
     cleanup.append(store)
     store.up()
     eventually(lambda: http_json("GET", f"http://{source.address}:9200/"), what="store up")
-    writer = Writer([f"{source.address}:9200", f"{destination.address}:9200"])
-    writer.start()
-    eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
-
-    store.config({"node": "node2"})
-    result = store.up()
-    assert "moves from node1 to node2" in result.stdout
-    time.sleep(1)
-    writer.stop.set()
-    writer.join()
+    writer, _ = move_while_writing(store, [source, destination], "node1", "node2")
 
     assert store.outputs()["node"] == "node2"
-    url = f"http://{destination.address}:9200/acks/_search?size=10000"
-    found = {hit["_source"]["n"] for hit in http_json("GET", url)["hits"]["hits"]}
-    missing = sorted(set(writer.acknowledged) - found)
+    missing = lost_writes(destination, writer)
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
 
     # Every file of the source copy (kept, retired) is byte-identical on the destination, up
@@ -135,7 +125,7 @@ def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: 
     assert container.attrs["Config"]["Entrypoint"][:2] == ["/bin/sh", "-c"]
     assert not [c.name for n in nodes for c in n.client().containers.list(all=True) if c.name == staged_name(volume)]
     container.restart(timeout=10)
-    eventually(lambda: http_json("GET", url)["hits"]["total"]["value"] >= len(writer.acknowledged), what="store serving after a restart")
+    eventually(lambda: not lost_writes(destination, writer), what="store serving after a restart")
 
 
 def test_a_staged_container_left_by_a_killed_move_never_runs_and_is_cleaned_up(
@@ -198,20 +188,12 @@ def test_an_image_without_a_shell_moves_the_plain_way(
     cleanup.append(store)
     store.up()
     eventually(lambda: http_json("GET", f"http://{source.address}:9200/"), what="store up")
-    writer = Writer([f"{source.address}:9200"])
-    writer.start()
-    eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
-    store.config({"node": "node2"})
-    result = store.up()
-    writer.stop.set()
-    writer.join()
     try:
+        writer, result = move_while_writing(store, [source], "node1", "node2")
         assert "has no /bin/sh to hold" in result.stdout
         container = destination.client().containers.get(f"flocker-{stack_name}-store")
         assert container.attrs["Config"]["Entrypoint"] is None  # the image's own command, no gate
-        url = f"http://{destination.address}:9200/acks/_search?size=10000"
-        found = {hit["_source"]["n"] for hit in http_json("GET", url)["hits"]["hits"]}
-        assert not sorted(set(writer.acknowledged) - found)
+        assert not lost_writes(destination, writer)
     finally:
         store.destroy()
         for node in (source, destination):

@@ -19,7 +19,7 @@ from flocker_provider.docker_layer import NodeUnreachable, connect
 from flocker_provider.models import Node
 from flocker_provider.nodes import tls_from_dir
 
-from .harness import ClusterNode, ours
+from .harness import ClusterNode, ours, route_round_trip
 
 pytestmark = pytest.mark.cluster
 
@@ -71,16 +71,8 @@ def tls_node(nodes: list[ClusterNode], tmp_path: Path) -> Iterator[Node]:
 
 
 def test_a_node_over_tls_takes_routes_through_a_session(tls_node: Node, nodes: list[ClusterNode], stack_name: str) -> None:
-    router = router_spec("p", stack_name, "flocker/base:local")
-    route = {"target": None, "hold_seconds": 5, "application": "web"}
     with connect(tls_node) as engine:
-        engine.prepare_routes(router)
-        container = engine.client.containers.get(router.name)
-        # The session is an exec that stays open in the router: it was not left for an exec per write.
-        assert container.attrs["ExecIDs"], "no route session open over TLS"
-        engine.point_routes(router, {18400: route})
-        assert engine.read_routes(router) == {18400: route}
-        engine.remove_routes(router, "web", (18400,))
+        route_round_trip(engine, router_spec("p", stack_name, "flocker/base:local"))
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
 
 
