@@ -337,9 +337,10 @@ write_nodes_file() {
     for i in $(existing_nodes); do
       [ $first = 1 ] || printf ', '
       first=0
-      # engine_socket is not read by the provider: the SSH test reaches the engine through it.
-      printf '{"name": "node%s", "address": "%s", "docker_host": "tcp://%s:2375", "engine_socket": "%s/docker.sock"}' \
-        "$i" "$(node_addr "$i")" "$(node_addr "$i")" "$(node_run "$i")"
+      # engine_socket and netns are not read by the provider: the SSH test reaches the
+      # engine through the one, the registry test runs a registry in the other.
+      printf '{"name": "node%s", "address": "%s", "docker_host": "tcp://%s:2375", "engine_socket": "%s/docker.sock", "netns": "%s"}' \
+        "$i" "$(node_addr "$i")" "$(node_addr "$i")" "$(node_run "$i")" "$(ns_name "$i")"
     done
     printf ']}\n'
   } >"$tmp"

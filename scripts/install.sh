@@ -16,13 +16,14 @@ command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)   # the TLS test makes its certificates
 command -v iptables >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
-command -v ssh >/dev/null || need+=(openssh-client)       # ssh:// nodes
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)             # the SSH test's servers
+command -v ssh >/dev/null || need+=(openssh-client)   # ssh:// nodes
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)       # the SSH test's servers
+command -v docker-registry >/dev/null || need+=(docker-registry)   # the registry test
 if [ ${#need[@]} -gt 0 ]; then
   echo "install: apt packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # Packages must not start their services (openssh-server would listen on port 22 of
-  # this machine): the SSH test runs its own servers, on ports of its own.
+  # this machine): the tests run their own servers, on ports of their own.
   policy=/usr/sbin/policy-rc.d
   [ -e $policy ] || { printf '#!/bin/sh\nexit 101\n' >$policy; chmod 755 $policy; trap 'rm -f $policy' EXIT; }
   apt-get update -qq

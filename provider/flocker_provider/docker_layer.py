@@ -126,6 +126,9 @@ def connect(node: Node) -> Iterator[DockerNode]:
 
 def _short(exc: BaseException) -> str:
     """The cause in a few words: docker-py wraps urllib3 wraps socket errors."""
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        # The engine's own words, without docker-py's "500 Server Error for <url>".
+        return str(exc.explanation)[:300]
     text = str(exc)
     errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     if errno:
@@ -554,7 +557,8 @@ class DockerNode:
                 self.client.images.pull(repository, tag=tag or "latest")
             except docker.errors.APIError as exc:
                 raise RuntimeError(
-                    f"node {self.node.name}: image {image} is not on the node and could not be pulled: {_short(exc)}"
+                    f"node {self.node.name}: image {image} is not on the node and could not be pulled: {_short(exc)} "
+                    "(can the node reach the registry, and is the machine running pulumi logged in to it?)"
                 ) from exc
 
     def wait_running(self, name: str, timeout: float) -> None:

@@ -54,6 +54,7 @@ class ClusterNode:
     address: str
     docker_host: str
     engine_socket: str = ""  # the engine's unix socket on this machine
+    netns: str = ""  # the node's network namespace
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.docker_host, timeout=60)
@@ -64,7 +65,7 @@ def load_nodes() -> list[ClusterNode] | None:
     if not path or not Path(path).exists():
         return None
     data = json.loads(Path(path).read_text())
-    return [ClusterNode(n["name"], n["address"], n["docker_host"], n.get("engine_socket", "")) for n in data["nodes"]]
+    return [ClusterNode(n["name"], n["address"], n["docker_host"], n.get("engine_socket", ""), n.get("netns", "")) for n in data["nodes"]]
 
 
 class Pulumi:
