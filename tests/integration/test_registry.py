@@ -7,6 +7,7 @@ directory: every node sees the same registry, and each can lose it on its own.""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from .harness import STORE, ClusterNode, by_name, eventually, http_json, lost_writes, make, move_while_writing, ours
+from .harness import STORE, ClusterNode, Pulumi, by_name, eventually, http_json, lost_writes, make, move_while_writing, ours
 
 pytestmark = pytest.mark.cluster
 
@@ -71,6 +72,21 @@ def push_store_image(node: ClusterNode, reference: str) -> str:
     return digest
 
 
+@contextlib.contextmanager
+def store_of(reference: str, nodes: list[ClusterNode], workdir: Path, stack_name: str) -> Iterator[Pulumi]:
+    """A stack of the store on node1 with image ``reference``; destroyed afterwards, and
+    the reference removed from the nodes that pulled it."""
+    store = make(workdir, stack_name, STORE.replace("flocker/elasticsearch:local", reference), "node1")
+    try:
+        yield store
+    finally:
+        store.destroy()
+        for node in (by_name(nodes, "node1"), by_name(nodes, "node2")):
+            if has_image(node, reference):
+                node.client().images.remove(reference)
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+
+
 def has_image(node: ClusterNode, reference: str) -> bool:
     try:
         node.client().images.get(reference)
@@ -88,20 +104,13 @@ def test_a_node_without_the_image_pulls_it_and_a_move_pulls_it_on_the_destinatio
     digest = push_store_image(source, f"{repository}:v1")
     reference = f"{repository}@{digest}" if pinned else f"{repository}:v1"
     assert not has_image(source, reference) and not has_image(destination, reference)
-    store = make(workdir, stack_name, STORE.replace("flocker/elasticsearch:local", reference), "node1")
-    try:
+    with store_of(reference, nodes, workdir, stack_name) as store:
         store.up()
         assert has_image(source, reference)
         eventually(lambda: http_json("GET", f"http://{source.address}:9200/"), what="store up")
         writer, _ = move_while_writing(store, [source, destination], "node1", "node2", writes_before=20)
         assert has_image(destination, reference)
         assert not lost_writes(destination, writer)
-    finally:
-        store.destroy()
-        for node in (source, destination):
-            if has_image(node, reference):
-                node.client().images.remove(reference)
-    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
 
 
 def test_a_destination_that_cannot_pull_fails_the_move_before_the_application_stops(
@@ -110,9 +119,8 @@ def test_a_destination_that_cannot_pull_fails_the_move_before_the_application_st
     reference = f"{REGISTRY}/flocker/store-{stack_name}:v1"
     source, destination = by_name(nodes, "node1"), by_name(nodes, "node2")
     push_store_image(source, reference)
-    store = make(workdir, stack_name, STORE.replace("flocker/elasticsearch:local", reference), "node1")
     container = f"flocker-{stack_name}-store"
-    try:
+    with store_of(reference, nodes, workdir, stack_name) as store:
         store.up()
         started = source.client().containers.get(container).attrs["State"]["StartedAt"]
         http_json("PUT", f"http://{source.address}:9200/acks/_doc/1", {"n": 1})
@@ -132,9 +140,3 @@ def test_a_destination_that_cannot_pull_fails_the_move_before_the_application_st
         registry.start(destination)  # the registry is back: the same `pulumi up` finishes the move
         assert "moves from node1 to node2" in store.up().stdout
         assert http_json("GET", f"http://{destination.address}:9200/acks/_doc/1")["_source"] == {"n": 1}
-    finally:
-        store.destroy()
-        for node in (source, destination):
-            if has_image(node, reference):
-                node.client().images.remove(reference)
-    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
