@@ -41,7 +41,7 @@ from .planner import Routing, plan_application, plan_volume
 from .progress import report
 
 # Keys the provider adds to the outputs; everything else in the outputs is an input.
-APPLICATION_OUTPUTS = ("container_id", "addresses")
+APPLICATION_OUTPUTS = ("container_id", "addresses", "running")
 VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies")
 _INTERNAL = ("__provider",)
 # Inputs a volume only reads during a move: a node added to the cluster changes them for
@@ -109,7 +109,12 @@ class ApplicationProvider(ResourceProvider):
             # A node change is a move (an update), never a replace: a replace would delete
             # the old container before anything is ready on the new node.
             print(f"flocker: plan: application {news.get('name')} moves from {olds['node']} to {news['node']}", flush=True)
-        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+        # Only a refresh (`read`) says False: the container stopped since the last
+        # operation (a node restarted, a crash its restart policy did not cover).
+        stopped = olds.get("running") is False
+        if stopped and "node" not in changed:
+            print(f"flocker: plan: application {news.get('name')} is not running on {olds.get('node')}: it starts again", flush=True)
+        return DiffResult(changes=bool(changed) or stopped, replaces=[], delete_before_replace=False)
 
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_application, props)
@@ -133,11 +138,15 @@ class ApplicationProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict) -> ReadResult:
         inputs = _parse_or_raise(parse_application, props)
-        with connect(inputs.node) as engine:
-            found = engine.discover_application(L.container_name(inputs.owner))
+        name = L.container_name(inputs.owner)
+        try:
+            with connect(inputs.node) as engine:
+                found = engine.discover_application(name)
+        except NodeUnreachable as exc:
+            return ReadResult(id_, _unread(props, exc, f"application {name}"))
         if found is None:
             return ReadResult("", {})  # gone: the engine drops it from state, `up` recreates it
-        return ReadResult(id_, {**props, "container_id": found.container_id})
+        return ReadResult(id_, {**props, "container_id": found.container_id, "running": found.running})
 
     def delete(self, _id: str, props: dict) -> None:
         _remove_application(_parse_or_raise(parse_application, props))
@@ -188,6 +197,7 @@ def _converge_application(
         found = engines[inputs.node].discover_application(spec.name)
     return {
         "container_id": found.container_id if found else "",
+        "running": found.running if found else False,
         "addresses": [f"{inputs.node.address}:{p.external}" for p in inputs.application.ports],
     }
 
@@ -228,8 +238,11 @@ class VolumeProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict) -> ReadResult:
         inputs = _parse_or_raise(parse_volume, props)
-        with connect(inputs.node) as engine:
-            state = engine.discover_volume(inputs.name)
+        try:
+            with connect(inputs.node) as engine:
+                state = engine.discover_volume(inputs.name)
+        except NodeUnreachable as exc:
+            return ReadResult(id_, _unread(props, exc, f"volume {inputs.name}"))
         if not state.exists or state.retired:
             return ReadResult("", {})
         return ReadResult(id_, {**props, "volume_name": inputs.name})
@@ -241,6 +254,13 @@ class VolumeProvider(ResourceProvider):
             discovered = {node: engines[node].discover_volume(inputs.name) for node in nodes}
             discovered.update(_left_copies(engines, inputs, [n for n in inputs.routing.nodes if n not in discovered]))
             execute(plan_volume(None, discovered), engines)
+
+
+def _unread(props: dict, exc: NodeUnreachable, what: str) -> dict:
+    """A refresh that cannot reach a node keeps what the state says, and says so: with
+    `refresh: always`, failing instead would block every `up`, moving off that node too."""
+    report(f"warning: {exc}; {what} is left as the last operation recorded it")
+    return props
 
 
 def _left_copies(engines: Engines, inputs: VolumeInputs, nodes: list[Node]) -> dict[Node, NodeVolumeState]:

@@ -127,6 +127,7 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
 
     container_id: pulumi.Output[str]
     addresses: pulumi.Output[list]
+    running: pulumi.Output[bool]
     node: pulumi.Output[str]
 
     def __init__(
@@ -175,6 +176,7 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
             **routing_inputs(hold_seconds),
             "container_id": None,
             "addresses": None,
+            "running": None,
         }
         super().__init__(ApplicationProvider(), resource_name, props, opts)
         self.volume = volume_resource

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from .harness import ClusterNode, Pulumi, eventually, http_json, ours
+from .harness import REPO, ClusterNode, Pulumi, eventually, http_json, ours
 
 pytestmark = pytest.mark.cluster
 
@@ -161,3 +162,37 @@ def test_a_failed_create_leaves_nothing_behind(nodes: list[ClusterNode], workdir
         assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
     finally:
         pulumi.destroy()
+
+
+def test_an_application_a_node_restart_stopped_starts_again_at_the_next_up(
+    store: Pulumi, nodes: list[ClusterNode], stack_name: str
+) -> None:
+    """A node's engine restarts (a reboot, as far as containers go): its router comes back by
+    itself, the application (restart policy "never", Flocker's default) does not. A refreshed
+    preview says so, and the next `up` starts it again, with its data; while the node is down,
+    a refresh warns instead of failing (it would block every `up` with `refresh: always`)."""
+    node2, node3 = (next(n for n in nodes if n.name == name) for name in ("node2", "node3"))
+    store.config({"node": "node2"})
+    store.up()
+    eventually(lambda: http_json("PUT", f"http://{node3.address}:9200/acks/_doc/1", {"n": 1}), what="store routed from node3")
+    cluster = ["bash", str(REPO / "scripts" / "cluster.sh")]
+    subprocess.run([*cluster, "stop-node", "2"], check=True)
+    try:
+        down = store.run("preview", "--refresh")
+        assert "warning: node node2: Docker engine at" in down.stdout and "left as the last operation recorded it" in down.stdout, (
+            down.stdout
+        )
+    finally:
+        subprocess.run([*cluster, "start-node", "2"], check=True)
+    container = node2.client().containers.get(f"flocker-{stack_name}-store")
+    assert container.status == "exited"
+
+    preview = store.run("preview", "--refresh")
+    assert "application store is not running on node2: it starts again" in preview.stdout, preview.stdout
+    store.run("up", "--yes", "--skip-preview", "--refresh")
+    assert node2.client().containers.get(container.name).status == "running"
+    for node in (node2, node3):
+        found = eventually(lambda a=node.address: http_json("GET", f"http://{a}:9200/acks/_doc/1"), what=f"the data through {node.name}")
+        assert found["_source"] == {"n": 1}
+    again = store.run("up", "--yes", "--skip-preview", "--refresh")
+    assert "starts again" not in again.stdout and "updated" not in again.stdout, again.stdout

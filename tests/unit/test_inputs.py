@@ -123,6 +123,25 @@ def test_outputs_alone_are_not_a_change() -> None:
     assert ApplicationProvider().diff("id", old, app()).changes is False
 
 
+def test_an_application_a_refresh_found_stopped_is_an_update(capsys: pytest.CaptureFixture[str]) -> None:
+    old = app(container_id="abc", addresses=["10.0.0.1:9200"], running=False)
+    result = ApplicationProvider().diff("id", old, app())
+    assert result.changes is True and not result.replaces
+    assert "flocker: plan: application es is not running on node1: it starts again" in capsys.readouterr().out
+    assert ApplicationProvider().diff("id", {**old, "running": True}, app()).changes is False
+
+
+def test_a_refresh_that_cannot_reach_the_node_keeps_the_state(capsys: pytest.CaptureFixture[str]) -> None:
+    # The node's engine refuses at once: the state stays as recorded, with a warning, so
+    # that `refresh: always` does not block every `up` while a node is down.
+    old = app(container_id="abc", addresses=["10.0.0.1:9200"], running=True)
+    result = ApplicationProvider().read("id", old)
+    assert (result.id, result.outs) == ("id", old)
+    volume = {"name": "v", "project": "p", "stack": "s", **NODE, "volume_name": "v"}
+    assert VolumeProvider().read("v", volume).outs == volume
+    assert "warning: node node1: Docker engine at tcp://127.0.0.1:9 did not answer" in capsys.readouterr().out
+
+
 def test_routing_nodes_include_the_hosting_node_sorted_by_name() -> None:
     routing = parse_application(app(route_nodes=[NODE3], hold_seconds=5.0)).routing
     assert [n.name for n in routing.nodes] == ["node1", "node3"]

@@ -190,12 +190,14 @@ def run(args: argparse.Namespace, configuration: Configuration | None) -> int:
         print(f"stack {args.stack}: destroyed", flush=True)
         return 0
     if args.preview:
-        result = stack.preview(diff=True, **streams)
+        result = stack.preview(diff=True, refresh=True, **streams)
         changes = {op: count for op, count in result.change_summary.items() if op != "same" and count}
         summary = ", ".join(f"{count} to {op}" for op, count in sorted(changes.items())) or "no changes"
         print(f"preview: {summary}; nothing was changed", flush=True)
         return 0
-    result = stack.up(**streams)
+    # Refreshed first, as `refresh: always` does for projects: an application that stopped
+    # since the last run (a node restarted) starts again, as Flocker's deploy did.
+    result = stack.up(refresh=True, **streams)
     outputs = result.outputs[OUTPUT].value if OUTPUT in result.outputs else {}
     assert configuration is not None  # only --destroy runs without files
     print(where_table(outputs, configuration), flush=True)
