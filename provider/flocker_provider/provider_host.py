@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from .docker_layer import NodeUnreachable, NotOurs
+from .engine_watch import end_with_engine
 from .errors import ProviderError
 from .executor import StepFailed
 
@@ -29,6 +30,7 @@ def main() -> None:
     # `traceback.format_exc` at failure time, so the patch must be in place first.
     # This process runs nothing but the provider, so the patch reaches nothing else.
     traceback.format_exc = format_exc
+    end_with_engine()
     runpy.run_module("pulumi.dynamic.__main__", run_name="__main__")
 
 

@@ -19,6 +19,8 @@ import grpc
 from pulumi.automation._server import LanguageServer
 from pulumi.runtime.proto import language_pb2_grpc
 
+from flocker_provider.engine_watch import end_with_engine
+
 
 class ProjectLanguageServer(LanguageServer):
     def __init__(self) -> None:
@@ -36,6 +38,7 @@ class ProjectLanguageServer(LanguageServer):
 
 
 def main() -> None:
+    end_with_engine()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     language_pb2_grpc.add_LanguageRuntimeServicer_to_server(ProjectLanguageServer(), server)
     port = server.add_insecure_port("127.0.0.1:0")

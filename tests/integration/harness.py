@@ -318,3 +318,25 @@ def route_round_trip(engine: DockerNode, router: RouterSpec) -> None:
     engine.point_routes(router, {18400: route})
     assert engine.read_routes(router) == {18400: route}
     engine.remove_routes(router, "web", (18400,))
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended: gone, or a zombie (an orphan's reaper may be slow,
+    or, in some sandboxes, never come)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ from .harness import (
     STORE,
     ClusterNode,
     Pulumi,
+    Writer,
     by_name,
+    children,
     eventually,
     http_json,
     lost_writes,
@@ -27,6 +30,7 @@ from .harness import (
     move_while_writing,
     node_state,
     ours,
+    process_ended,
     volume_checksums,
     volume_prefix_checksums,
 )
@@ -161,6 +165,50 @@ def test_a_staged_container_left_by_a_killed_move_never_runs_and_is_cleaned_up(
     assert [c.name for c in node2.client().containers.list(all=True) if c.name == staged_name(name)] == []
     node3 = by_name(nodes, "node3")
     assert [c.name for c in node3.client().containers.list(all=True) if c.name == staged_name(name)] == [staged_name(name)]
+    # The cleanup fixture destroys the stack and checks nothing of ours is left on any node.
+
+
+@pytest.mark.parametrize("at", ["stop flocker-", "hand ", "start flocker-"], ids=["stopping", "handing over", "starting"])
+def test_a_pulumi_killed_during_a_move_loses_nothing_and_the_next_up_finishes_it(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi], at: str
+) -> None:
+    """`pulumi up` killed with SIGKILL (a cancelled CI job, `timeout -s KILL`) as a step of
+    the move's cutover begins. Its plugins, the provider among them, end too instead of
+    going on unrecorded; the stack stays locked until `pulumi cancel`, as Pulumi does; the
+    next `up` finds out from the nodes how far the move got, finishes it and keeps every
+    acknowledged write."""
+    source, destination = by_name(nodes, "node1"), by_name(nodes, "node2")
+    store = make(workdir, stack_name, STORE, "node1")
+    cleanup.append(store)
+    store.up()
+    eventually(lambda: http_json("GET", f"http://{source.address}:9200/"), what="store up")
+    writer = Writer([f"{source.address}:9200", f"{destination.address}:9200"])
+    writer.start()
+    eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
+    store.config({"node": "node2"})
+    running = store.popen("up", "--yes", "--skip-preview")
+    seen = []
+    assert running.stdout is not None
+    for line in running.stdout:
+        seen.append(line)
+        if f"move store: {at}" in line:
+            plugins = children(running.pid)
+            running.kill()
+            break
+    running.wait()
+    assert running.returncode == -signal.SIGKILL, "".join(seen)
+    assert plugins, "no plugin processes found"
+    eventually(lambda: all(process_ended(pid) for pid in plugins), timeout=5, interval=0.05, what="plugins ended")
+
+    assert "locked" in store.up(check=False).stderr
+    store.run("cancel", "--yes")
+    finished = store.up()
+    assert "Traceback" not in finished.stdout
+    writer.stop.set()
+    writer.join()
+    assert store.outputs()["node"] == "node2"
+    missing = lost_writes(destination, writer)
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     # The cleanup fixture destroys the stack and checks nothing of ours is left on any node.
 
 
