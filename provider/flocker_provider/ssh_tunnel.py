@@ -51,6 +51,10 @@ class SshTarget:
             "ssh",
             *("-o", "BatchMode=yes"),  # never a password prompt: nobody is there to answer it
             *("-o", "ExitOnForwardFailure=yes"),
+            # Our own connection, whatever the user's config shares: a forwarding added to a
+            # shared master would outlive this provider, and its socket our directory.
+            *("-o", "ControlPath=none"),
+            "-T",  # no terminal, even if the config asks for one: nobody types here
             *("-o", "ConnectTimeout=20"),
             # A dead host or network is found within a minute, and the next connect starts afresh.
             *("-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"),

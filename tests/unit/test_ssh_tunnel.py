@@ -36,6 +36,7 @@ def test_a_url_without_a_host_is_refused() -> None:
 def test_ssh_forwards_a_local_socket_to_the_engine_and_never_prompts() -> None:
     command = parse("ssh://ops@node.example:2222/run/docker.sock").command("/tmp/x/docker.sock")
     assert command[:1] == ["ssh"] and "BatchMode=yes" in command and "ExitOnForwardFailure=yes" in command
+    assert "ControlPath=none" in command and "-T" in command  # never a shared master, never a terminal
     assert command[command.index("-L") + 1] == "/tmp/x/docker.sock:/run/docker.sock"
     assert command[command.index("-p") + 1] == "2222" and command[command.index("-l") + 1] == "ops"
     # The host after "--": a host name starting with "-" cannot become an option.
