@@ -224,6 +224,11 @@ class DockerNode:
                 volumes={volume: {"bind": "/retired", "mode": "ro"}},
             )
 
+    def remove_transfer_containers(self, volume: str) -> None:
+        """The helpers of ``volume``'s moves on this node (receivers, senders)."""
+        for container in self.client.containers.list(all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}):
+            container.remove(force=True)
+
     def unretire_volume(self, volume: str) -> None:
         holder = self._holder(volume)
         if holder is not None:
@@ -426,11 +431,12 @@ class DockerNode:
         state = self.discover_volume(name)
         if state.exists:
             self.unretire_volume(name)
-            # A staged container left by a move cut short (the provider killed) holds the
-            # volume: it never ran the application, and it goes with the volume.
+            # A move cut short (the provider killed) leaves a staged container, which never
+            # ran the application, and its helpers: they hold the volume and go with it.
             for container in self._mounting(name):
                 if is_staged(container.name):
                     container.remove(force=True)
+            self.remove_transfer_containers(name)
             self.client.volumes.get(name).remove(force=True)
 
     def start_container(self, spec: ContainerSpec) -> str:

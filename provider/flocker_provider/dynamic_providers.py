@@ -112,8 +112,9 @@ class ApplicationProvider(ResourceProvider):
         # Only a refresh (`read`) says False: the container stopped since the last
         # operation (a node restarted, a crash its restart policy did not cover).
         stopped = olds.get("running") is False
-        if stopped and "node" not in changed:
-            print(f"flocker: plan: application {news.get('name')} is not running on {olds.get('node')}: it starts again", flush=True)
+        if stopped:
+            # Also shown by a refresh, whose diff does not know of a node change to come.
+            print(f"flocker: found: application {news.get('name')} is not running on {olds.get('node')}: the update starts it", flush=True)
         return DiffResult(changes=bool(changed) or stopped, replaces=[], delete_before_replace=False)
 
     def create(self, props: dict) -> CreateResult:
@@ -243,8 +244,14 @@ class VolumeProvider(ResourceProvider):
                 state = engine.discover_volume(inputs.name)
         except NodeUnreachable as exc:
             return ReadResult(id_, _unread(props, exc, f"volume {inputs.name}"))
-        if not state.exists or state.retired:
-            return ReadResult("", {})
+        if not state.exists:
+            return ReadResult("", {})  # gone: the engine drops it from state, `up` creates it
+        if state.retired:
+            # Handed over by a move whose `pulumi` was killed before it recorded the new node:
+            # kept as recorded, so that the next update moves it and finishes that move (its
+            # leftovers included). Dropped, it would be created afresh where the program puts it.
+            report(f"volume {inputs.name} on {inputs.node.name} was handed over by an interrupted move: the next update finishes it")
+            return ReadResult(id_, props)
         return ReadResult(id_, {**props, "volume_name": inputs.name})
 
     def delete(self, _id: str, props: dict) -> None:

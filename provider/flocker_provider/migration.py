@@ -23,7 +23,7 @@ from docker.models.containers import Container
 from . import labels as L
 from .attached_exec import ArmedExec, ExitWatch
 from .containers import RouterSpec
-from .docker_layer import DockerNode, NodeUnreachable, connect
+from .docker_layer import NodeUnreachable, connect
 from .errors import ProviderError
 from .executor import Engines, StepFailed, run_step
 from .inputs import VolumeInputs
@@ -348,7 +348,7 @@ class TransferChannel:
 
     def __enter__(self) -> TransferChannel:
         for node in (self.source, self.destination):
-            _remove_transfer_containers(self.engines[node], self.volume)
+            self.engines[node].remove_transfer_containers(self.volume)
         destination = self.engines[self.destination]
         # A destination with no copy yet gets the raw stream first, and a failed move
         # removes the partial copy it made there (a later retry starts clean).
@@ -364,14 +364,14 @@ class TransferChannel:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for node in (self.source, self.destination):
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
-                _remove_transfer_containers(self.engines[node], self.volume)
+                self.engines[node].remove_transfer_containers(self.volume)
 
     def discard_partial_copy(self) -> str:
         """After a failure before handoff: remove the copy this move started, if it made one."""
         if not self.created:
             return ""
         try:
-            _remove_transfer_containers(self.engines[self.destination], self.volume)  # they hold the volume
+            self.engines[self.destination].remove_transfer_containers(self.volume)  # they hold the volume
             self.engines[self.destination].remove_volume(self.volume)
         except Exception:  # the destination may be the node that failed; its copy is labelled ours
             return f"; the partial copy on {self.destination.name} is left and will be reused by the next move"
@@ -617,8 +617,3 @@ def _round(stats: TransferStats, final: bool, seconds: float) -> dict:
 
 def _tail(output: str) -> str:
     return " / ".join(line for line in output.strip().splitlines()[-3:])
-
-
-def _remove_transfer_containers(engine: DockerNode, volume: str) -> None:
-    for container in engine.client.containers.list(all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}):
-        container.remove(force=True)

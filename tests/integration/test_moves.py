@@ -168,9 +168,31 @@ def test_a_staged_container_left_by_a_killed_move_never_runs_and_is_cleaned_up(
     # The cleanup fixture destroys the stack and checks nothing of ours is left on any node.
 
 
+def kill_move(store: Pulumi, to: str, at: str) -> None:
+    """Runs `pulumi up` moving the store to ``to`` and kills it (SIGKILL) as the step ``at``
+    begins; its plugins must end by themselves. Then unlocks the stack, as a person would."""
+    store.config({"node": to})
+    running = store.popen("up", "--yes", "--skip-preview")
+    seen = []
+    assert running.stdout is not None
+    for line in running.stdout:
+        seen.append(line)
+        if f"move store: {at}" in line:
+            plugins = children(running.pid)
+            running.kill()
+            break
+    running.wait()
+    assert running.returncode == -signal.SIGKILL, "".join(seen)
+    assert plugins, "no plugin processes found"
+    eventually(lambda: all(process_ended(pid) for pid in plugins), timeout=5, interval=0.05, what="plugins ended")
+    assert "locked" in store.up(check=False).stderr
+    store.run("cancel", "--yes")
+
+
+@pytest.mark.parametrize("refresh", [False, True], ids=["up", "up --refresh"])
 @pytest.mark.parametrize("at", ["stop flocker-", "hand ", "start flocker-"], ids=["stopping", "handing over", "starting"])
 def test_a_pulumi_killed_during_a_move_loses_nothing_and_the_next_up_finishes_it(
-    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi], at: str
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi], at: str, refresh: bool
 ) -> None:
     """`pulumi up` killed with SIGKILL (a cancelled CI job, `timeout -s KILL`) as a step of
     the move's cutover begins. Its plugins, the provider among them, end too instead of
@@ -185,31 +207,32 @@ def test_a_pulumi_killed_during_a_move_loses_nothing_and_the_next_up_finishes_it
     writer = Writer([f"{source.address}:9200", f"{destination.address}:9200"])
     writer.start()
     eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
-    store.config({"node": "node2"})
-    running = store.popen("up", "--yes", "--skip-preview")
-    seen = []
-    assert running.stdout is not None
-    for line in running.stdout:
-        seen.append(line)
-        if f"move store: {at}" in line:
-            plugins = children(running.pid)
-            running.kill()
-            break
-    running.wait()
-    assert running.returncode == -signal.SIGKILL, "".join(seen)
-    assert plugins, "no plugin processes found"
-    eventually(lambda: all(process_ended(pid) for pid in plugins), timeout=5, interval=0.05, what="plugins ended")
-
-    assert "locked" in store.up(check=False).stderr
-    store.run("cancel", "--yes")
-    finished = store.up()
+    kill_move(store, "node2", at)
+    # Refreshed (as `refresh: always` in the ELK project does) or not: both must finish it.
+    finished = store.run("up", "--yes", "--skip-preview", *(["--refresh"] if refresh else []))
     assert "Traceback" not in finished.stdout
     writer.stop.set()
     writer.join()
     assert store.outputs()["node"] == "node2"
     missing = lost_writes(destination, writer)
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+    # Finished as a move, not adopted where it lay: the killed move's helpers are gone.
+    assert not [c.name for n in nodes for c in n.client().containers.list(all=True, filters={"label": f"{L.KIND}={L.KIND_TRANSFER}"})]
     # The cleanup fixture destroys the stack and checks nothing of ours is left on any node.
+
+
+def test_a_stack_whose_move_was_killed_is_destroyed_without_leftovers(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]
+) -> None:
+    """Killed as the handoff begins, then given up on: `destroy` alone removes the copies on
+    both nodes, the staged container and the move's helpers, which hold the destination's
+    copy (the cleanup fixture destroys and checks that nothing of ours is left)."""
+    store = make(workdir, stack_name, STORE, "node1")
+    cleanup.append(store)
+    store.up()
+    kill_move(store, "node2", "hand ")
+    node2 = by_name(nodes, "node2")
+    assert node2.client().containers.list(all=True, filters={"label": f"{L.KIND}={L.KIND_TRANSFER}"}), "no helpers left to clean"
 
 
 def image_without_shell(node: ClusterNode) -> str:

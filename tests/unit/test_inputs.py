@@ -127,7 +127,7 @@ def test_an_application_a_refresh_found_stopped_is_an_update(capsys: pytest.Capt
     old = app(container_id="abc", addresses=["10.0.0.1:9200"], running=False)
     result = ApplicationProvider().diff("id", old, app())
     assert result.changes is True and not result.replaces
-    assert "flocker: plan: application es is not running on node1: it starts again" in capsys.readouterr().out
+    assert "flocker: found: application es is not running on node1: the update starts it" in capsys.readouterr().out
     assert ApplicationProvider().diff("id", {**old, "running": True}, app()).changes is False
 
 
