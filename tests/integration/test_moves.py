@@ -190,12 +190,14 @@ def kill_move(store: Pulumi, to: str, at: str) -> None:
 
 
 @pytest.mark.parametrize("refresh", [False, True], ids=["up", "up --refresh"])
-@pytest.mark.parametrize("at", ["stop flocker-", "hand ", "start flocker-"], ids=["stopping", "handing over", "starting"])
+@pytest.mark.parametrize(
+    "at", ["phase 1 round 1", "stop flocker-", "hand ", "start flocker-"], ids=["copying", "stopping", "handing over", "starting"]
+)
 def test_a_pulumi_killed_during_a_move_loses_nothing_and_the_next_up_finishes_it(
     nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi], at: str, refresh: bool
 ) -> None:
-    """`pulumi up` killed with SIGKILL (a cancelled CI job, `timeout -s KILL`) as a step of
-    the move's cutover begins. Its plugins, the provider among them, end too instead of
+    """`pulumi up` killed with SIGKILL (a cancelled CI job, `timeout -s KILL`) during phase 1
+    or as a step of the move's cutover begins. Its plugins, the provider among them, end too instead of
     going on unrecorded; the stack stays locked until `pulumi cancel`, as Pulumi does; the
     next `up` finds out from the nodes how far the move got, finishes it and keeps every
     acknowledged write."""
