@@ -168,16 +168,15 @@ def test_a_staged_container_left_by_a_killed_move_never_runs_and_is_cleaned_up(
     # The cleanup fixture destroys the stack and checks nothing of ours is left on any node.
 
 
-def kill_move(store: Pulumi, to: str, at: str) -> None:
-    """Runs `pulumi up` moving the store to ``to`` and kills it (SIGKILL) as the step ``at``
-    begins; its plugins must end by themselves. Then unlocks the stack, as a person would."""
-    store.config({"node": to})
+def kill_up(store: Pulumi, at: str) -> None:
+    """Runs `pulumi up` and kills it (SIGKILL) as it reports ``at``; its plugins must end by
+    themselves. Then unlocks the stack, as a person would."""
     running = store.popen("up", "--yes", "--skip-preview")
     seen = []
     assert running.stdout is not None
     for line in running.stdout:
         seen.append(line)
-        if f"move store: {at}" in line:
+        if at in line:
             plugins = children(running.pid)
             running.kill()
             break
@@ -209,7 +208,8 @@ def test_a_pulumi_killed_during_a_move_loses_nothing_and_the_next_up_finishes_it
     writer = Writer([f"{source.address}:9200", f"{destination.address}:9200"])
     writer.start()
     eventually(lambda: len(writer.acknowledged) > 50, what="writes before the move")
-    kill_move(store, "node2", at)
+    store.config({"node": "node2"})
+    kill_up(store, f"move store: {at}")
     # Refreshed (as `refresh: always` in the ELK project does) or not: both must finish it.
     finished = store.run("up", "--yes", "--skip-preview", *(["--refresh"] if refresh else []))
     assert "Traceback" not in finished.stdout
@@ -232,9 +232,27 @@ def test_a_stack_whose_move_was_killed_is_destroyed_without_leftovers(
     store = make(workdir, stack_name, STORE, "node1")
     cleanup.append(store)
     store.up()
-    kill_move(store, "node2", "hand ")
+    store.config({"node": "node2"})
+    kill_up(store, "move store: hand ")
     node2 = by_name(nodes, "node2")
     assert node2.client().containers.list(all=True, filters={"label": f"{L.KIND}={L.KIND_TRANSFER}"}), "no helpers left to clean"
+
+
+def test_a_pulumi_killed_while_creating_is_finished_by_the_next_up(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]
+) -> None:
+    """Killed as the first `up` starts the store: Pulumi records a create it does not know
+    the end of, and the next `up` creates it again over what the killed one left."""
+    store = make(workdir, stack_name, STORE, "node1")
+    cleanup.append(store)
+    kill_up(store, "flocker: start flocker-")
+    assert "pending operations" in store.up().stdout
+    node1 = by_name(nodes, "node1")
+    eventually(lambda: http_json("GET", f"http://{node1.address}:9200/"), what="store up")
+    assert [c.name for c in node1.client().containers.list(all=True) if stack_name in c.name] == [
+        f"flocker-{stack_name}-store",
+        f"flocker-{stack_name}.router",
+    ]
 
 
 def image_without_shell(node: ClusterNode) -> str:
