@@ -249,7 +249,7 @@ def test_a_pulumi_killed_while_creating_is_finished_by_the_next_up(
     assert "pending operations" in store.up().stdout
     node1 = by_name(nodes, "node1")
     eventually(lambda: http_json("GET", f"http://{node1.address}:9200/"), what="store up")
-    assert [c.name for c in node1.client().containers.list(all=True) if stack_name in c.name] == [
+    assert sorted(c.name for c in node1.client().containers.list(all=True) if stack_name in c.name) == [
         f"flocker-{stack_name}-store",
         f"flocker-{stack_name}.router",
     ]
