@@ -132,19 +132,27 @@ class Tunnel:
 
 
 _TUNNELS: dict[str, Tunnel] = {}
+# One lock per engine, so that a host that does not answer (ssh waits up to ConnectTimeout)
+# delays only its own operations, not the first connection to every other node.
+_LOCKS: dict[str, threading.Lock] = {}
 _GUARD = threading.Lock()
 
 
 def tunnel(docker_host: str) -> Tunnel:
     """The live forwarding to ``docker_host``, started (again) if there is none."""
     with _GUARD:
-        found = _TUNNELS.pop(docker_host, None)
+        lock = _LOCKS.setdefault(docker_host, threading.Lock())
+    with lock:
+        with _GUARD:
+            found = _TUNNELS.pop(docker_host, None)
         if found is not None and found.alive():
-            _TUNNELS[docker_host] = found
-            return found
-        if found is not None:
-            found.close()
-        _TUNNELS[docker_host] = created = Tunnel(parse(docker_host))
+            created = found
+        else:
+            if found is not None:
+                found.close()
+            created = Tunnel(parse(docker_host))
+        with _GUARD:
+            _TUNNELS[docker_host] = created
         return created
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,27 @@ def test_one_forwarding_per_engine_and_a_dead_one_is_started_again(fake_ssh) -> 
     assert again is not first and again.alive()
     assert not os.path.exists(first.directory)  # the dead one's socket directory is gone
     assert oct(os.stat(again.directory).st_mode & 0o777) == "0o700"
+
+
+def test_a_host_that_does_not_answer_delays_no_other(fake_ssh) -> None:
+    # "dead" gives up after 2 s without a forwarding, as ssh does at its ConnectTimeout.
+    fake_ssh(
+        'case "$*" in *" dead "*) sleep 2; echo "ssh: connect to host dead: timed out" >&2; exit 255;; esac\n'
+        'touch "${FORWARD%%:*}"\nexec cat >/dev/null\n'
+    )
+    failed = []
+
+    def connect_dead() -> None:
+        try:
+            ssh_tunnel.tunnel("ssh://root@dead")
+        except TunnelError as exc:
+            failed.append(str(exc))
+
+    waiting = threading.Thread(target=connect_dead)
+    waiting.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert ssh_tunnel.tunnel("ssh://root@live").alive()
+    assert time.monotonic() - started < 1, "the live host waited for the dead one"
+    waiting.join()
+    assert failed == ["ssh: connect to host dead: timed out"]
