@@ -581,14 +581,33 @@ class DockerNode:
                 if health.get("Status") in (None, "healthy"):
                     return
             elif container.status in ("exited", "dead") or crashed:
-                logs = container.logs(tail=20).decode(errors="replace").strip()
-                said = f"; last log lines:\n{logs}\n" if logs else ", writing no log"
-                raise RuntimeError(f"node {self.node.name}: {name} exited while starting{said}")
+                raise self._exited(container, name)
             if time.monotonic() > deadline:
                 # "unhealthy" is not final (a check that passes later makes it healthy): only the deadline is.
                 status = f"{container.status}{_health(container)}"
                 raise TimeoutError(f"node {self.node.name}: {name} not up after {timeout:g}s (status {status})")
             time.sleep(WAIT_POLL)
+
+    def confirm_running(self, name: str, seconds: float) -> None:
+        """``name`` runs, unrestarted, for ``seconds`` from now."""
+        first = self.find_container(name)
+        started = first.attrs.get("State", {}).get("StartedAt") if first is not None else None
+        deadline = time.monotonic() + seconds
+        while True:
+            container = self.find_container(name)
+            if container is None:
+                raise RuntimeError(f"node {self.node.name}: container {name} disappeared while starting")
+            state = container.attrs.get("State", {})
+            if container.status != "running" or container.attrs.get("RestartCount", 0) > 0 or state.get("StartedAt") != started:
+                raise self._exited(container, name)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(WAIT_POLL)
+
+    def _exited(self, container: docker.models.containers.Container, name: str) -> RuntimeError:
+        logs = container.logs(tail=20).decode(errors="replace").strip()
+        said = f"; last log lines:\n{logs}\n" if logs else ", writing no log"
+        return RuntimeError(f"node {self.node.name}: {name} exited while starting{said}")
 
     def watch_exit(self, name: str) -> ExitWatch | None:
         """A watch on the end of ``name``'s processes (see ExitWatch); None if it cannot have one."""

@@ -12,6 +12,7 @@ from .models import Node
 from .progress import report
 from .staging import SHELL, staged_name
 from .steps import (
+    ConfirmApplication,
     CreateVolume,
     Plan,
     PointRoutes,
@@ -25,6 +26,10 @@ from .steps import (
     WaitForApplication,
     describe,
 )
+
+# How long a created or replaced application must stay up once routed to: longer than a
+# command that fails at once takes to end, short enough not to slow every create much.
+CONFIRM_SECONDS = 1.0
 
 
 class StepFailed(Exception):
@@ -82,6 +87,8 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
                 report(f"{spec.image} has no {SHELL} to hold {spec.name} with: it starts after phase 2")
         case WaitForApplication(_, container):
             engine.wait_running(container, wait_timeout)
+        case ConfirmApplication(_, container):
+            engine.confirm_running(container, CONFIRM_SECONDS)
         case StopApplication(_, container):
             engine.stop_container(container)
         case RemoveApplication(_, container):

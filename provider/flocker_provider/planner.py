@@ -9,6 +9,7 @@ from . import labels as L
 from .containers import ContainerSpec, MountedContainer, RouterSpec
 from .models import Node, NodeVolumeState, Port, RunningContainer
 from .steps import (
+    ConfirmApplication,
     CreateVolume,
     HandoffVolume,
     Plan,
@@ -68,13 +69,17 @@ def plan_application(
     node, spec = desired
     steps: list = []
     here = discovered.get(node)
-    if here is None or not here.running or here.config_hash != spec.config_hash():
+    starts = here is None or not here.running or here.config_hash != spec.config_hash()
+    if starts:
         if here is not None:
             steps += routing.point(application, spec.ports, None, spec.name)
             steps.append(RemoveApplication(node, here.name))
         steps += [StartApplication(node, spec), WaitForApplication(node, spec.name)]
     # Every time, not only after a start: a node added to the inventory gets its routes here.
     steps += routing.point(application, spec.ports, node, spec.name)
+    if starts:
+        # Before an old copy elsewhere goes: if this one does not stay up, that one serves again.
+        steps.append(ConfirmApplication(node, spec.name))
     steps += [RemoveApplication(other, c.name) for other, c in _present(discovered) if other != node]
     kept = {p.external for p in spec.ports}
     steps += routing.remove(application, tuple(p.external for p in old_ports if p.external not in kept))

@@ -44,6 +44,16 @@ class WaitForApplication:
 
 
 @dataclass(frozen=True)
+class ConfirmApplication:
+    """Still up a moment after a create or replacement was routed to: a command that exits
+    at once can look "running" to the wait, and even publish its port, for some
+    milliseconds. Not in a move's cutover, whose downtime it would be."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
 class StopApplication:
     """Stop the container but keep it, so a failed move can start it again."""
 
@@ -130,6 +140,7 @@ Step = (
     | StartApplication
     | StageApplication
     | WaitForApplication
+    | ConfirmApplication
     | StopApplication
     | RemoveApplication
     | PushVolume
@@ -154,6 +165,8 @@ def describe(step: Step) -> str:
             return f"stage {spec.name} ({spec.image}) on {node.name}, held until its data is there"
         case WaitForApplication(node, container):
             return f"wait for {container} on {node.name}"
+        case ConfirmApplication(node, container):
+            return f"confirm {container} stays up on {node.name}"
         case StopApplication(node, container):
             return f"stop {container} on {node.name}"
         case RemoveApplication(node, container):

@@ -6,6 +6,7 @@ from flocker_provider.containers import ContainerSpec, MountedContainer, router_
 from flocker_provider.models import Node, NodeVolumeState, Port, RunningContainer
 from flocker_provider.planner import MoveState, PlanError, Routing, plan_application, plan_move, plan_volume
 from flocker_provider.steps import (
+    ConfirmApplication,
     CreateVolume,
     HandoffVolume,
     PointRoutes,
@@ -50,11 +51,12 @@ def running(spec: ContainerSpec = SPEC, up: bool = True) -> RunningContainer:
     return RunningContainer(spec.name, "id-" + spec.name, up, spec.config_hash())
 
 
-def test_new_application_is_started_awaited_then_routed_on_every_node() -> None:
+def test_new_application_is_started_awaited_routed_on_every_node_then_confirmed() -> None:
     assert plan((N1, SPEC), {N1: None}) == (
         StartApplication(N1, SPEC),
         WaitForApplication(N1, SPEC.name),
         *route(N1),
+        ConfirmApplication(N1, SPEC.name),
     )
 
 
@@ -65,7 +67,11 @@ def test_unchanged_application_only_rewrites_its_routes() -> None:
 
 def test_application_without_ports_has_no_routes() -> None:
     bare = ContainerSpec(name="flocker-dev-job", image="job:1")
-    assert plan((N1, bare), {N1: None}) == (StartApplication(N1, bare), WaitForApplication(N1, bare.name))
+    assert plan((N1, bare), {N1: None}) == (
+        StartApplication(N1, bare),
+        WaitForApplication(N1, bare.name),
+        ConfirmApplication(N1, bare.name),
+    )
 
 
 def test_changed_configuration_holds_connections_while_replacing_in_place() -> None:
@@ -76,6 +82,7 @@ def test_changed_configuration_holds_connections_while_replacing_in_place() -> N
         StartApplication(N1, new),
         WaitForApplication(N1, SPEC.name),
         *route(N1, new),
+        ConfirmApplication(N1, SPEC.name),
     )
 
 
@@ -86,14 +93,16 @@ def test_stopped_container_is_recreated() -> None:
         StartApplication(N1, SPEC),
         WaitForApplication(N1, SPEC.name),
         *route(N1),
+        ConfirmApplication(N1, SPEC.name),
     )
 
 
-def test_stateless_move_routes_to_the_new_node_before_stopping_the_old() -> None:
+def test_stateless_move_routes_to_the_new_node_and_confirms_it_before_stopping_the_old() -> None:
     assert plan((N2, SPEC), {N1: running(), N2: None}) == (
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
         *route(N2),
+        ConfirmApplication(N2, SPEC.name),
         RemoveApplication(N1, SPEC.name),
     )
 
