@@ -186,6 +186,12 @@ class DockerNode:
             raise NotOurs(f"node {self.node.name}: a volume named {name} exists that flocker-pulumi did not create")
         return NodeVolumeState(name, exists=True, retired=self._holder(name) is not None)
 
+    def container_owner_is(self, name: str, owner: Owner) -> bool:
+        try:
+            return L.same_owner(self.client.containers.get(name).labels, owner)
+        except docker.errors.NotFound:
+            return False
+
     def volume_owner_is(self, name: str, owner: Owner) -> bool:
         try:
             return L.same_owner(self.client.volumes.get(name).attrs.get("Labels"), owner)

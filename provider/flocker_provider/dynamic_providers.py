@@ -7,7 +7,8 @@ plan and hands it to the executor. The engine gives diff/update/delete the old
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pulumi.dynamic import (
     CheckFailure,
@@ -22,7 +23,7 @@ from pulumi.runtime import rpc
 
 from . import labels as L
 from .containers import container_spec, router_spec
-from .docker_layer import NodeUnreachable, connect
+from .docker_layer import DockerNode, NodeUnreachable, connect
 from .errors import ProviderError
 from .executor import Engines, execute
 from .inputs import (
@@ -36,7 +37,7 @@ from .inputs import (
     parse_volume,
 )
 from .migration import move_volume, plan_line
-from .models import Node, NodeVolumeState, Owner, Port
+from .models import Node, Owner, Port
 from .planner import Routing, plan_application, plan_volume
 from .progress import report
 
@@ -47,6 +48,7 @@ _INTERNAL = ("__provider",)
 # Inputs a volume only reads during a move: a node added to the cluster changes them for
 # every volume, and that alone must not show (or run) an update.
 VOLUME_MOVE_SETTINGS = ("route_nodes", "hold_seconds", "router_image")
+T = TypeVar("T")
 
 
 def _check(news: dict, parse: Any, conflicts: Any = None) -> CheckResult:
@@ -157,6 +159,17 @@ def _remove_application(inputs: ApplicationInputs) -> None:
     name = L.container_name(inputs.owner)
     with Engines() as engines:
         discovered = {inputs.node: engines[inputs.node].discover_application(name)}
+        # A move whose `pulumi` was killed after the destination's start left the
+        # application running there, on a node the state does not name.
+        discovered.update(
+            _left_behind(
+                engines,
+                [n for n in inputs.routing.nodes if n not in discovered],
+                f"application {name}",
+                lambda engine: engine.container_owner_is(name, inputs.owner),
+                lambda engine: engine.discover_application(name),
+            )
+        )
         routing = _routing(inputs.owner, inputs.routing)
         execute(plan_application(inputs.owner.resource, None, discovered, routing, inputs.application.ports), engines)
 
@@ -259,7 +272,16 @@ class VolumeProvider(ResourceProvider):
         nodes = [inputs.node] + [node_from_props(n) for n in props.get("retired_copies") or []]
         with Engines() as engines:
             discovered = {node: engines[node].discover_volume(inputs.name) for node in nodes}
-            discovered.update(_left_copies(engines, inputs, [n for n in inputs.routing.nodes if n not in discovered]))
+            # Partial copies (with a staged container) of a move whose `pulumi` was killed.
+            discovered.update(
+                _left_behind(
+                    engines,
+                    [n for n in inputs.routing.nodes if n not in discovered],
+                    f"a copy of {inputs.name}",
+                    lambda engine: engine.volume_owner_is(inputs.name, inputs.owner),
+                    lambda engine: engine.discover_volume(inputs.name),
+                )
+            )
             execute(plan_volume(None, discovered), engines)
 
 
@@ -270,17 +292,19 @@ def _unread(props: dict, exc: NodeUnreachable, what: str) -> dict:
     return props
 
 
-def _left_copies(engines: Engines, inputs: VolumeInputs, nodes: list[Node]) -> dict[Node, NodeVolumeState]:
-    """Copies of the volume on the other nodes of the inventory that the state does not
-    know of: partial copies (with a staged container) of a move whose `pulumi` was killed.
-    Only this resource's own; a node that does not answer keeps its copy, said so."""
+def _left_behind(
+    engines: Engines, nodes: list[Node], what: str, owned: Callable[[DockerNode], bool], discover: Callable[[DockerNode], T]
+) -> dict[Node, T]:
+    """What a resource being deleted has on the other nodes of the inventory, which the
+    state does not know of (left by an interrupted move). Only the resource's own (``owned``);
+    a node that does not answer keeps it, said so."""
     found = {}
     for node in nodes:
         try:
-            if engines[node].volume_owner_is(inputs.name, inputs.owner):
-                found[node] = engines[node].discover_volume(inputs.name)
+            if owned(engines[node]):
+                found[node] = discover(engines[node])
         except NodeUnreachable as exc:
-            report(f"warning: {exc}; a copy of {inputs.name} left there by an interrupted move stays")
+            report(f"warning: {exc}; {what} left there by an interrupted move stays")
     return found
 
 
