@@ -1,5 +1,14 @@
 """Parsing what rsync says, and the shape of the transfer commands."""
 
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from flocker_provider import transfer
 from flocker_provider.migration import stream_progress_line
 from flocker_provider.transfer import (
     TransferStats,
@@ -74,8 +83,37 @@ def test_stream_receiver_is_valid_python_that_answers_when_done() -> None:
 
 def test_stream_sender_waits_for_the_receivers_answer() -> None:
     script = stream_sender_command("10.0.0.2", 32000, 600)[2]
-    assert script.endswith("socat -t 600 - TCP:10.0.0.2:32000")
+    assert "socat -t 600 - TCP:10.0.0.2:32000" in script
     assert " -u " not in script  # one-way socat would not read the answer
+
+
+def test_the_receivers_answer_is_printed_after_tar_s_totals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A receiver that answers at once, while tar still runs: the sender prints the answer
+    # on its own line after tar's totals anyway, so both parse (run for real: sh, tar, socat).
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "file").write_bytes(b"x" * 3_000_000)
+    monkeypatch.setattr(transfer, "MOUNT", str(tmp_path / "data"))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def receive() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"flocker-received 0\n")
+                while conn.recv(65536):
+                    pass
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        command = stream_sender_command("127.0.0.1", server.getsockname()[1], 30)
+        # One stream for both, as an exec gives them.
+        done = subprocess.run(
+            command, env={**os.environ, "FLOCKER_SECRET": "s"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30
+        )
+        receiver.join()
+    assert done.returncode == 0, done.stdout
+    *_, totals, answer = done.stdout.splitlines()
+    assert totals.startswith("Total bytes written: ") and answer == "flocker-received 0", done.stdout
+    assert stream_received(done.stdout) and parse_stream_total(done.stdout) >= 3_000_000
 
 
 def test_stream_counts_only_a_confirmed_extraction() -> None:
