@@ -32,7 +32,7 @@ SSHD = "/usr/sbin/sshd"
 @dataclass(frozen=True)
 class SshAccess:
     nodes: dict[str, Node]
-    path: str  # PATH with our `ssh` first
+    bin_dir: Path  # holds our `ssh`, to go first on the PATH
     logs: dict[str, Path]  # sshd's log per node
 
     def logins(self, name: str) -> int:
@@ -87,7 +87,7 @@ def ssh_access(nodes: list[ClusterNode], tmp_path: Path) -> Iterator[SshAccess]:
         wrapper = bin_dir / "ssh"
         wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {directory / "config"} "$@"\n')
         wrapper.chmod(0o755)
-        yield SshAccess(found, f"{bin_dir}:{os.environ['PATH']}", logs)
+        yield SshAccess(found, bin_dir, logs)
     finally:
         # This process's own forwardings first: a server stopped under a live session leaves
         # that session's process to init, which here never reaps it.
@@ -100,7 +100,7 @@ def ssh_access(nodes: list[ClusterNode], tmp_path: Path) -> Iterator[SshAccess]:
 def test_a_node_over_ssh_keeps_one_connection_and_takes_routes_through_a_session(
     ssh_access: SshAccess, nodes: list[ClusterNode], stack_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", ssh_access.path)
+    monkeypatch.setenv("PATH", f"{ssh_access.bin_dir}:{os.environ['PATH']}")
     node = ssh_access.nodes["node1"]
     with connect(node) as engine:
         route_round_trip(engine, router_spec("p", stack_name, "flocker/base:local"))
@@ -119,7 +119,7 @@ def test_a_node_over_ssh_keeps_one_connection_and_takes_routes_through_a_session
     ids=["refused login", "no engine socket"],
 )
 def test_a_node_over_ssh_that_cannot_be_used_says_why(ssh_access: SshAccess, monkeypatch: pytest.MonkeyPatch, change, why: str) -> None:
-    monkeypatch.setenv("PATH", ssh_access.path)
+    monkeypatch.setenv("PATH", f"{ssh_access.bin_dir}:{os.environ['PATH']}")
     node = ssh_access.nodes["node1"]
     wrong = Node(node.name, node.address, change(node.docker_host))
     with pytest.raises(NodeUnreachable, match=f"node node1: Docker engine at ssh://.* did not answer: .*{why}"), connect(wrong):
@@ -135,7 +135,7 @@ def test_a_volume_moves_between_nodes_reached_over_ssh(
     entries = [{"name": n.name, "address": n.address, "docker_host": n.docker_host} for n in ssh_access.nodes.values()]
     node_file.write_text(json.dumps({"nodes": entries}))
     store = Pulumi(workdir, stack_name)
-    store.env.update(PATH=f"{ssh_access.path.split(':', 1)[0]}:{store.env['PATH']}", FLOCKER_NODES_FILE=str(node_file))
+    store.env.update(PATH=f"{ssh_access.bin_dir}:{store.env['PATH']}", FLOCKER_NODES_FILE=str(node_file))
     store.write_program(STORE)
     store.init({"node": "node1"})
     source, destination = by_name(nodes, "node1"), by_name(nodes, "node2")
