@@ -2,23 +2,31 @@
 # Builds the stand-in images without any container registry and loads them onto every
 # node of the local cluster (the node file written by scripts/cluster.sh up).
 #
-#   flocker/base:local           Debian bookworm minbase + python3, rsync, socat (debootstrap)
+#   flocker/base:local           Debian bookworm minbase + python3, python3-xxhash, rsync, socat (debootstrap)
 #   flocker/elasticsearch:local  images/elasticsearch  (document store, port 9200)
 #   flocker/logstash:local       images/logstash       (lines on TCP 5000 -> store "es")
 #   flocker/kibana:local         images/kibana         (page on port 8080 listing the store)
+#   flocker/postgres-root:local  Debian bookworm minbase + postgresql-15 (debootstrap, its own root)
+#   flocker/postgres:local       images/postgres       (PostgreSQL 15, port 5432, data in /var/lib/postgresql/data)
 #
-# Two caches outside the clone (${FLOCKER_CACHE:-~/.cache/flocker-pulumi}/images) make a
-# second run take seconds: the base root file system tarball, keyed by its package list and
-# suite, and a `docker save` of all four images, keyed by the base key and the contents of
-# images/. Images carry their key as a label, so a node that already has the right ones is
-# left alone. Environment: FLOCKER_NODES_FILE (node file), FLOCKER_CACHE, FLOCKER_DEBIAN_MIRROR
+# Three caches outside the clone (${FLOCKER_CACHE:-~/.cache/flocker-pulumi}/images) make a
+# second run take seconds: the two root file system tarballs (base and postgres), each keyed
+# by its package list and suite, and a `docker save` of all the images, keyed by both root
+# keys and the contents of images/. Images carry their key as a label, so a node that already
+# has the right ones is left alone. Environment: FLOCKER_NODES_FILE (node file), FLOCKER_CACHE, FLOCKER_DEBIAN_MIRROR
 # (default: the mirror apt is configured with).
 set -euo pipefail
 
 SUITE=bookworm
 VARIANT=minbase
-INCLUDE=python3,rsync,socat,ca-certificates,iptables
-IMAGES=(elasticsearch logstash kibana)
+INCLUDE=python3,python3-xxhash,rsync,socat,ca-certificates,iptables
+# PostgreSQL gets a root of its own rather than a layer on the base: the base image has no
+# apt sources or network at build time (builds run with --network none), and debootstrap
+# resolves the server's dependencies (ICU, LLVM for JIT, locales) in the same step.
+# postgresql-15 depends on postgresql-client-15, which brings pgbench and pg_amcheck; the
+# amcheck extension is in postgresql-15 itself.
+PG_INCLUDE=postgresql-15
+IMAGES=(elasticsearch logstash kibana postgres)
 REFS=("${IMAGES[@]/%/:local}"); REFS=("${REFS[@]/#/flocker/}")   # flocker/NAME:local
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -75,36 +83,84 @@ node_hosts() {
   grep -o '"docker_host"[[:space:]]*:[[:space:]]*"[^"]*"' "$NODES_FILE" | sed 's/.*"\([^"]*\)"$/\1/'
 }
 
-BASE_KEY="$(printf 'suite=%s variant=%s include=%s arch=%s trim=1\n' "$SUITE" "$VARIANT" "$INCLUDE" "$(dpkg --print-architecture)" |
-  sha256sum | cut -c1-16)"
+root_key() {   # include trim-version: a root file system's identity
+  printf 'suite=%s variant=%s include=%s arch=%s trim=%s\n' "$SUITE" "$VARIANT" "$1" "$(dpkg --print-architecture)" "$2" |
+    sha256sum | cut -c1-16
+}
+BASE_KEY="$(root_key "$INCLUDE" 1)"
 BASE_TAR="$CACHE/base-$BASE_KEY.tar"
-images_key() {   # the base key plus every file under images/ (path and content)
+PG_KEY="$(root_key "$PG_INCLUDE" pg2)"   # pg2: the trim of trim_postgres_root
+PG_TAR="$CACHE/postgres-$PG_KEY.tar"
+images_key() {   # both root keys plus every file under images/ (path and content)
   {
-    echo "$BASE_KEY"
+    echo "$BASE_KEY $PG_KEY"
     (cd "$repo" && find images -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z |
       xargs -0 sha256sum)
   } | sha256sum | cut -c1-16
 }
 
-build_base_tar() {
-  local mirror root t0=$SECONDS
+# A debootstrap root as a tarball in the cache. Run in a subshell of its own (the two roots
+# are made at once: each is mostly waiting on downloads and dpkg), so its trap is its own.
+build_root_tar() {   # include tarball trim-extra
+  local include="$1" tarball="$2" extra="$3" mirror root t0=$SECONDS
   mirror="$(debian_mirror)"
   mkdir -p "$CACHE"
   root="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
   trap 'rm -rf "$root"' EXIT
-  log "debootstrap $SUITE ($VARIANT, +$INCLUDE) from $mirror"
-  debootstrap --variant="$VARIANT" --include="$INCLUDE" "$SUITE" "$root" "$mirror" >"$root.log" 2>&1 ||
+  log "debootstrap $SUITE ($VARIANT, +$include) from $mirror"
+  debootstrap --variant="$VARIANT" --include="$include" "$SUITE" "$root" "$mirror" >"$root.log" 2>&1 ||
     { tail -n 30 "$root.log" >&2; die "debootstrap failed; log: $root.log"; }
   rm -f "$root.log"
   # What a container never needs: package caches and lists, docs. Docker mounts its own
   # /proc, /sys and /dev, so their contents are left out of the layer.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
          "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
+  [ -z "$extra" ] || "$extra" "$root"
   tar -C "$root" --numeric-owner --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' \
-      -cf "$BASE_TAR.tmp" .
-  mv -f "$BASE_TAR.tmp" "$BASE_TAR"
+      -cf "$tarball.tmp" .
+  mv -f "$tarball.tmp" "$tarball"
   rm -rf "$root"; trap - EXIT
-  log "base rootfs cached: $BASE_TAR ($(du -h "$BASE_TAR" | cut -f1), $((SECONDS - t0))s)"
+  log "rootfs cached: $tarball ($(du -h "$tarball" | cut -f1), $((SECONDS - t0))s)"
+}
+
+trim_postgres_root() {   # root
+  # postgresql-common's postinst made a cluster "main" (/etc and /var/lib/postgresql/15/main):
+  # the image makes its own in the volume on first start, so this one is only weight.
+  rm -rf "$1"/var/lib/postgresql/15 "$1"/etc/postgresql/15
+  # Translations of server and client messages: the logs are read in English. Locale
+  # sources are for locale-gen only; the image uses C.UTF-8, which is built into glibc.
+  rm -rf "$1"/usr/share/locale/* "$1"/usr/share/i18n
+  # JIT: LLVM and the z3 it links are 130 MB of the 360 MB root for a feature the image turns
+  # off (jit = off; see images/postgres). Should someone turn it on, the server finds no
+  # llvmjit provider and runs the query without JIT, which it is designed to do.
+  rm -rf "$1"/usr/lib/postgresql/15/lib/llvmjit* "$1"/usr/lib/postgresql/15/lib/bitcode \
+         "$1"/usr/lib/*-linux-gnu/libLLVM-* "$1"/usr/lib/*-linux-gnu/libz3.so*
+}
+
+# The roots the node lacks and the cache does not hold, made side by side.
+build_root_tars() {   # docker-host
+  local pids=() p failed=0
+  root_current "$1" flocker/base:local "$BASE_KEY" || [ -f "$BASE_TAR" ] ||
+    { (build_root_tar "$INCLUDE" "$BASE_TAR" "") & pids+=($!); }
+  root_current "$1" flocker/postgres-root:local "$PG_KEY" || [ -f "$PG_TAR" ] ||
+    { (build_root_tar "$PG_INCLUDE" "$PG_TAR" trim_postgres_root) & pids+=($!); }
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  [ $failed = 0 ] || die "could not make the root file systems"
+}
+
+# Each imported root carries its key in one label (flocker.base-key, whichever root it is),
+# so that a node with the right one is not imported again.
+root_current() {   # docker-host image key
+  [ "$(docker -H "$1" image inspect --format '{{index .Config.Labels "flocker.base-key"}}' "$2" 2>/dev/null)" = "$3" ]
+}
+
+import_root() {   # docker-host tarball image key
+  log "importing $3 on $1"
+  docker -H "$1" import \
+    --change "LABEL flocker.base-key=$4" \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+    --change 'CMD ["/bin/bash"]' \
+    "$2" "$3" >/dev/null
 }
 
 # True if the node has all images of this exact key (labels written at build/import time).
@@ -113,21 +169,15 @@ node_current() {   # docker-host
   labels="$(docker -H "$1" image inspect --format '{{index .Config.Labels "flocker.images-key"}}' \
       "${REFS[@]}" 2>/dev/null)" || return 1
   [ "$(printf '%s\n' "$labels" | sort -u)" = "$IMAGES_KEY" ] || return 1
-  [ "$(docker -H "$1" image inspect --format '{{index .Config.Labels "flocker.base-key"}}' flocker/base:local 2>/dev/null)" = "$BASE_KEY" ]
+  root_current "$1" flocker/base:local "$BASE_KEY" && root_current "$1" flocker/postgres-root:local "$PG_KEY"
 }
 
 build_on() {   # docker-host
   local h="$1" name t0=$SECONDS
   mkdir -p "$CACHE"
-  if [ "$(docker -H "$h" image inspect --format '{{index .Config.Labels "flocker.base-key"}}' flocker/base:local 2>/dev/null)" != "$BASE_KEY" ]; then
-    [ -f "$BASE_TAR" ] || build_base_tar
-    log "importing flocker/base:local on $h"
-    docker -H "$h" import \
-      --change "LABEL flocker.base-key=$BASE_KEY" \
-      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
-      --change 'CMD ["/bin/bash"]' \
-      "$BASE_TAR" flocker/base:local >/dev/null
-  fi
+  build_root_tars "$h"
+  root_current "$h" flocker/base:local "$BASE_KEY" || import_root "$h" "$BASE_TAR" flocker/base:local "$BASE_KEY"
+  root_current "$h" flocker/postgres-root:local "$PG_KEY" || import_root "$h" "$PG_TAR" flocker/postgres-root:local "$PG_KEY"
   for name in "${IMAGES[@]}"; do
     log "building flocker/$name:local on $h"
     # The classic builder (DOCKER_BUILDKIT=0) works with any client, needs no buildx plugin,
@@ -165,7 +215,7 @@ main() {
     fi
     mkdir -p "$CACHE"
     log "saving images to $images_tar"
-    docker -H "$have" save -o "$images_tar.tmp" flocker/base:local "${REFS[@]}"
+    docker -H "$have" save -o "$images_tar.tmp" flocker/base:local flocker/postgres-root:local "${REFS[@]}"
     mv -f "$images_tar.tmp" "$images_tar"
     # Keep the cache bounded: older image sets can be rebuilt from the base tarball.
     find "$CACHE" -maxdepth 1 -name 'images-*.tar' ! -name "images-$IMAGES_KEY.tar" -delete
