@@ -41,7 +41,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the cluster harness lives with the integration tests
 
 from flocker_provider.transfer import parse_stream_total  # noqa: E402
-from tests.integration.harness import STORE, ClusterNode, Pulumi, Writer, by_name, eventually, http_json, load_nodes, make  # noqa: E402
+from tests.integration.harness import (  # noqa: E402
+    STORE,
+    ClusterNode,
+    Pulumi,
+    Writer,
+    by_name,
+    eventually,
+    gaps_around,
+    http_json,
+    load_nodes,
+    make,
+    stop_returned_at,
+)
 
 MiB = 1 << 20
 SIZES = {"100M": 100 * MiB, "1G": 1024 * MiB, "4G": 4096 * MiB}
@@ -211,16 +223,12 @@ def measured_move(store: Pulumi, source: ClusterNode, destination: ClusterNode) 
     up_seconds = time.monotonic() - started
     writer_finished(writer, time.monotonic())
     last_move = store.outputs()["last_move"]
-    # When the stop returned: the store no longer answers on the source, and not yet on the
-    # destination (a write in flight when the stop began may still be acknowledged during it).
-    stop = next(s for s in last_move["steps"] if s["step"].startswith("stop "))
-    stopped = stop["started_at"] + stop["seconds"] - (time.time() - time.monotonic())  # on the writer's clock
-    gaps = [(round(b - a, 3), a <= stopped < b) for a, b in zip(writer.served, writer.served[1:], strict=False)]
+    downtime, other = gaps_around(writer.served, stop_returned_at(last_move))
     return {
         "from": source.name,
         "to": destination.name,
-        "client_downtime_seconds": next(gap for gap, around in gaps if around),
-        "client_longest_other_pause_seconds": max((gap for gap, around in gaps if not around), default=0.0),
+        "client_downtime_seconds": downtime,
+        "client_longest_other_pause_seconds": other,
         "provider_downtime_seconds": last_move["downtime_seconds"],
         "pulumi_up_seconds": round(up_seconds, 3),
         "writes_acknowledged": len(writer.acknowledged),

@@ -11,7 +11,6 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
-command -v rsync >/dev/null || need+=(rsync)
 command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)   # the TLS test makes its certificates
 command -v iptables >/dev/null || need+=(iptables)

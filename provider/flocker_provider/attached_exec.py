@@ -73,10 +73,13 @@ class AttachedExec:
 
 
 class ArmedExec(AttachedExec):
-    """``command`` started now, run once ``fire`` says so."""
+    """``command`` started now, run once ``fire`` says so. A command that ``waits`` reads the
+    line itself, once it has done what it can ahead (a program loading its state)."""
 
-    def __init__(self, api: Any, container_id: str, command: list[str], environment: dict[str, str] | None = None) -> None:
-        super().__init__(api, container_id, ["sh", "-c", _ARMED, "sh", *command], environment)
+    def __init__(
+        self, api: Any, container_id: str, command: list[str], environment: dict[str, str] | None = None, waits: bool = False
+    ) -> None:
+        super().__init__(api, container_id, command if waits else ["sh", "-c", _ARMED, "sh", *command], environment)
 
     def fire(self) -> Iterator[bytes]:
         """Run the command; its output as it comes, until it exits."""

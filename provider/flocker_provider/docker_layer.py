@@ -24,7 +24,7 @@ import docker.tls
 import docker.utils
 
 from . import labels as L
-from . import ssh_tunnel
+from . import on_node, ssh_tunnel
 from .attached_exec import ExitWatch
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
 from .models import Node, NodeVolumeState, Owner, RunningContainer
@@ -41,6 +41,7 @@ from .staging import (
     is_staged,
     staged_name,
 )
+from .transfer import MOUNT
 
 API_TIMEOUT = 60
 # Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over
@@ -427,6 +428,32 @@ class DockerNode:
             volumes={router.volume: {"bind": "/routes", "mode": "rw"}},
             restart_policy={"Name": "always"},
         )
+
+    def run_helper(
+        self,
+        image: str,
+        name: str,
+        command: list[str],
+        labels: dict[str, str],
+        volume: str,
+        environment: dict[str, str] | None = None,
+        port: int | None = None,
+        read_only: bool = False,
+    ) -> docker.models.containers.Container:
+        """A move's helper: the volume at the transfer mountpoint, the programs that run on the
+        nodes in its own layer (put there before it starts), ``port`` published on an ephemeral one."""
+        container = self.client.containers.create(
+            image,
+            command=command,
+            name=name,
+            environment=environment or {},
+            labels=labels,
+            volumes={volume: {"bind": MOUNT, "mode": "ro" if read_only else "rw"}},
+            ports={f"{port}/tcp": None} if port else {},
+        )
+        container.put_archive("/", on_node.archive())
+        container.start()
+        return container
 
     def create_volume(self, name: str, labels: dict[str, str]) -> None:
         state = self.discover_volume(name)

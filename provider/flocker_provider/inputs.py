@@ -58,6 +58,9 @@ class VolumeInputs:
     move_timeout: float
     transfer_image: str
     routing: RoutingInputs
+    # Seconds a move may keep the application stopped for phase 2, as predicted: pre-copy
+    # goes on until the prediction fits (or stops shrinking). QEMU's default downtime limit.
+    downtime_budget: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,9 @@ def parse_volume(props: dict) -> VolumeInputs:
     failures: list[Failure] = []
     node = _node(props, failures)
     maximum_size = _optional_int(props.get("maximum_size"), "maximum_size", failures)
+    budget = props.get("downtime_budget", 0.3)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 3600:
+        failures.append(("downtime_budget", f"expected seconds between 0 and 3600, got {budget!r}"))
     routing = _routing(props, node, failures)
     if failures:
         raise InvalidInputs(failures)
@@ -302,4 +308,5 @@ def parse_volume(props: dict) -> VolumeInputs:
         move_timeout=float(props.get("move_timeout") or 3600),
         transfer_image=str(props.get("transfer_image") or DEFAULT_TRANSFER_IMAGE),
         routing=routing,
+        downtime_budget=float(budget),
     )

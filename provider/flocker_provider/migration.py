@@ -44,32 +44,30 @@ from .steps import (
     describe,
 )
 from .transfer import (
-    DAEMON_PORT,
-    LISTING,
-    MOUNT,
+    DELTA_PORT,
     STREAM_PORT,
-    VANISHED,
     Credentials,
-    TransferStats,
-    client_command,
-    daemon_command,
+    DeltaFailed,
+    delta_progress,
+    delta_receiver_command,
+    delta_result,
+    delta_send_command,
+    delta_verify_command,
     heartbeat,
     human_bytes,
-    listing_command,
-    listing_differences,
     new_credentials,
-    parse_progress,
-    parse_stats,
     parse_stream_progress,
     parse_stream_total,
+    predicted_seconds,
     stream_received,
     stream_receiver_command,
     stream_sender_command,
 )
 
-# Pre-copy stops when a round sends less than this, or no longer halves the delta.
-SMALL_DELTA = 16 * 1024 * 1024
-MAX_ROUNDS = 5
+# Pre-copy goes on while the predicted phase 2 does not fit the move's downtime budget and
+# each round still shrinks it by a tenth; at most this many rounds (P.Haul's limit).
+MAX_ROUNDS = 8
+SHRINKING = 0.9
 PROGRESS_EVERY = 3.0
 # docker stop's grace period before SIGKILL, and how much longer the end of the
 # application's processes may take to be seen before the plain stop is waited for.
@@ -244,6 +242,11 @@ def _run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: M
                     stop_time = stop_time or time.monotonic()
                     stops.stop(step)
                 case PointRoutes(backend=None):
+                    if channel.predicted is not None and channel.predicted > step.hold_seconds:
+                        report(
+                            f"move {channel.label}: warning: phase 2 is predicted to take {channel.predicted:.1f}s, longer than "
+                            f"the hold of {step.hold_seconds:g}s: connections held longer are closed (raise hold_seconds)"
+                        )
                     run_step(step, engines, timeout)
                     held.append(step)
                 case StageApplication():
@@ -335,16 +338,19 @@ class TransferChannel:
         self.credentials: Credentials = new_credentials()
         self.labels = {**L.owner_labels(new.owner, L.KIND_TRANSFER), L.VOLUME: new.name}
         self.volume_labels = dict(L.owner_labels(new.owner, L.KIND_VOLUME))
+        self.budget = new.downtime_budget
         self.port: int | None = None
         self.receiver: Container | None = None
         self.sender: Container | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._source_listing: Future[str] | None = None
-        # Phase 2's rsync on the source and the verification's listing on the destination,
-        # started at the end of phase 1 and run when their time comes (see ``arm``).
+        # Phase 2's round and the verification, started at the end of phase 1 and run when
+        # their time comes (see ``arm``).
         self._armed: dict[str, ArmedExec] = {}
         self.fresh = False
         self.created = False
+        self.rounds = 0
+        self.total: int | None = None
+        # What the last round of phase 1 predicted phase 2 would take.
+        self.predicted: float | None = None
 
     def __enter__(self) -> TransferChannel:
         for node in (self.source, self.destination):
@@ -357,11 +363,11 @@ class TransferChannel:
         destination.create_volume(self.volume, self.volume_labels)
         for node in (self.source, self.destination):
             self.engines[node].ensure_image(self.image)
+        self.total = self.engines[self.source].volume_size(self.volume)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._disarm()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         for node in (self.source, self.destination):
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
                 self.engines[node].remove_transfer_containers(self.volume)
@@ -379,15 +385,10 @@ class TransferChannel:
 
     def _start_receiver(self, role: str, command: list[str], port: int, ready: bytes) -> tuple[Container, int]:
         """A helper on the destination, published on an ephemeral port, once it listens."""
-        container = self.engines[self.destination].client.containers.run(
-            self.image,
-            command=command,
-            name=f"{self.volume}-{role}-{self.move_id}",
-            detach=True,
-            environment={"FLOCKER_SECRET": self.credentials.password, "FLOCKER_ALLOWED": self.source.address},
-            labels=self.labels,
-            volumes={self.volume: {"bind": MOUNT, "mode": "rw"}},
-            ports={f"{port}/tcp": None},
+        engine = self.engines[self.destination]
+        environment = {"FLOCKER_SECRET": self.credentials.password, "FLOCKER_ALLOWED": self.source.address}
+        container = engine.run_helper(
+            self.image, f"{self.volume}-{role}-{self.move_id}", command, self.labels, self.volume, environment, port
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -398,12 +399,12 @@ class TransferChannel:
                 raise RuntimeError(f"{role} helper on {self.destination.name} stopped: {logs}")
             if bindings and ready in container.logs():
                 return container, int(bindings[0]["HostPort"])
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise TimeoutError(f"{role} helper on {self.destination.name} did not start within 30s")
 
-    def _rsync_port(self) -> int:
+    def _delta_port(self) -> int:
         if self.port is None:
-            self.receiver, self.port = self._start_receiver("receive", daemon_command(self.source.address), DAEMON_PORT, b"rsyncd version")
+            self.receiver, self.port = self._start_receiver("receive", delta_receiver_command(), DELTA_PORT, b"flocker-delta listening")
         return self.port
 
     def _source_helper(self) -> Container:
@@ -414,13 +415,13 @@ class TransferChannel:
         verification run while the application is stopped.
         """
         if self.sender is None:
-            self.sender = self.engines[self.source].client.containers.run(
+            self.sender = self.engines[self.source].run_helper(
                 self.image,
-                command=["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
-                name=f"{self.volume}-send-{self.move_id}",
-                detach=True,
-                labels=self.labels,
-                volumes={self.volume: {"bind": MOUNT, "mode": "ro"}},
+                f"{self.volume}-send-{self.move_id}",
+                ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
+                self.labels,
+                self.volume,
+                read_only=True,
             )
         return self.sender
 
@@ -466,30 +467,41 @@ class TransferChannel:
             raise failed[0]
         return api.exec_inspect(exec_id)["ExitCode"], b"".join(chunks).decode(errors="replace")
 
-    def _rsync(self, timeout: float, phase: str) -> tuple[int, str]:
+    def _delta(self, final: bool, timeout: float, phase: str) -> dict:
+        """One delta round (on_node/delta_copy.py); phase 2's was armed at the end of phase 1."""
+        started = time.monotonic()
+
         def progress(output: str) -> str | None:
-            found = parse_progress(output)
+            found = delta_progress(output)
             if found is None:
                 return None
-            copied = human_bytes(found.bytes_copied)
-            return f"{phase}: {copied} copied ({found.percent}%), {found.rate}, {found.remaining} left"
+            read, total = found
+            share = f" of {human_bytes(total)}" if total else ""
+            return f"{phase}: {human_bytes(read)}{share} read, {human_bytes(read / max(time.monotonic() - started, 1e-3))}/s"
 
-        command = client_command(self.destination.address, self._rsync_port())
-        armed = self._armed.pop("phase 2", None) if phase == "phase 2" else None
-        return self._run_on_source(command, {"RSYNC_PASSWORD": self.credentials.password}, timeout, progress, armed)
+        command = delta_send_command(self.destination.address, self._delta_port(), self.total, final, armed=False)
+        armed = self._armed.pop("phase 2", None) if final else None
+        _, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress, armed)
+        try:
+            return delta_result(output)
+        except DeltaFailed as exc:
+            raise RuntimeError(f"{phase} from {self.source.name} to {self.destination.name} failed: {exc}") from exc
 
     def arm(self) -> None:
-        """Start phase 2's rsync and the destination's listing now, to run when their time
-        comes: both run while the application is stopped, and an exec's start is 40-100 ms
-        of it. A transport that cannot hijack a connection runs them as plain execs then."""
+        """Start phase 2's round and the verification now, connected and waiting for a line on
+        stdin: both run while the application is stopped, and an exec's start (40-100 ms)
+        plus Python's and the state's load would be part of it. A transport that cannot
+        hijack a connection runs them as plain execs then."""
         self._disarm()
-        command = client_command(self.destination.address, self._rsync_port())
-        source, destination = self.engines[self.source].client.api, self.engines[self.destination].client.api
-        assert self.receiver is not None, "armed after phase 1, which started the receiver"
+        port = self._delta_port()
+        api, helper = self.engines[self.source].client.api, self._source_helper()
+        env = {"FLOCKER_SECRET": self.credentials.password}
+        address = self.destination.address
         try:
-            env = {"RSYNC_PASSWORD": self.credentials.password}
-            self._armed["phase 2"] = ArmedExec(source, self._source_helper().id, heartbeat(command), env)
-            self._armed["listing"] = ArmedExec(destination, self.receiver.id, listing_command())
+            self._armed["phase 2"] = ArmedExec(
+                api, helper.id, delta_send_command(address, port, self.total, True, armed=True), env, waits=True
+            )
+            self._armed["verify"] = ArmedExec(api, helper.id, delta_verify_command(address, port, armed=True), env, waits=True)
         except Exception:  # any failure to hijack a connection means the same: plain execs
             self._disarm()
 
@@ -500,7 +512,7 @@ class TransferChannel:
 
     def _stream(self, timeout: float) -> dict:
         """Round 1 into an empty destination: a raw tar stream, no delta to compute."""
-        total = self.engines[self.source].volume_size(self.volume)
+        total = self.total
         started = time.monotonic()
         receiver, port = self._start_receiver("stream", stream_receiver_command(), STREAM_PORT, b"listening")
 
@@ -518,79 +530,67 @@ class TransferChannel:
             "final": False,
             "method": "stream",
             "bytes_sent": size,
-            "literal_bytes": size,
+            "bytes_read": size,
             "total_size": size,
             "seconds": round(time.monotonic() - started, 3),
         }
 
     def push(self, final: bool, timeout: float) -> list[dict]:
+        """Phase 1 (pre-copy rounds until the predicted phase 2 fits the budget or stops
+        shrinking) or phase 2 (one round, the application stopped)."""
         rounds: list[dict] = []
-        if final:
-            # The application is stopped: the source no longer changes, so its side of the
-            # verification is scanned while phase 2 copies.
-            self._source_listing = self._pool.submit(self._listing, self.source)
         if not final and self.fresh:
             rounds.append(self._stream(timeout))
-            self.fresh = False
+            self.fresh, self.rounds = False, 1
             report(f"move {self.label}: phase 1 round 1 (stream): sent {human_bytes(rounds[0]['bytes_sent'])}")
-        previous: int | None = None
         while True:
-            phase = "phase 2" if final else f"phase 1 round {len(rounds) + 1}"
-            started = time.monotonic()
-            code, output = self._rsync(timeout, phase)
-            allowed = (0,) if final else (0, VANISHED)
-            if code not in allowed:
-                raise RuntimeError(f"rsync from {self.source.name} to {self.destination.name} exited {code}: {_tail(output)}")
-            stats = parse_stats(output)
-            rounds.append(_round(stats, final, time.monotonic() - started))
-            report(f"move {self.label}: {phase}: sent {human_bytes(stats.bytes_sent)} of {human_bytes(stats.total_size)}")
-            delta = stats.literal_bytes
-            small = delta < SMALL_DELTA or (previous is not None and delta > previous // 2)
-            if final or small or len(rounds) >= MAX_ROUNDS:
-                if not final:
-                    self.arm()
+            self.rounds += 1
+            phase = "phase 2" if final else f"phase 1 round {self.rounds}"
+            result = self._delta(final, timeout, phase)
+            round_ = _round(result, final)
+            rounds.append(round_)
+            done = f"read {human_bytes(result['bytes_read'])} in {result['files_read']} files, sent {human_bytes(result['bytes_sent'])}"
+            if final:
+                predicted = f" (predicted {self.predicted:.2f}s)" if self.predicted is not None else ""
+                report(f"move {self.label}: phase 2: {done} in {result['seconds']:.2f}s{predicted}")
                 return rounds
-            previous = delta
+            predicted = round_["predicted_phase2_seconds"] = predicted_seconds(result)
+            fits = predicted <= self.budget
+            shrinking = self.predicted is None or predicted < SHRINKING * self.predicted
+            stop = fits or not shrinking or self.rounds >= MAX_ROUNDS
+            why = (
+                "fits the budget"
+                if fits
+                else "no longer shrinking"
+                if not shrinking
+                else f"{MAX_ROUNDS} rounds done"
+                if stop
+                else "copying again"
+            )
+            report(
+                f"move {self.label}: {phase}: {done} in {result['seconds']:.2f}s; "
+                f"phase 2 predicted {predicted:.2f}s (budget {self.budget:g}s): {why}"
+            )
+            self.predicted = predicted
+            if stop:
+                self.arm()
+                return rounds
 
     def verify(self, timeout: float) -> None:
-        """The destination's tree against the source's (see ``listing_command``).
-
-        Not a second rsync dry run: that costs a connection, a login and a file list sent
-        over the network while the application is stopped; two local scans and a digest
-        cost a third of it, and less the more files there are. The source's scan ran
-        during phase 2 (it no longer changes once the application is stopped); only the
-        destination's is left here.
-        """
+        """The destination's tree against the source's: every entry's type, mode, owner, size,
+        modification time and block digests, the destination's from its own disk (see
+        on_node/delta_copy.py). Only digests cross the network."""
         if self.receiver is None:
             raise RuntimeError(f"no copy on {self.destination.name} to verify")
-        source_listing = self._source_listing or self._pool.submit(self._listing, self.source)
-        destination = self._listing(self.destination)
-        if source_listing.result(timeout) == destination:
-            return
-        # Only now the listings themselves, to say what differs (capped: a volume may hold millions of files).
-        full = [self._helper(node).exec_run(["head", "-c", "4000000", LISTING]).output for node in (self.source, self.destination)]
-        differences = listing_differences(*(text.decode(errors="replace") for text in full))
-        raise RuntimeError(
-            f"destination copy on {self.destination.name} differs from the source: {'; '.join(differences) or _tail(destination)}"
-        )
-
-    def _helper(self, node: Node) -> Container:
-        if node == self.source:
-            return self._source_helper()
-        assert self.receiver is not None, "the destination's helper starts with the first rsync round"
-        return self.receiver
-
-    def _listing(self, node: Node) -> str:
-        armed = self._armed.pop("listing", None) if node == self.destination else None
-        if armed is not None:
-            output = b"".join(armed.fire())
-            code = armed.exit_code()
-        else:
-            code, output = self._helper(node).exec_run(listing_command())
-        text = output.decode(errors="replace")
-        if code != 0:
-            raise RuntimeError(f"listing the volume on {node.name} failed: {_tail(text)}")
-        return text
+        command = delta_verify_command(self.destination.address, self._delta_port(), armed=False)
+        armed = self._armed.pop("verify", None)
+        _, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, lambda _: None, armed)
+        try:
+            result = delta_result(output)
+        except DeltaFailed as exc:
+            raise RuntimeError(f"verifying the copy on {self.destination.name} failed: {exc}") from exc
+        if not result["equal"]:
+            raise RuntimeError(f"destination copy on {self.destination.name} differs from the source: {'; '.join(result['differences'])}")
 
 
 def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:
@@ -604,15 +604,9 @@ def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:
     return f"{line}, {human_bytes(rate)}/s"
 
 
-def _round(stats: TransferStats, final: bool, seconds: float) -> dict:
-    return {
-        "final": final,
-        "method": "rsync",
-        "bytes_sent": stats.bytes_sent,
-        "literal_bytes": stats.literal_bytes,
-        "total_size": stats.total_size,
-        "seconds": round(seconds, 3),
-    }
+def _round(result: dict, final: bool) -> dict:
+    keys = ("seconds", "bytes_sent", "bytes_read", "files_read", "blocks_sent", "bytes_written", "total_size", "dirty_bytes")
+    return {"final": final, "method": "delta", **{key: result.get(key) for key in keys}}
 
 
 def _tail(output: str) -> str:

@@ -1,58 +1,36 @@
-"""How a volume travels node to node: rsync between two short-lived helper containers.
+"""How a volume travels node to node: a tar stream into an empty copy, then delta rounds.
 
-The destination runs an rsync daemon that knows one user with a password made for this
-move only and accepts connections from the source node's address only; the source runs
-the rsync client. Data never passes through the machine that runs `pulumi`.
-Everything here is pure: command lines in, statistics out.
+The programs on the nodes (``on_node``) are run in two helper containers for the move: a
+receiver on the destination, which accepts connections from the source node's address only
+and with a password made for this move only, and the sender on the source. Data never
+passes through the machine that runs `pulumi`. Everything here is pure: command lines in,
+results and predictions out.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass
 
-DAEMON_PORT = 8730
+from . import on_node
+from .on_node.delta_copy import PROGRESS, RESULT
+
+DELTA_PORT = 8730
 STREAM_PORT = 8731
-MODULE = "volume"
-USER = "flocker"
 MOUNT = "/data"
+DELTA_STATE = "/tmp/flocker-delta.state"
+STREAM_STARTED = "/tmp/flocker-stream.started"  # in the source helper, written as its stream begins
 
 
 @dataclass(frozen=True)
 class Credentials:
-    user: str
     password: str
 
 
 def new_credentials() -> Credentials:
-    return Credentials(user=USER, password=secrets.token_urlsafe(24))
-
-
-def daemon_command(allowed_address: str) -> list[str]:
-    """Shell run in the destination helper; the password arrives in FLOCKER_SECRET."""
-    config = "\n".join(
-        [
-            "use chroot = no",
-            "uid = 0",
-            "gid = 0",
-            f"[{MODULE}]",
-            f"path = {MOUNT}",
-            "read only = no",
-            f"auth users = {USER}",
-            "secrets file = /tmp/flocker-rsyncd.secrets",
-            "strict modes = yes",
-            f"hosts allow = {allowed_address}",
-            "hosts deny = *",
-        ]
-    )
-    script = (
-        "umask 077; "
-        f'printf "{USER}:%s\\n" "$FLOCKER_SECRET" > /tmp/flocker-rsyncd.secrets; '
-        f"printf '%s\\n' '{config}' > /tmp/flocker-rsyncd.conf; "
-        f"exec rsync --daemon --no-detach --log-file=/dev/stderr --config=/tmp/flocker-rsyncd.conf --port={DAEMON_PORT}"
-    )
-    return ["sh", "-c", script]
+    return Credentials(password=secrets.token_urlsafe(24))
 
 
 def heartbeat(command: list[str]) -> list[str]:
@@ -67,60 +45,10 @@ def heartbeat(command: list[str]) -> list[str]:
     return ["sh", "-c", script, "sh", *command]
 
 
-def client_command(address: str, port: int) -> list[str]:
-    """rsync from the mounted volume to the daemon; the password comes in RSYNC_PASSWORD.
-
-    ``--inplace --no-whole-file`` makes rsync send only the changed blocks of a large
-    file (a database's) instead of the whole file; ``--delete`` makes the copy exact.
-    """
-    args = [
-        "rsync",
-        "--archive",
-        "--hard-links",
-        "--numeric-ids",
-        "--delete",
-        "--inplace",
-        "--no-whole-file",
-        "--stats",
-    ]
-    return [*args, "--info=progress2", f"{MOUNT}/", f"rsync://{USER}@{address}:{port}/{MODULE}/"]
-
-
 # The first copy into an empty destination is a plain tar stream: rsync's protocol costs
 # more than half the throughput of a raw stream (measured: 12.4 s against 5.2 s for
 # 1.09 GB), and with nothing on the other side there is no delta to find. The receiver
-# takes one connection, from the source's address only, that must start with the move's
-# password; then tar reads the socket directly.
-_RECEIVER = """
-import hmac, os, socket, subprocess, sys
-secret = os.environ["FLOCKER_SECRET"].encode()
-allowed = os.environ["FLOCKER_ALLOWED"]
-server = socket.create_server(("0.0.0.0", %(port)d))
-print("flocker-receiver listening", flush=True)
-while True:
-    conn, (peer, _) = server.accept()
-    conn.settimeout(30)
-    got = b""
-    try:
-        while peer == allowed and len(got) < len(secret):
-            chunk = conn.recv(len(secret) - len(got))
-            if not chunk:
-                break
-            got += chunk
-    except OSError:
-        pass
-    if peer != allowed or not hmac.compare_digest(got, secret):
-        print("refused a connection from", peer, flush=True)
-        conn.close()
-        continue
-    conn.settimeout(None)
-    tar = ["tar", "-x", "-p", "--numeric-owner", "-C", "%(mount)s", "-f", "-"]
-    code = subprocess.run(tar, stdin=conn.fileno()).returncode
-    conn.sendall(b"%(done)s %%d\\n" %% code)
-    conn.close()
-    sys.exit(code)
-"""
-
+# is on_node/stream_receive.py.
 TAR_RECORD = 10240  # GNU tar's default record size; checkpoints count records
 TAR_CHECKPOINT = 10240  # records between progress lines: 100 MiB
 
@@ -134,7 +62,7 @@ STREAM_DONE = "flocker-received"
 
 def stream_receiver_command() -> list[str]:
     """Destination side of the bulk copy; the password in FLOCKER_SECRET, the source address in FLOCKER_ALLOWED."""
-    return ["python3", "-c", _RECEIVER % {"port": STREAM_PORT, "mount": MOUNT, "done": STREAM_DONE}]
+    return on_node.command("stream_receive", str(STREAM_PORT), MOUNT, STREAM_DONE)
 
 
 def stream_sender_command(address: str, port: int, timeout: float) -> list[str]:
@@ -145,7 +73,9 @@ def stream_sender_command(address: str, port: int, timeout: float) -> list[str]:
     # interleaved mid-line ("Total bytes written: flocker-received 0 / 194560") and a good
     # copy failed as unconfirmed (seen in CI, on a 190 KiB volume).
     stream = f'{{ printf %s "$FLOCKER_SECRET"; {tar}; }} | socat -t {timeout:.0f} - TCP:{address}:{port}'
-    return ["sh", "-c", f"answer=$({stream}); code=$?; printf '%s\\n' \"$answer\"; exit $code"]
+    # When tar began, on this node's clock: the next round trusts files unchanged since then.
+    started = f"date +%s%N > {STREAM_STARTED}"
+    return ["sh", "-c", f"{started}; answer=$({stream}); code=$?; printf '%s\\n' \"$answer\"; exit $code"]
 
 
 def stream_received(output: str) -> bool:
@@ -163,80 +93,70 @@ def parse_stream_total(output: str) -> int:
     return _number(r"Total bytes written:", output)
 
 
-# rsync exits 24 when files vanished while it read them: expected while the
-# application is still writing (phase 1), and harmless since phase 2 copies again.
-VANISHED = 24
-
-
-@dataclass(frozen=True)
-class TransferStats:
-    files: int
-    total_size: int
-    literal_bytes: int
-    bytes_sent: int
-
-
 def _number(pattern: str, text: str) -> int:
     match = re.search(pattern + r"\s*([\d,\.]+)", text)
     return int(match.group(1).replace(",", "").split(".")[0]) if match else 0
 
 
-def parse_stats(output: str) -> TransferStats:
-    return TransferStats(
-        files=_number(r"Number of files:", output),
-        total_size=_number(r"Total file size:", output),
-        literal_bytes=_number(r"Literal data:", output),
-        bytes_sent=_number(r"Total bytes sent:", output),
-    )
+# The delta rounds (on_node/delta_copy.py): the sender keeps what the destination holds in
+# a state file inside the source helper, which lives as long as the move.
 
 
-_PROGRESS = re.compile(r"([\d,]+)\s+(\d+)%\s+([\d\.]+[kMGT]?B/s)\s+(\d+:\d+:\d+)")
+def delta_receiver_command() -> list[str]:
+    return on_node.command("delta_copy", "receive", "--root", MOUNT, "--port", str(DELTA_PORT))
 
 
-@dataclass(frozen=True)
-class Progress:
-    bytes_copied: int
-    percent: int
-    rate: str
-    remaining: str
+def delta_send_command(address: str, port: int, total: int | None, final: bool, armed: bool) -> list[str]:
+    """One round from the source; armed, it connects first and starts at a line on stdin."""
+    args = ["send", "--root", MOUNT, "--to", f"{address}:{port}", "--state", DELTA_STATE, "--streamed", STREAM_STARTED]
+    args += ["--total", str(total)] if total else []
+    args += ["--final"] if final else []
+    args += ["--armed"] if armed else []
+    return on_node.command("delta_copy", *args)
 
 
-def parse_progress(output: str) -> Progress | None:
-    """The newest ``--info=progress2`` line (rsync rewrites it with carriage returns)."""
-    matches = _PROGRESS.findall(output.replace("\r", "\n"))
-    if not matches:
-        return None
-    copied, percent, rate, remaining = matches[-1]
-    return Progress(int(copied.replace(",", "")), int(percent), rate, remaining)
+def delta_verify_command(address: str, port: int, armed: bool) -> list[str]:
+    args = ["verify", "--root", MOUNT, "--to", f"{address}:{port}", "--state", DELTA_STATE]
+    return on_node.command("delta_copy", *args, *(["--armed"] if armed else []))
 
 
-LISTING = "/tmp/flocker-listing"
+class DeltaFailed(Exception):
+    """What a delta round or the verification said went wrong, in its own words."""
 
 
-def listing_command() -> list[str]:
-    """The volume tree as sorted lines (kept in LISTING) and their digest on stdout.
-
-    What the copy must have made identical: every entry's type, mode and owner, and of
-    files their link count, size and modification second; of symlinks the target.
-    Directory sizes and times are left out (file systems differ, and deleting a file
-    changes its directory's time). The verification compares the two digests: both
-    sides scan their own disk at once, and only a digest crosses the network.
-    """
-    script = (
-        f"set -e; cd {MOUNT}; "
-        r"find . \( -type f -printf 'f %m %U:%G %n %s %Ts %p\n' \) -o \( -type l -printf 'l %U:%G %p -> %l\n' \) "
-        rf"-o -printf '%y %m %U:%G %p\n' > {LISTING}.unsorted; "
-        f"LC_ALL=C sort {LISTING}.unsorted > {LISTING}; wc -l < {LISTING}; sha256sum < {LISTING}"
-    )
-    return ["sh", "-c", script]
+def delta_result(output: str) -> dict:
+    """The result line a delta round or a verification ends with."""
+    lines = [line for line in output.splitlines() if line.startswith(RESULT + " ")]
+    if not lines:
+        raise DeltaFailed(f"no result: {_tail(output)}")
+    result = json.loads(lines[-1][len(RESULT) + 1 :])
+    if "error" in result:
+        raise DeltaFailed(result["error"])
+    return result
 
 
-def listing_differences(source: str, destination: str, limit: int = 5) -> list[str]:
-    """The first lines only one side's listing has, said for people."""
-    theirs, ours = set(destination.splitlines()), set(source.splitlines())
-    found = [f"only on the source: {line}" for line in source.splitlines() if line not in theirs]
-    found += [f"only on the destination: {line}" for line in destination.splitlines() if line not in ours]
-    return found[:limit]
+def delta_progress(output: str) -> tuple[int, int] | None:
+    """(bytes read, total) from the newest progress line of a round."""
+    matches = re.findall(rf"^{PROGRESS} (\d+) (\d+)$", output, re.MULTILINE)
+    return (int(matches[-1][0]), int(matches[-1][1])) if matches else None
+
+
+# Fixed costs of a round that are not reading: firing the armed exec, the receiver's
+# commit, the result's way back (measured 20-40 ms here).
+ROUND_OVERHEAD = 0.05
+
+
+def predicted_seconds(result: dict) -> float:
+    """How long the next round will take: the files changed since this one read them
+    (``dirty_bytes``, from the survey at its end), read at this round's rate, plus a walk of
+    the tree (the survey's own time) and the fixed costs."""
+    seconds = max(result["seconds"] - result.get("survey_seconds", 0), 1e-3)
+    rate = result["bytes_read"] / seconds if result["bytes_read"] > 2**20 else 1e9  # too little read to measure a rate
+    return round(result.get("survey_seconds", 0) + (result.get("dirty_bytes") or 0) / rate + ROUND_OVERHEAD, 3)
+
+
+def _tail(output: str) -> str:
+    return " / ".join(line for line in output.strip().splitlines()[-3:])
 
 
 def human_bytes(size: float | None) -> str:

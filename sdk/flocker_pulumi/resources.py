@@ -69,6 +69,8 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
 
     ``keep_retired``: after a move the old copy stays on the old node, marked retired,
     so a move back only sends what changed; set False to remove it once the move is done.
+    ``downtime_budget``: seconds phase 2 may take, as predicted from the pre-copy rounds;
+    the application is stopped once the prediction fits, or once the rounds stop shrinking it.
     """
 
     volume_name: pulumi.Output[str]
@@ -85,6 +87,7 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         move_timeout: float = 3600,
         transfer_image: str | None = None,
         hold_seconds: float | None = None,
+        downtime_budget: float = 0.3,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
@@ -95,6 +98,7 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
             "maximum_size": _size(resource_name, maximum_size),
             "keep_retired": keep_retired,
             "move_timeout": move_timeout,
+            "downtime_budget": downtime_budget,
             **routing_inputs(hold_seconds),
             "transfer_image": transfer_image or pulumi.Config("flocker").get("transferImage") or DEFAULT_TRANSFER_IMAGE,
             "volume_name": None,

@@ -285,6 +285,21 @@ class Writer(threading.Thread):
         return max((b - a for a, b in zip(self.served, self.served[1:], strict=False)), default=0.0)
 
 
+def stop_returned_at(last_move: dict[str, Any]) -> float:
+    """When a move's stop of the application returned, on this process's monotonic clock: it
+    no longer answers on the source then, and not yet on the destination (a write in flight
+    when the stop began may still be acknowledged during it)."""
+    stop = next(s for s in last_move["steps"] if s["step"].startswith("stop "))
+    return stop["started_at"] + stop["seconds"] - (time.time() - time.monotonic())
+
+
+def gaps_around(served: list[float], moment: float) -> tuple[float, float]:
+    """A client's pause between acknowledgements around ``moment`` (its downtime then), and
+    its longest pause at any other time."""
+    gaps = [(round(b - a, 3), a <= moment < b) for a, b in zip(served, served[1:], strict=False)]
+    return next(gap for gap, around in gaps if around), max((gap for gap, around in gaps if not around), default=0.0)
+
+
 def move_while_writing(
     store: Pulumi, endpoints: list[ClusterNode], source: str, destination: str, writes_before: int = 50
 ) -> tuple[Writer, subprocess.CompletedProcess[str]]:

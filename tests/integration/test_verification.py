@@ -3,8 +3,6 @@ what phase 2 did not make identical, and say what differs."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from flocker_provider import labels as L
@@ -41,11 +39,8 @@ def test_verification_finds_a_difference_the_copy_did_not_fix(nodes: list[Cluste
                 channel.receiver.exec_run(["sh", "-c", "echo three > /data/sub/a"])
                 with pytest.raises(RuntimeError) as failed:
                     channel.verify(timeout=60)
-            expected = (
-                rf"destination copy on {destination.node.name} differs from the source: "
-                r"only on the source: f 644 0:0 1 4 \d+ \./sub/a; only on the destination: f 644 0:0 1 6 \d+ \./sub/a"
-            )
-            assert re.fullmatch(expected, str(failed.value)), str(failed.value)
+            expected = f"destination copy on {destination.node.name} differs from the source: different or only on the source: sub/a"
+            assert str(failed.value) == expected
         finally:
             for volume in (source, destination):
                 engines[volume.node].remove_volume(volume.name)

@@ -1,4 +1,4 @@
-"""Parsing what rsync says, and the shape of the transfer commands."""
+"""The shape of the transfer commands, and what the programs on the nodes say."""
 
 import os
 import socket
@@ -8,77 +8,64 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider import transfer
+from flocker_provider import on_node, transfer
 from flocker_provider.migration import stream_progress_line
 from flocker_provider.transfer import (
-    TransferStats,
-    client_command,
-    daemon_command,
-    listing_differences,
-    parse_progress,
-    parse_stats,
+    DeltaFailed,
+    delta_progress,
+    delta_result,
+    delta_send_command,
     parse_stream_progress,
     parse_stream_total,
+    predicted_seconds,
     stream_received,
     stream_receiver_command,
     stream_sender_command,
 )
 
-STATS = """
-Number of files: 2,003 (reg: 2,001, dir: 2)
-Number of regular files transferred: 1
-Total file size: 1,090,519,040 bytes
-Total transferred file size: 1,073,741,824 bytes
-Literal data: 1,048,576 bytes
-Matched data: 1,072,693,248 bytes
-Total bytes sent: 1,215,345
-Total bytes received: 65,583
-"""
+
+def test_the_programs_run_from_the_files_put_into_the_helper() -> None:
+    command = stream_receiver_command()
+    assert command[:2] == ["python3", f"{on_node.DIRECTORY}/stream_receive.py"]
+    names = subprocess.run(["tar", "-t"], input=on_node.archive(), capture_output=True, check=True).stdout.decode().split()
+    assert sorted(names) == [f"{on_node.DIRECTORY.lstrip('/')}/{name}.py" for name in ("delta_copy", "stream_receive")]
 
 
-def test_stats() -> None:
-    assert parse_stats(STATS) == TransferStats(files=2003, total_size=1_090_519_040, literal_bytes=1_048_576, bytes_sent=1_215_345)
-
-
-def test_progress_takes_the_newest_carriage_return_line() -> None:
-    output = "   1,000   1%  1.00MB/s    0:01:40\r  52,428,800  50%   95.37MB/s    0:00:01 (xfr#1, to-chk=0/3)"
-    progress = parse_progress(output)
-    assert (progress.bytes_copied, progress.percent, progress.rate, progress.remaining) == (
-        52_428_800,
-        50,
-        "95.37MB/s",
-        "0:00:01",
-    )
-
-
-def test_listing_differences_name_each_side() -> None:
-    source = "d 755 0:0 .\nf 644 0:0 1 10 1700000000 ./big.db\nf 644 0:0 1 3 1700000000 ./new.log"
-    destination = "d 755 0:0 .\nf 644 0:0 1 9 1700000000 ./big.db\nf 644 0:0 1 1 1690000000 ./old.log"
-    assert listing_differences(source, destination) == [
-        "only on the source: f 644 0:0 1 10 1700000000 ./big.db",
-        "only on the source: f 644 0:0 1 3 1700000000 ./new.log",
-        "only on the destination: f 644 0:0 1 9 1700000000 ./big.db",
-        "only on the destination: f 644 0:0 1 1 1690000000 ./old.log",
+def test_an_armed_phase_2_round_says_so() -> None:
+    command = delta_send_command("10.0.0.2", 31337, 2**30, final=True, armed=True)
+    assert command[2:] == [
+        "send",
+        "--root",
+        "/data",
+        "--to",
+        "10.0.0.2:31337",
+        "--state",
+        transfer.DELTA_STATE,
+        "--streamed",
+        transfer.STREAM_STARTED,
+        "--total",
+        str(2**30),
+        "--final",
+        "--armed",
     ]
 
 
-def test_daemon_accepts_only_the_source_and_one_user() -> None:
-    script = daemon_command("10.0.0.1")[2]
-    assert "hosts allow = 10.0.0.1" in script
-    assert "hosts deny = *" in script
-    assert "auth users = flocker" in script
+def test_a_round_s_result_and_progress_are_read_from_its_output() -> None:
+    output = 'flocker-delta armed\nflocker-delta-progress 1048576 4194304\nflocker-delta-result {"bytes_read": 7}\n'
+    assert delta_result(output) == {"bytes_read": 7}
+    assert delta_progress(output) == (1_048_576, 4_194_304)
+    with pytest.raises(DeltaFailed, match="the destination failed: disk full"):
+        delta_result('flocker-delta-result {"error": "the destination failed: disk full"}\n')
+    with pytest.raises(DeltaFailed, match="no result: Traceback"):
+        delta_result("Traceback (most recent call last):\n")
 
 
-def test_client_sends_only_changed_blocks() -> None:
-    command = client_command("10.0.0.2", 31337)
-    assert {"--inplace", "--no-whole-file", "--delete"} <= set(command)
-    assert command[-1] == "rsync://flocker@10.0.0.2:31337/volume/"
-
-
-def test_stream_receiver_is_valid_python_that_answers_when_done() -> None:
-    script = stream_receiver_command()[2]
-    compile(script, "receiver", "exec")
-    assert "flocker-received" in script
+def test_phase_2_is_predicted_from_what_changed_at_the_rate_this_round_read() -> None:
+    # 1 GiB read in 0.5 s of reading, 256 MiB changed since: 0.125 s, plus the walk and the fixed costs.
+    result = {"seconds": 0.55, "survey_seconds": 0.05, "bytes_read": 2**30, "dirty_bytes": 2**28}
+    assert predicted_seconds(result) == round(0.05 + 0.125 + transfer.ROUND_OVERHEAD, 3)
+    # Too little read to tell a rate: reading is taken as 1 GB/s.
+    assert predicted_seconds({"seconds": 0.01, "bytes_read": 10, "dirty_bytes": 0}) == transfer.ROUND_OVERHEAD
 
 
 def test_stream_sender_waits_for_the_receivers_answer() -> None:
@@ -93,6 +80,7 @@ def test_the_receivers_answer_is_printed_after_tar_s_totals(tmp_path: Path, monk
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "file").write_bytes(b"x" * 3_000_000)
     monkeypatch.setattr(transfer, "MOUNT", str(tmp_path / "data"))
+    monkeypatch.setattr(transfer, "STREAM_STARTED", str(tmp_path / "started"))
     with socket.create_server(("127.0.0.1", 0)) as server:
 
         def receive() -> None:
@@ -114,6 +102,7 @@ def test_the_receivers_answer_is_printed_after_tar_s_totals(tmp_path: Path, monk
     *_, totals, answer = done.stdout.splitlines()
     assert totals.startswith("Total bytes written: ") and answer == "flocker-received 0", done.stdout
     assert stream_received(done.stdout) and parse_stream_total(done.stdout) >= 3_000_000
+    assert int((tmp_path / "started").read_text()) > 0  # when tar began, for the next round
 
 
 def test_stream_counts_only_a_confirmed_extraction() -> None:

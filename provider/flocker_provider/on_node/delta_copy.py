@@ -1,0 +1,728 @@
+"""The copy rounds of a move after the first: runs on the nodes, in the move's helper containers.
+
+    delta_copy.py receive --root DIR --port PORT           (destination; FLOCKER_SECRET, FLOCKER_ALLOWED)
+    delta_copy.py send --root DIR --to ADDR:PORT --state F [--armed] [--final]   (source; FLOCKER_SECRET)
+    delta_copy.py verify --root DIR --to ADDR:PORT --state F [--armed]
+
+The source keeps, per file, the digests of the blocks it sent (the state file, in the source
+helper) and the file's stat when it read it: it knows what the destination holds because
+it put it there. A round rereads only files whose inode, size, mtime or ctime moved since,
+hashes them (XXH3 over an mmap: about one `cat` of the file), and sends only blocks whose
+digest changed, written in place. rsync instead read and checksummed every changed file on
+both sides (a 1 GiB file with 2,000 pages rewritten: 4.8 s against 0.26 s for one read).
+The first round into a copy this program did not write asks the destination for the digests
+of what it holds.
+
+The destination keeps its own table of what it wrote, from its own disk: at the end of each
+round it rereads the blocks it wrote and checks them against the source's digests. The
+verification compares every entry's metadata and block digests, the destination's taken
+from its disk (a file whose stat changed since it was written is hashed again), so a change
+behind the copy's back is caught without reading the whole volume again.
+
+Standard library only (plus python3-xxhash where installed): this file is put into the
+helper containers and run with the image's python3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import json
+import mmap
+import os
+import shutil
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    import xxhash
+
+    ALGORITHM = "xxh3_64"
+    _hash = xxhash.xxh3_64_intdigest
+except ImportError:  # an image without python3-xxhash: slower, same protocol
+    ALGORITHM = "blake2b_64"
+
+    def _hash(data: Any) -> int:
+        return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+# 64 KiB blocks: hashing 1 GiB through mmap took 0.25 s here (0.37 s in 8 KiB blocks, where
+# the calls cost more than the hashing); a rewritten 8 KiB page then sends 64 KiB.
+BLOCK = 64 * 1024
+WINDOW = 1024 * BLOCK  # mmap'ed at once: 64 MiB
+ZERO = bytes(BLOCK)
+# A file modified this close to when its stat was taken may change again within the same
+# timestamp tick without its stat showing it ("racy clean" in git's words): reread it anyway.
+RACY_NS = 1_000_000_000
+TIMEOUT = 60.0
+PROGRESS_EVERY = 2.0
+RESULT = "flocker-delta-result"
+PROGRESS = "flocker-delta-progress"
+READY = "flocker-delta listening"
+
+
+class CopyError(Exception):
+    """Something this program can say in one line."""
+
+
+# --- the wire: one byte of kind, four of length, then the payload -------------------
+
+
+def send_message(conn: socket.socket, kind: bytes, payload: bytes = b"") -> None:
+    conn.sendall(struct.pack(">cI", kind, len(payload)) + payload)
+
+
+def _exactly(conn: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = conn.recv(min(left, 1 << 20))
+        if not chunk:
+            raise CopyError("the other side closed the connection")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive_message(conn: socket.socket) -> tuple[bytes, bytes]:
+    kind, size = struct.unpack(">cI", _exactly(conn, 5))
+    return kind, _exactly(conn, size)
+
+
+def packed(value: Any) -> bytes:
+    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
+
+
+def unpacked(payload: bytes) -> Any:
+    return json.loads(zlib.decompress(payload))
+
+
+# --- reading a tree ------------------------------------------------------------------
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "f"
+    if stat.S_ISDIR(mode):
+        return "d"
+    if stat.S_ISLNK(mode):
+        return "l"
+    return "s"  # fifos, sockets, devices
+
+
+def walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry under ``root`` as (relative path, lstat), the root itself as ".", parents
+    before children, in sorted order (the first path of a hard-link set is the same on both sides)."""
+    yield ".", os.lstat(root)
+    stack = [""]
+    while stack:
+        relative = stack.pop()
+        directory = os.path.join(root, relative) if relative else root
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:  # removed since it was listed: the next round sees it gone
+            continue
+        subdirectories = []
+        for name in names:
+            path = f"{relative}/{name}" if relative else name
+            try:
+                info = os.lstat(os.path.join(root, path))
+            except FileNotFoundError:
+                continue
+            yield path, info
+            if stat.S_ISDIR(info.st_mode):
+                subdirectories.append(path)
+        stack.extend(reversed(subdirectories))
+
+
+def stat_key(info: os.stat_result) -> list[int]:
+    return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def block_digests(path: str, size: int) -> Iterator[tuple[int, int, memoryview]]:
+    """(offset, digest, block) of each block of the file, read through mmap windows."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = min(size, os.fstat(fd).st_size)  # shrunk since its stat: the rest is gone
+        for start in range(0, size, WINDOW):
+            length = min(WINDOW, size - start)
+            window = mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=start)
+            view = memoryview(window)
+            try:
+                for offset in range(0, length, BLOCK):
+                    block = view[offset : offset + BLOCK]
+                    yield start + offset, _hash(block), block
+                    block.release()
+            finally:
+                view.release()
+                window.close()
+    except (ValueError, OSError) as exc:  # truncated under the mmap (SIGBUS is not raised for a read past EOF here)
+        raise CopyError(f"reading {path}: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
+def meta_of(info: os.stat_result, full: str) -> dict[str, Any]:
+    """What the copy keeps of an entry besides a file's contents."""
+    kind = kind_of(info.st_mode)
+    meta: dict[str, Any] = {"k": kind, "u": info.st_uid, "g": info.st_gid}
+    if kind != "l":
+        meta["m"] = stat.S_IMODE(info.st_mode)
+    if kind == "f":
+        meta["z"] = info.st_size
+        meta["t"] = info.st_mtime_ns
+    elif kind == "d":
+        meta["dt"] = info.st_mtime_ns  # set, not compared: file systems differ in directory times
+    elif kind == "l":
+        meta["target"] = os.readlink(full)
+    elif kind == "s":
+        meta["type"] = stat.S_IFMT(info.st_mode)
+        meta["rdev"] = info.st_rdev
+        meta["t"] = info.st_mtime_ns
+    return meta
+
+
+def entry_digest(entry: dict[str, Any]) -> str:
+    """One entry's metadata and contents, as the verification compares them."""
+    compared = {key: entry[key] for key in ("k", "u", "g", "m", "z", "t", "target", "type", "rdev", "link") if key in entry}
+    text = json.dumps(compared, sort_keys=True).encode()
+    digests = entry.get("d") or []
+    return hashlib.sha256(text + struct.pack(f">{len(digests)}Q", *digests)).hexdigest()[:32]
+
+
+def summary(table: dict[str, dict[str, Any]]) -> list[list[str]]:
+    return [[path, entry_digest(table[path])] for path in sorted(table)]
+
+
+# --- the destination -------------------------------------------------------------------
+
+
+class Destination:
+    """Applies a round's changes under ``root`` and keeps its own table of what it holds."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self.table: dict[str, dict[str, Any]] | None = None  # built from the disk at the first request
+        self.stats = {"blocks_written": 0, "bytes_written": 0}
+        self._open: tuple[str, int, dict[str, Any] | None, list[int]] | None = None
+        self._touched_dirs: set[str] = set()
+
+    def full(self, path: str) -> str:
+        """The path under the root; never outside it, not even through a symlink on the way."""
+        if path == ".":
+            return self.root
+        if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+            raise CopyError(f"refused path {path!r}")
+        full = os.path.join(self.root, path)
+        parent = os.path.realpath(os.path.dirname(full))
+        if parent != self.root and not parent.startswith(self.root + "/"):
+            raise CopyError(f"refused path {path!r}: outside the volume")
+        return full
+
+    def scan(self) -> dict[str, dict[str, Any]]:
+        """The table from what is on disk: every entry hashed (a copy this program did not write)."""
+        table: dict[str, dict[str, Any]] = {}
+        links: dict[tuple[int, int], str] = {}
+        for path, info in walk(self.root):
+            table[path] = self._entry(path, info, links)
+        return table
+
+    def _entry(self, path: str, info: os.stat_result, links: dict[tuple[int, int], str]) -> dict[str, Any]:
+        full = os.path.join(self.root, path) if path != "." else self.root
+        entry = meta_of(info, full)
+        if entry["k"] == "f":
+            first = links.setdefault((info.st_dev, info.st_ino), path) if info.st_nlink > 1 else path
+            if first != path:
+                return {"k": "f", "link": first}  # its contents and metadata are the first path's
+            entry["d"] = [digest for _, digest, _ in block_digests(full, info.st_size)]
+            entry["s"] = stat_key(info)
+        return entry
+
+    def ensure_table(self) -> dict[str, dict[str, Any]]:
+        if self.table is None:
+            self.table = self.scan()
+        return self.table
+
+    def handle(self, kind: bytes, payload: bytes) -> bytes | None:
+        """Apply one message; what to answer, if it asks for an answer."""
+        table = self.ensure_table()
+        if kind == b"T":
+            return packed(table)
+        if kind == b"D":
+            self._delete(payload.decode("utf-8", "surrogateescape"))
+        elif kind == b"M":
+            self._make(unpacked(payload))
+        elif kind == b"F":
+            self._begin_file(unpacked(payload))
+        elif kind == b"W":
+            self._write(payload)
+        elif kind == b"E":
+            self._end_file(unpacked(payload))
+        elif kind == b"C":
+            self._set_directory_times()
+            answer, self.stats = self.stats, {"blocks_written": 0, "bytes_written": 0}
+            return packed(answer)
+        elif kind == b"V":
+            return packed(self._compare(unpacked(payload)))
+        else:
+            raise CopyError(f"unknown message {kind!r}")
+        return None
+
+    def _delete(self, path: str) -> None:
+        full = self.full(path)
+        self._touched_dirs.add(os.path.dirname(path))
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        elif os.path.lexists(full):
+            os.unlink(full)
+        assert self.table is not None
+        for known in [p for p in self.table if p == path or p.startswith(path + "/")]:
+            del self.table[known]
+
+    def _clear(self, full: str, keep: str) -> None:
+        """Make room for an entry of kind ``keep`` (a file replaced by a directory, ...)."""
+        try:
+            info = os.lstat(full)
+        except FileNotFoundError:
+            return
+        if kind_of(info.st_mode) == keep and keep in ("d", "f"):
+            return
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+
+    def _make(self, entry: dict[str, Any]) -> None:
+        path = entry.pop("p")
+        full = self.full(path)
+        kind = entry["k"]
+        self._touched_dirs.add(os.path.dirname(path))
+        if path != ".":
+            self._clear(full, kind if "link" not in entry else "")
+        if "link" in entry:
+            os.link(self.full(entry["link"]), full)
+        elif kind == "d":
+            os.makedirs(full, exist_ok=True)
+        elif kind == "l":
+            os.symlink(entry["target"], full)
+        elif kind == "s":
+            os.mknod(full, entry["type"] | entry["m"], entry["rdev"])
+        if "link" not in entry:
+            self._own(full, entry)
+        assert self.table is not None
+        self.table[path] = entry
+        if kind == "d":
+            self._touched_dirs.add(path)
+
+    def _own(self, full: str, entry: dict[str, Any]) -> None:
+        os.chown(full, entry["u"], entry["g"], follow_symlinks=False)
+        if entry["k"] != "l":
+            os.chmod(full, entry["m"])  # after chown, which clears set-id bits
+        if "t" in entry:
+            os.utime(full, ns=(entry["t"], entry["t"]), follow_symlinks=False)
+
+    def _begin_file(self, entry: dict[str, Any]) -> None:
+        path = entry["p"]
+        full = self.full(path)
+        self._clear(full, "f")
+        assert self.table is not None
+        known = self.table.get(path)
+        if known is not None and (known.get("k") != "f" or "link" in known):
+            known = None
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._touched_dirs.add(os.path.dirname(path))
+        self._open = (path, fd, known, [])
+
+    def _write(self, payload: bytes) -> None:
+        if self._open is None:
+            raise CopyError("a block outside a file")
+        _, fd, _, written = self._open
+        (offset,) = struct.unpack(">Q", payload[:8])
+        os.pwrite(fd, memoryview(payload)[8:], offset)
+        written.append(offset)
+        self.stats["blocks_written"] += 1
+        self.stats["bytes_written"] += len(payload) - 8
+
+    def _end_file(self, entry: dict[str, Any]) -> None:
+        if self._open is None:
+            raise CopyError("the end of a file that was not begun")
+        path, fd, known, written = self._open
+        self._open = None
+        try:
+            os.ftruncate(fd, entry["z"])
+        finally:
+            os.close(fd)
+        full = self.full(path)
+        self._own(full, entry)
+        old = (known or {}).get("d") or []
+        blocks = -(-entry["z"] // BLOCK)
+        digests = old[:blocks] + [0] * (blocks - len(old))
+        # What was written is read back from the disk and must be what the source sent. So
+        # are the blocks past the old end (holes where zeros were not sent) and the old last
+        # block, whose length may have changed; the others are as the table knew them.
+        check = set(written) | {index * BLOCK for index in range(max(len(old) - 1, 0), blocks)}
+        for offset, digest in self._read_blocks(full, entry["z"], sorted(check)):
+            digests[offset // BLOCK] = digest
+        if digests != entry["d"]:
+            wrong = next(i for i, (a, b) in enumerate(zip(digests, entry["d"], strict=False)) if a != b)
+            raise CopyError(f"{path}: block at {wrong * BLOCK} differs from the source's after writing it")
+        stored = {key: value for key, value in entry.items() if key != "p"}
+        stored["s"] = stat_key(os.lstat(full))
+        assert self.table is not None
+        self.table[path] = stored
+
+    def _read_blocks(self, full: str, size: int, offsets: list[int]) -> Iterator[tuple[int, int]]:
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            for offset in offsets:
+                if offset < size:
+                    yield offset, _hash(os.pread(fd, min(BLOCK, size - offset), offset))
+        finally:
+            os.close(fd)
+
+    def _set_directory_times(self) -> None:
+        """Directory times are set last, deepest first: every entry made inside one changes it."""
+        assert self.table is not None
+        for path in sorted(self._touched_dirs | {"."}, key=lambda p: -p.count("/") - (p not in ("", "."))):
+            entry = self.table.get(path or ".")
+            if entry is not None and entry.get("k") == "d" and "dt" in entry:
+                os.utime(self.full(path or "."), ns=(entry["dt"], entry["dt"]))
+        self._touched_dirs.clear()
+
+    def _compare(self, theirs: list[list[str]]) -> dict[str, Any]:
+        """The source's summary against this disk: a file whose stat moved since it was
+        written (or that the table does not know) is hashed again first."""
+        assert self.table is not None
+        current: dict[str, dict[str, Any]] = {}
+        links: dict[tuple[int, int], str] = {}
+        for path, info in walk(self.root):
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                links.setdefault((info.st_dev, info.st_ino), path)
+            known = self.table.get(path)
+            unchanged = known is not None and known.get("s") == stat_key(info) and "link" not in known
+            current[path] = known if unchanged and known is not None else self._entry(path, info, links)
+        ours = dict(summary(current))
+        source = dict(theirs)
+        differences = [f"different or only on the source: {path}" for path in sorted(source) if ours.get(path) != source[path]]
+        differences += [f"only on the destination: {path}" for path in sorted(ours) if path not in source]
+        return {"equal": not differences, "differences": differences[:5], "entries": len(ours)}
+
+
+def serve(root: str, port: int) -> None:
+    """Rounds and verifications, one connection each, applied one at a time. Connections are
+    taken at once, so that an armed sender is connected (and its exec started) before its turn."""
+    secret = os.environ["FLOCKER_SECRET"].encode()
+    allowed = os.environ["FLOCKER_ALLOWED"]
+    destination = Destination(root)
+    turn = threading.Lock()
+    server = socket.create_server(("0.0.0.0", port))
+    print(READY, flush=True)
+
+    def session(conn: socket.socket, peer: str) -> None:
+        try:
+            got = _exactly(conn, len(secret)) if peer == allowed else b""
+            if not hmac.compare_digest(got, secret):
+                print("refused a connection from", peer, flush=True)
+                return
+            send_message(conn, b"H", ALGORITHM.encode())
+            while True:
+                try:
+                    kind, payload = receive_message(conn)
+                except CopyError:
+                    return  # the sender is done
+                with turn:
+                    answer = destination.handle(kind, payload)
+                if answer is not None:
+                    send_message(conn, kind, answer)
+        except (CopyError, OSError) as exc:
+            print(f"round failed: {exc}", flush=True)
+            destination.table = None  # half-applied: read from the disk again next time
+            with contextlib.suppress(OSError):
+                send_message(conn, b"X", str(exc).encode())
+        finally:
+            conn.close()
+
+    while True:
+        conn, (peer, _) = server.accept()
+        conn.settimeout(None)
+        threading.Thread(target=session, args=(conn, peer), daemon=True).start()
+
+
+# --- the source -------------------------------------------------------------------------
+
+
+class Source:
+    """One round from ``root`` to the destination connected on ``conn``; ``table`` is what the
+    destination holds, as this side sent it."""
+
+    def __init__(self, root: str, conn: socket.socket, table: dict[str, dict[str, Any]], streamed_after: int | None = None) -> None:
+        self.root = root
+        self.conn = conn
+        self.table = table
+        # When the first copy's tar stream began (this node's clock, ns): a file unchanged
+        # since then was read by tar as it is now, so the destination's digests of it are its own.
+        self.streamed_after = streamed_after
+        self.counts = {
+            "entries": 0,
+            "files_read": 0,
+            "files_taken_from_stream": 0,
+            "bytes_read": 0,
+            "blocks_sent": 0,
+            "bytes_sent": 0,
+            "deleted": 0,
+            "total_size": 0,
+        }
+        self._last_progress = time.monotonic()
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        try:
+            send_message(self.conn, kind, payload)
+        except OSError as exc:  # the destination gave up: its reason is waiting to be read
+            raise CopyError(self._reason() or f"sending to the destination: {exc}") from exc
+
+    def _reason(self) -> str | None:
+        with contextlib.suppress(CopyError, OSError):
+            self.conn.settimeout(1)
+            kind, body = receive_message(self.conn)
+            if kind == b"X":
+                return f"the destination failed: {body.decode(errors='replace')}"
+        return None
+
+    def ask(self, kind: bytes, payload: bytes = b"", timeout: float = TIMEOUT) -> Any:
+        self.send(kind, payload)
+        self.conn.settimeout(timeout)
+        answer, body = receive_message(self.conn)
+        self.conn.settimeout(TIMEOUT)
+        if answer == b"X":
+            raise CopyError(f"the destination failed: {body.decode(errors='replace')}")
+        return unpacked(body)
+
+    def round(self, total: int | None) -> dict[str, Any]:
+        seen: set[str] = set()
+        links: dict[tuple[int, int], str] = {}
+        for path, info in walk(self.root):
+            seen.add(path)
+            self.counts["entries"] += 1
+            self._entry(path, info, links)
+            if time.monotonic() - self._last_progress > PROGRESS_EVERY:
+                # Also what keeps the exec's output from a minute of silence (the Docker API's timeout).
+                self._last_progress = time.monotonic()
+                print(f"{PROGRESS} {self.counts['bytes_read']} {total or 0}", flush=True)
+        for path in sorted((p for p in self.table if p not in seen), reverse=True):
+            if path in self.table:  # not removed with a directory above it already
+                self._delete(path)
+        return self.ask(b"C")
+
+    def _delete(self, path: str) -> None:
+        self.send(b"D", path.encode("utf-8", "surrogateescape"))
+        self.counts["deleted"] += 1
+        for known in [p for p in self.table if p == path or p.startswith(path + "/")]:
+            del self.table[known]
+
+    def _entry(self, path: str, info: os.stat_result, links: dict[tuple[int, int], str]) -> None:
+        full = os.path.join(self.root, path) if path != "." else self.root
+        try:
+            meta = meta_of(info, full)
+        except FileNotFoundError:
+            return  # a symlink removed between its stat and its readlink: seen gone next round
+        if meta["k"] == "f":
+            self.counts["total_size"] += info.st_size
+            first = links.setdefault((info.st_dev, info.st_ino), path) if info.st_nlink > 1 else path
+            if first != path:
+                meta = {"k": "f", "link": first}
+        old = self.table.get(path)
+        if old is not None and (old["k"] != meta["k"] or old.get("link") != meta.get("link")):
+            self._delete(path)  # another kind, or another hard-link set: never written through
+            old = None
+        if meta["k"] != "f" or "link" in meta:
+            if old is None or any(old.get(key) != value for key, value in meta.items()):
+                self.send(b"M", packed({**meta, "p": path}))
+                self.table[path] = meta
+            return
+        if old is not None and old.get("s") == stat_key(info) and not old.get("racy"):
+            return  # unchanged since it was read, and not racily so
+        if old is not None and old.get("s") is None and self._streamed_as_is(info, old):
+            # Its contents are there: only its metadata is made exact (tar kept mtimes to the second).
+            self.send(b"F", packed({"p": path}))
+            self.send(b"E", packed({**meta, "d": old["d"], "p": path}))
+            self.table[path] = {**meta, "d": old["d"], "s": stat_key(info), "racy": False}
+            self.counts["files_taken_from_stream"] += 1
+            return
+        self._file(path, full, info, meta, old)
+
+    def _streamed_as_is(self, info: os.stat_result, old: dict[str, Any]) -> bool:
+        return self.streamed_after is not None and info.st_ctime_ns < self.streamed_after - RACY_NS and old.get("z") == info.st_size
+
+    def _file(self, path: str, full: str, info: os.stat_result, meta: dict[str, Any], old: dict[str, Any] | None) -> None:
+        old_digests = (old or {}).get("d") or []
+        digests: list[int] = []
+        size = 0
+        self.send(b"F", packed({"p": path}))
+        try:
+            for offset, digest, block in block_digests(full, info.st_size):
+                index = offset // BLOCK
+                digests.append(digest)
+                size = offset + len(block)
+                changed = old_digests[index] != digest if index < len(old_digests) else block != ZERO[: len(block)]
+                if changed:  # past the old end, zeros are left to the truncate: holes stay holes
+                    self.send(b"W", struct.pack(">Q", offset) + bytes(block))
+                    self.counts["blocks_sent"] += 1
+                    self.counts["bytes_sent"] += len(block)
+        except FileNotFoundError:
+            pass  # removed while read: sent as it was, deleted next round
+        self.counts["files_read"] += 1
+        self.counts["bytes_read"] += size
+        self.send(b"E", packed({**meta, "z": size, "d": digests, "p": path}))
+        try:
+            after = stat_key(os.lstat(full))
+        except FileNotFoundError:
+            after = None
+        # Changed while it was read, or racily clean: read again next round, whatever its stat says then.
+        racy = after != stat_key(info) or time.time_ns() - info.st_ctime_ns < RACY_NS
+        self.table[path] = {**meta, "z": size, "d": digests, "s": stat_key(info), "racy": racy}
+
+    def survey(self) -> int:
+        """Bytes of the files the next round will read again: changed since this one read them."""
+        dirty = 0
+        for path, info in walk(self.root):
+            old = self.table.get(path)
+            if stat.S_ISREG(info.st_mode) and (old is None or "link" not in old):
+                if old is None or old.get("s") != stat_key(info) or old.get("racy"):
+                    dirty += info.st_size
+        return dirty
+
+    def changed_since_last_round(self) -> str | None:
+        """What differs on the source from the table (nothing may, once the application is stopped)."""
+        seen = set()
+        for path, info in walk(self.root):
+            seen.add(path)
+            known = self.table.get(path)
+            if known is None:
+                return f"{path} appeared"
+            if known["k"] != kind_of(info.st_mode) or (known["k"] == "f" and "link" not in known and known.get("s") != stat_key(info)):
+                return f"{path} changed"
+        gone = set(self.table) - seen
+        return f"{min(gone)} disappeared" if gone else None
+
+
+def load_state(path: str) -> dict[str, dict[str, Any]] | None:
+    try:
+        with open(path, "rb") as file:
+            return unpacked(file.read())
+    except FileNotFoundError:
+        return None
+
+
+def save_state(path: str, table: dict[str, dict[str, Any]]) -> None:
+    with open(path + ".new", "wb") as file:
+        file.write(packed(table))
+    os.replace(path + ".new", path)
+
+
+def connect(to: str) -> socket.socket:
+    host, _, port = to.rpartition(":")
+    try:
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=TIMEOUT)
+        conn.sendall(os.environ["FLOCKER_SECRET"].encode())
+        kind, body = receive_message(conn)
+    except OSError as exc:
+        raise CopyError(f"cannot reach the destination's helper at {to}: {exc}") from exc
+    if kind != b"H" or body.decode() != ALGORITHM:
+        raise CopyError(f"the destination hashes with {body.decode(errors='replace')}, this side with {ALGORITHM}")
+    return conn
+
+
+def wait_for_go() -> None:
+    """Armed: connected (and the state loaded); the work starts at the first line on stdin."""
+    print("flocker-delta armed", flush=True)
+    if not sys.stdin.readline():
+        raise CopyError("disarmed before it was fired")
+
+
+def streamed_after(path: str | None) -> int | None:
+    try:
+        with open(path or "", encoding="ascii") as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def run_send(args: argparse.Namespace) -> dict[str, Any]:
+    table = load_state(args.state)
+    conn = connect(args.to)
+    try:
+        if args.armed:
+            wait_for_go()
+        started = time.monotonic()
+        source = Source(args.root, conn, table or {}, streamed_after(args.streamed) if table is None else None)
+        if table is None:
+            # A copy this program did not write (the first stream, an earlier move's): what
+            # the destination holds, hashed there. Its stats are of its own disk, not ours.
+            source.table = {path: {**entry, "s": None} for path, entry in source.ask(b"T", timeout=10 * TIMEOUT).items()}
+        answer = source.round(args.total)
+        seconds = time.monotonic() - started
+        surveyed = time.monotonic()
+        dirty = None if args.final else source.survey()
+        save_state(args.state, source.table)
+        timing = {"seconds": round(seconds, 3), "survey_seconds": round(time.monotonic() - surveyed, 3)}
+        return {**source.counts, **answer, **timing, "dirty_bytes": dirty}
+    except BaseException:
+        # The destination may hold part of this round now: the next one asks it what it holds.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.state)
+        raise
+    finally:
+        conn.close()
+
+
+def run_verify(args: argparse.Namespace) -> dict[str, Any]:
+    conn = connect(args.to)
+    try:
+        if args.armed:
+            wait_for_go()
+        table = load_state(args.state)  # after the go: phase 2 has written it meanwhile
+        if table is None:
+            raise CopyError("nothing was copied by this move yet")
+        source = Source(args.root, conn, table)
+        changed = source.changed_since_last_round()
+        if changed:
+            raise CopyError(f"the source changed after the last round: {changed}")
+        return source.ask(b"V", packed(summary(table)), timeout=10 * TIMEOUT)
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="delta_copy")
+    parser.add_argument("role", choices=("receive", "send", "verify"))
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--to")
+    parser.add_argument("--state")
+    parser.add_argument("--total", type=int)
+    parser.add_argument("--streamed", help="a file with the time (ns) the first copy's tar stream began")
+    parser.add_argument("--armed", action="store_true")
+    parser.add_argument("--final", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.role == "receive":
+            serve(args.root, args.port)
+            return 0
+        result = run_send(args) if args.role == "send" else run_verify(args)
+    except (CopyError, OSError) as exc:
+        print(f"{RESULT} {json.dumps({'error': str(exc)})}", flush=True)
+        return 1
+    print(f"{RESULT} {json.dumps(result)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The delta copy (on_node/delta_copy.py) between two real directories on this machine: a
+receiver in a thread, the sender and the verification run as the helpers run them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flocker_provider.on_node import delta_copy
+from flocker_provider.on_node.delta_copy import BLOCK, RESULT, CopyError, Destination
+
+SECRET = "s3cret-of-this-move"
+
+
+@pytest.fixture
+def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Any]:
+    """A source and a destination directory, a receiver serving the latter, and a function that runs one role."""
+    source, destination = tmp_path / "source", tmp_path / "destination"
+    source.mkdir()
+    destination.mkdir()
+    monkeypatch.setenv("FLOCKER_SECRET", SECRET)
+    monkeypatch.setenv("FLOCKER_ALLOWED", "127.0.0.1")
+    # Files written just before a round are read again by the next one (racily clean), as
+    # they should be; the tests wait that long, not a second.
+    monkeypatch.setattr(delta_copy, "RACY_NS", 50_000_000)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    threading.Thread(target=delta_copy.serve, args=(str(destination), port), daemon=True).start()
+    state = tmp_path / "state"
+
+    def run(role: str, *extra: str) -> dict[str, Any]:
+        out = io.StringIO()
+        time.sleep(0.06)
+        with contextlib.redirect_stdout(out):
+            for _ in range(50):  # the receiver may still be binding
+                code = delta_copy.main([role, "--root", str(source), "--to", f"127.0.0.1:{port}", "--state", str(state), *extra])
+                if "cannot reach" not in out.getvalue():
+                    break
+                out.truncate(0)
+                threading.Event().wait(0.05)
+        result = json.loads(out.getvalue().rsplit(RESULT, 1)[1])
+        assert ("error" in result) == (code != 0), out.getvalue()
+        return result
+
+    return source, destination, run
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Everything the copy must make identical, of every entry."""
+    found: dict[str, tuple] = {}
+    first: dict[int, str] = {}
+    for path in sorted([root, *root.rglob("*")]):
+        info = path.lstat()
+        name = str(path.relative_to(root))
+        common = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+        if stat.S_ISREG(info.st_mode):
+            link = first.setdefault(info.st_ino, name) if info.st_nlink > 1 else name
+            found[name] = (*common, info.st_size, info.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest(), link)
+        elif stat.S_ISLNK(info.st_mode):
+            found[name] = (*common, os.readlink(path))
+        else:
+            found[name] = common
+    return found
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def rewrite_pages(path: Path, pages: list[int], page: int = 8192) -> None:
+    with path.open("r+b") as file:
+        for number in pages:
+            file.seek(number * page)
+            file.write(os.urandom(page))
+
+
+def test_a_first_round_copies_a_tree_exactly_and_verifies(pair) -> None:
+    source, destination, run = pair
+    write(source / "db" / "base" / "16384", os.urandom(3 * BLOCK + 100))
+    write(source / "small", b"x")
+    (source / "empty").touch()
+    (source / "link").symlink_to("db/base/16384")
+    os.link(source / "small", source / "db" / "hard")
+    os.mkfifo(source / "fifo")
+    os.chown(source / "small", 70, 71)
+    os.chmod(source / "db", 0o700)
+    first = run("send")
+    assert first["files_read"] == 3  # 16384, empty, small: the hard link is made, not sent
+    assert tree(destination) == tree(source)
+    assert run("verify") == {"equal": True, "differences": [], "entries": 9}
+
+
+def test_random_page_writes_send_only_their_blocks_and_reread_only_their_file(pair) -> None:
+    source, destination, run = pair
+    write(source / "big", os.urandom(256 * BLOCK))
+    for i in range(50):
+        write(source / "many" / str(i), os.urandom(100))
+    run("send")
+    rewrite_pages(source / "big", random.Random(7).sample(range(256 * BLOCK // 8192), 20))
+    delta = run("send")
+    assert delta["files_read"] == 1 and delta["bytes_read"] == 256 * BLOCK
+    assert delta["blocks_sent"] <= 20 and delta["bytes_sent"] <= 20 * BLOCK
+    assert tree(destination) == tree(source)
+    nothing = run("send")
+    assert (nothing["files_read"], nothing["blocks_sent"]) == (0, 0)
+    assert run("verify")["equal"]
+
+
+def test_appends_truncation_holes_and_kind_changes_stay_exact(pair) -> None:
+    source, destination, run = pair
+    write(source / "log", os.urandom(BLOCK + 10))
+    write(source / "shrinks", os.urandom(5 * BLOCK))
+    write(source / "becomes_dir", b"file first")
+    (source / "becomes_file").mkdir()
+    write(source / "becomes_file" / "inner", b"inner")
+    write(source / "gone" / "deep" / "file", b"bye")
+    write(source / "relinked", b"one")
+    os.link(source / "relinked", source / "relinked2")
+    (source / "retarget").symlink_to("log")
+    run("send")
+    with (source / "log").open("ab") as log:
+        log.write(os.urandom(3 * BLOCK))
+    os.truncate(source / "shrinks", BLOCK // 2)
+    with (source / "sparse").open("wb") as sparse:  # a hole of 64 blocks, then data
+        sparse.seek(64 * BLOCK)
+        sparse.write(b"end")
+    (source / "becomes_dir").unlink()
+    write(source / "becomes_dir" / "now", b"a dir")
+    for inner in (source / "becomes_file").iterdir():
+        inner.unlink()
+    (source / "becomes_file").rmdir()
+    write(source / "becomes_file", b"a file")
+    for path in sorted((source / "gone").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (source / "gone").rmdir()
+    (source / "relinked2").unlink()
+    write(source / "relinked2", b"its own now")
+    (source / "retarget").unlink()
+    (source / "retarget").symlink_to("shrinks")
+    os.chmod(source / "log", 0o600)
+    delta = run("send")
+    assert delta["deleted"] >= 4
+    assert tree(destination) == tree(source)
+    assert (destination / "sparse").stat().st_blocks * 512 < 4 * BLOCK  # the hole was not written
+    assert (destination / "relinked").read_bytes() == b"one"  # never written through the old link
+    assert run("verify")["equal"]
+
+
+def test_a_corruption_behind_the_copys_back_is_caught_by_the_verification(pair) -> None:
+    source, destination, run = pair
+    write(source / "data", os.urandom(8 * BLOCK))
+    write(source / "other", b"fine")
+    run("send")
+    assert run("verify")["equal"]
+    rewrite_pages(destination / "data", [3])
+    result = run("verify")
+    assert not result["equal"] and result["differences"] == ["different or only on the source: data"]
+
+
+def test_a_source_that_changed_after_the_last_round_fails_the_verification(pair) -> None:
+    source, _, run = pair
+    write(source / "data", b"before")
+    run("send")
+    write(source / "data", b"after!")
+    assert "the source changed after the last round: data changed" in run("verify")["error"]
+
+
+def test_a_copy_it_did_not_write_is_asked_for_its_digests_and_only_the_difference_is_sent(pair) -> None:
+    source, destination, run = pair
+    data = bytearray(os.urandom(40 * BLOCK))
+    write(source / "big", bytes(data))
+    data[5 * BLOCK : 5 * BLOCK + 10] = b"0123456789"
+    write(destination / "big", bytes(data))  # a retired copy from an earlier move, say
+    write(destination / "stale", b"only there")
+    first = run("send")
+    assert first["blocks_sent"] == 1 and first["deleted"] == 1
+    assert tree(destination) == tree(source)
+
+
+def test_after_the_stream_only_files_changed_since_it_began_are_read(pair, tmp_path: Path) -> None:
+    source, destination, run = pair
+    for i in range(5):
+        write(source / "segments" / str(i), os.urandom(4 * BLOCK))
+    time.sleep(0.1)
+    (tmp_path / "started").write_text(str(time.time_ns()))
+    shutil.copytree(source, destination, dirs_exist_ok=True, symlinks=True)  # what the stream did
+    rewrite_pages(source / "segments" / "3", [2])
+    first = run("send", "--streamed", str(tmp_path / "started"))
+    assert (first["files_taken_from_stream"], first["files_read"], first["blocks_sent"]) == (4, 1, 1)
+    assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
+def test_the_receiver_refuses_paths_outside_the_volume(tmp_path: Path) -> None:
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "volume" / "escape").symlink_to(tmp_path)
+    destination = Destination(str(tmp_path / "volume"))
+    for path in ("../outside", "/etc/passwd", "a/../../b", "escape/file"):
+        with pytest.raises(CopyError, match="refused path"):
+            destination.full(path)
+
+
+def test_a_wrong_secret_is_refused(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, _, run = pair
+    write(source / "data", b"x")
+    monkeypatch.setenv("FLOCKER_SECRET", "x" * len(SECRET))
+    assert "error" in run("send")
