@@ -115,10 +115,10 @@ def test_random_page_writes_send_only_their_blocks_and_reread_only_their_file(pa
     delta = run("send")
     assert delta["files_read"] == 1 and delta["bytes_read"] == 256 * BLOCK
     # Only the rewritten pages travel, not the 64 KiB blocks around them.
-    assert delta["blocks_sent"] == 20 and delta["bytes_sent"] == 20 * PAGE
+    assert delta["pages_sent"] == 20 and delta["bytes_sent"] == 20 * PAGE
     assert tree(destination) == tree(source)
     nothing = run("send")
-    assert (nothing["files_read"], nothing["blocks_sent"]) == (0, 0)
+    assert (nothing["files_read"], nothing["pages_sent"]) == (0, 0)
     assert run("verify")["equal"]
 
 
@@ -189,7 +189,7 @@ def test_a_copy_it_did_not_write_is_asked_for_its_digests_and_only_the_differenc
     write(destination / "big", bytes(data))  # a retired copy from an earlier move, say
     write(destination / "stale", b"only there")
     first = run("send")
-    assert first["blocks_sent"] == 1 and first["deleted"] == 1
+    assert first["pages_sent"] == 1 and first["deleted"] == 1
     assert tree(destination) == tree(source)
 
 
@@ -202,7 +202,7 @@ def test_after_the_stream_only_files_changed_since_it_began_are_read(pair, tmp_p
     shutil.copytree(source, destination, dirs_exist_ok=True, symlinks=True)  # what the stream did
     rewrite_pages(source / "segments" / "3", [2])
     first = run("send", "--streamed", str(tmp_path / "started"))
-    assert (first["files_taken_from_stream"], first["files_read"], first["blocks_sent"]) == (4, 1, 1)
+    assert (first["files_taken_from_stream"], first["files_read"], first["pages_sent"]) == (4, 1, 1)
     assert tree(destination) == tree(source)
     assert run("verify")["equal"]
 
@@ -219,7 +219,7 @@ def test_a_renamed_file_is_renamed_on_the_destination_not_sent_again(pair) -> No
     (source / "archive").mkdir()
     os.rename(source / "pg_wal" / "000000010000000000000002", source / "archive" / "000000010000000000000002")
     delta = run("send")
-    assert delta["renamed"] == 2 and delta["blocks_sent"] == 2, delta  # the rewritten page, and the new small file
+    assert delta["renamed"] == 2 and delta["pages_sent"] == 2, delta  # the rewritten page, and the new small file
     assert tree(destination) == tree(source)
     assert run("verify")["equal"]
 

@@ -68,6 +68,7 @@ PAGE = 8 * 1024
 PAGES = BLOCK // PAGE
 WINDOW = 1024 * BLOCK  # mmap'ed at once: 64 MiB
 ZERO = bytes(BLOCK)
+ZERO_PAGE = _hash(ZERO[:PAGE])
 # A file modified this close to when its stat was taken may change again within the same
 # timestamp tick without its stat showing it ("racy clean" in git's words): reread it anyway.
 RACY_NS = 1_000_000_000
@@ -85,48 +86,75 @@ class CopyError(Exception):
 # --- the wire: one byte of kind, four of length, then the payload -------------------
 
 
-def send_message(conn: socket.socket, kind: bytes, payload: bytes = b"") -> None:
-    conn.sendall(struct.pack(">cI", kind, len(payload)) + payload)
+class Wire:
+    """Messages over a connection, buffered both ways: a round sends thousands of 8 KiB
+    pages, and a syscall (and a copy) for each header and each page cost more than the page."""
 
+    FLUSH_AT = 1 << 20
 
-def _exactly(conn: socket.socket, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = conn.recv(min(left, 1 << 20))
-        if not chunk:
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self._reader = conn.makefile("rb", buffering=self.FLUSH_AT)
+        self._out = bytearray()
+
+    def write(self, kind: bytes, *parts: bytes) -> None:
+        self._out += struct.pack(">cI", kind, sum(len(part) for part in parts))
+        for part in parts:
+            self._out += part
+        if len(self._out) >= self.FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._out:
+            self.conn.sendall(self._out)
+            self._out.clear()
+
+    def read_exactly(self, size: int) -> bytes:
+        return self._reader.read(size)
+
+    def read(self) -> tuple[bytes, bytes]:
+        header = self._reader.read(5)
+        if len(header) < 5:
             raise CopyError("the other side closed the connection")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def receive_message(conn: socket.socket) -> tuple[bytes, bytes]:
-    kind, size = struct.unpack(">cI", _exactly(conn, 5))
-    return kind, _exactly(conn, size)
+        kind, size = struct.unpack(">cI", header)
+        payload = self._reader.read(size)
+        if len(payload) < size:
+            raise CopyError("the other side closed the connection inside a message")
+        return kind, payload
 
 
 def Digests(values: Any = ()) -> array.array:  # noqa: N802 (a type's name, as it reads)
     return array.array("Q", values)
 
 
+def little_endian(digests: array.array) -> bytes:
+    """Digests as they travel, whatever this node's byte order."""
+    if sys.byteorder == "little":
+        return digests.tobytes()
+    swapped = Digests(digests)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def from_little_endian(data: bytes) -> array.array:
+    digests = Digests()
+    digests.frombytes(data)
+    if sys.byteorder != "little":
+        digests.byteswap()
+    return digests
+
+
 def _encode(value: Any) -> Any:
     """Digest arrays travel as little-endian bytes in base64: a list of a million numbers is
     slow to write and read as JSON."""
     if isinstance(value, array.array):
-        data = value if sys.byteorder == "little" else Digests(value)
-        if sys.byteorder != "little":
-            data.byteswap()
-        return {"q": base64.b64encode(data.tobytes()).decode()}
+        return {"b64": base64.b64encode(little_endian(value)).decode()}
     raise TypeError(type(value))
 
 
 def _decode(value: dict[str, Any]) -> Any:
-    if len(value) == 1 and "q" in value and isinstance(value["q"], str):
-        digests = Digests()
-        digests.frombytes(base64.b64decode(value["q"]))
-        if sys.byteorder != "little":
-            digests.byteswap()
-        return digests
+    if len(value) == 1 and isinstance(value.get("b64"), str):
+        return from_little_endian(base64.b64decode(value["b64"]))
     return value
 
 
@@ -227,8 +255,8 @@ def entry_digest(entry: dict[str, Any]) -> str:
     """One entry's metadata and contents, as the verification compares them."""
     compared = {key: entry[key] for key in ("k", "u", "g", "m", "z", "t", "target", "type", "rdev", "link") if key in entry}
     text = json.dumps(compared, sort_keys=True).encode()
-    digests = entry.get("d") or Digests()
-    return hashlib.sha256(text + json.dumps(_encode(Digests(digests))).encode()).hexdigest()[:32]
+    pages = entry.get("q") or Digests()
+    return hashlib.sha256(text + json.dumps(_encode(Digests(pages))).encode()).hexdigest()[:32]
 
 
 def page_digests(block: Any) -> list[int]:
@@ -248,7 +276,7 @@ class Destination:
     def __init__(self, root: str) -> None:
         self.root = os.path.realpath(root)
         self.table: dict[str, dict[str, Any]] | None = None  # built from the disk at the first request
-        self.stats = {"blocks_written": 0, "bytes_written": 0}
+        self.stats = {"bytes_written": 0}
         self._open: tuple[str, int, dict[str, Any] | None, list[int]] | None = None
         self._touched_dirs: set[str] = set()
 
@@ -295,6 +323,9 @@ class Destination:
         """Apply one message; what to answer, if it asks for an answer."""
         table = self.ensure_table()
         if kind == b"T":
+            for path, entry in table.items():
+                if entry.get("k") == "f" and "link" not in entry and "d" not in entry:
+                    table[path] = self._entry(path, os.lstat(self.full(path)), {})  # written since its scan: hashed again
             return packed(table)
         if kind == b"D":
             self._delete(payload.decode("utf-8", "surrogateescape"))
@@ -310,7 +341,7 @@ class Destination:
             self._end_file(unpacked(payload))
         elif kind == b"C":
             self._set_directory_times()
-            answer, self.stats = self.stats, {"blocks_written": 0, "bytes_written": 0}
+            answer, self.stats = self.stats, {"bytes_written": 0}
             return packed(answer)
         elif kind == b"V":
             return packed(self._compare(unpacked(payload)))
@@ -335,7 +366,8 @@ class Destination:
         os.makedirs(os.path.dirname(self.full(new)), exist_ok=True)  # a new directory's entry comes later in the round
         os.rename(self.full(old), self.full(new))
         self._touched_dirs |= {os.path.dirname(old), os.path.dirname(new)}
-        self.table[new] = self.table.pop(old)
+        # Only its ctime moved, by our own rename: the verification need not read it again.
+        self.table[new] = {**self.table.pop(old), "s": stat_key(os.lstat(self.full(new)))}
 
     def _clear(self, full: str, keep: str) -> None:
         """Make room for an entry of kind ``keep`` (a file replaced by a directory, ...)."""
@@ -395,11 +427,12 @@ class Destination:
         if self._open is None:
             raise CopyError("a block outside a file")
         _, fd, _, written = self._open
-        (offset,) = struct.unpack(">Q", payload[:8])
-        os.pwrite(fd, memoryview(payload)[8:], offset)
-        written.append(offset // BLOCK)
-        self.stats["blocks_written"] += 1
-        self.stats["bytes_written"] += len(payload) - 8
+        offset, count = struct.unpack(">QI", payload[:12])
+        data = memoryview(payload)[12 + 8 * count :]
+        os.pwrite(fd, data, offset)
+        digests = from_little_endian(payload[12 : 12 + 8 * count])
+        written.extend((offset // PAGE + number, digest) for number, digest in enumerate(digests))
+        self.stats["bytes_written"] += len(data)
 
     def _end_file(self, entry: dict[str, Any]) -> None:
         if self._open is None:
@@ -412,34 +445,36 @@ class Destination:
             os.close(fd)
         full = self.full(path)
         self._own(full, entry)
-        old, old_pages = (known or {}).get("d") or Digests(), (known or {}).get("q") or Digests()
-        blocks = -(-entry["z"] // BLOCK)
-        digests = old[:blocks] + Digests([0]) * (blocks - len(old))
-        pages = old_pages[: blocks * PAGES] + Digests([0]) * max(blocks * PAGES - len(old_pages), 0)
-        # What was written is read back from the disk and must be what the source sent. So
-        # are the blocks past the old end (holes where zeros were not sent), the old last
-        # block and the new one, whose lengths may have changed; the others are as the table knew them.
-        check = set(written) | set(range(max(len(old) - 1, 0), blocks)) | ({blocks - 1} if blocks else set())
-        for index, digest, block_pages in self._read_blocks(full, entry["z"], sorted(check)):
-            digests[index] = digest
-            pages[index * PAGES : index * PAGES + len(block_pages)] = Digests(block_pages)
-        del pages[-(-entry["z"] // PAGE) :]  # a shorter last block has fewer pages
-        if digests != entry["d"]:
-            wrong = next(i for i, (a, b) in enumerate(zip(digests, entry["d"], strict=False)) if a != b)
-            raise CopyError(f"{path}: block at {wrong * BLOCK} differs from the source's after writing it")
+        size = entry["z"]
+        count = -(-size // PAGE)
+        old_pages = (known or {}).get("q") or Digests()
+        # Past the old end, what was not written is a hole: zeros.
+        pages = old_pages[:count] + Digests(
+            ZERO_PAGE if (number + 1) * PAGE <= size else _hash(ZERO[: size % PAGE]) for number in range(len(old_pages), count)
+        )
+        # What was written is read back from the disk and must be what the source sent (a page
+        # whose length changed, the old last one or the new, differs, so it was sent too).
+        for number, digest, read in self._read_pages(full, size, written):
+            if read != digest:
+                raise CopyError(f"{path}: the page at {number * PAGE} differs from the source's after writing it")
+            pages[number] = read
         stored = {key: value for key, value in entry.items() if key != "p"}
-        stored["q"] = pages
+        stored["q"] = pages  # from this disk; block digests are made again if the source asks (T)
         stored["s"] = stat_key(os.lstat(full))
         assert self.table is not None
         self.table[path] = stored
 
-    def _read_blocks(self, full: str, size: int, indexes: list[int]) -> Iterator[tuple[int, int, list[int]]]:
+    def _read_pages(self, full: str, size: int, written: list[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
+        """(page number, the source's digest, this disk's) of each page written, read back
+        through a mapping (no copy)."""
+        if not size or not written:
+            return
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            for index in indexes:
-                if index * BLOCK < size:
-                    data = os.pread(fd, min(BLOCK, size - index * BLOCK), index * BLOCK)
-                    yield index, _hash(data), page_digests(data)
+            with mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED) as mapped, memoryview(mapped) as view:
+                for number, digest in written:
+                    with view[number * PAGE : (number + 1) * PAGE] as page:
+                        yield number, digest, _hash(page)
         finally:
             os.close(fd)
 
@@ -483,25 +518,29 @@ def serve(root: str, port: int) -> None:
 
     def session(conn: socket.socket, peer: str) -> None:
         try:
-            got = _exactly(conn, len(secret)) if peer == allowed else b""
+            wire = Wire(conn)
+            got = wire.read_exactly(len(secret)) if peer == allowed else b""
             if not hmac.compare_digest(got, secret):
                 print("refused a connection from", peer, flush=True)
                 return
-            send_message(conn, b"H", ALGORITHM.encode())
+            wire.write(b"H", ALGORITHM.encode())
+            wire.flush()
             while True:
                 try:
-                    kind, payload = receive_message(conn)
+                    kind, payload = wire.read()
                 except CopyError:
                     return  # the sender is done
                 with turn:
                     answer = destination.handle(kind, payload)
                 if answer is not None:
-                    send_message(conn, kind, answer)
+                    wire.write(kind, answer)
+                    wire.flush()
         except (CopyError, OSError) as exc:
             print(f"round failed: {exc}", flush=True)
             destination.table = None  # half-applied: read from the disk again next time
             with contextlib.suppress(OSError):
-                send_message(conn, b"X", str(exc).encode())
+                wire.write(b"X", str(exc).encode())
+                wire.flush()
         finally:
             conn.close()
 
@@ -514,13 +553,39 @@ def serve(root: str, port: int) -> None:
 # --- the source -------------------------------------------------------------------------
 
 
+class Run:
+    """Changed pages that follow one another, to be written with one message."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.offset = 0
+        self.data = bytearray()
+        self.digests = Digests()
+
+    def add(self, offset: int, page: memoryview, digest: int) -> None:
+        if self.data and self.offset + len(self.data) != offset:
+            self.send()
+        if not self.data:
+            self.offset = offset
+        self.data += page
+        self.digests.append(digest)
+        self.source.counts["pages_sent"] += 1
+
+    def send(self) -> None:
+        """One message: where, the pages' digests (the destination checks what it wrote), the pages."""
+        if self.data:
+            self.source.send(b"W", struct.pack(">QI", self.offset, len(self.digests)), little_endian(self.digests), self.data)
+            self.source.counts["bytes_sent"] += len(self.data)
+            self.data, self.digests = bytearray(), Digests()
+
+
 class Source:
     """One round from ``root`` to the destination connected on ``conn``; ``table`` is what the
     destination holds, as this side sent it."""
 
-    def __init__(self, root: str, conn: socket.socket, table: dict[str, dict[str, Any]], streamed_after: int | None = None) -> None:
+    def __init__(self, root: str, wire: Wire, table: dict[str, dict[str, Any]], streamed_after: int | None = None) -> None:
         self.root = root
-        self.conn = conn
+        self.wire = wire
         self.table = table
         # When the first copy's tar stream began (this node's clock, ns): a file unchanged
         # since then was read by tar as it is now, so the destination's digests of it are its own.
@@ -530,7 +595,7 @@ class Source:
             "files_read": 0,
             "files_taken_from_stream": 0,
             "bytes_read": 0,
-            "blocks_sent": 0,
+            "pages_sent": 0,
             "bytes_sent": 0,
             "deleted": 0,
             "renamed": 0,
@@ -538,25 +603,27 @@ class Source:
         }
         self._last_progress = time.monotonic()
 
-    def send(self, kind: bytes, payload: bytes = b"") -> None:
+    def send(self, kind: bytes, *parts: bytes, flush: bool = False) -> None:
         try:
-            send_message(self.conn, kind, payload)
+            self.wire.write(kind, *parts)
+            if flush:
+                self.wire.flush()
         except OSError as exc:  # the destination gave up: its reason is waiting to be read
             raise CopyError(self._reason() or f"sending to the destination: {exc}") from exc
 
     def _reason(self) -> str | None:
         with contextlib.suppress(CopyError, OSError):
-            self.conn.settimeout(1)
-            kind, body = receive_message(self.conn)
+            self.wire.conn.settimeout(1)
+            kind, body = self.wire.read()
             if kind == b"X":
                 return f"the destination failed: {body.decode(errors='replace')}"
         return None
 
     def ask(self, kind: bytes, payload: bytes = b"", timeout: float = TIMEOUT) -> Any:
-        self.send(kind, payload)
-        self.conn.settimeout(timeout)
-        answer, body = receive_message(self.conn)
-        self.conn.settimeout(TIMEOUT)
+        self.send(kind, payload, flush=True)
+        self.wire.conn.settimeout(timeout)
+        answer, body = self.wire.read()
+        self.wire.conn.settimeout(TIMEOUT)
         if answer == b"X":
             raise CopyError(f"the destination failed: {body.decode(errors='replace')}")
         return unpacked(body)
@@ -595,7 +662,7 @@ class Source:
                 continue  # what is there now lives on under another name: left to the rounds
             self.send(b"R", packed([before, path]))
             self.counts["renamed"] += 1
-            self.table[path] = self.table.pop(before)
+            self.table[path] = {**self.table.pop(before), "renamed": True}
             del known[info.st_ino]
 
     def _delete(self, path: str) -> None:
@@ -624,12 +691,17 @@ class Source:
                 self.send(b"M", packed({**meta, "p": path}))
                 self.table[path] = meta
             return
-        if old is not None and old.get("s") == stat_key(info) and not old.get("racy"):
-            return  # unchanged since it was read, and not racily so
+        if old is not None and not old.get("racy") and old.get("s") is not None:
+            # Unchanged since it was read. A rename changes only a file's ctime: renamed, it is
+            # unchanged if inode, size and mtime are (rsync's quick check is size and mtime).
+            same = old["s"] == stat_key(info) or (old.get("renamed") and old["s"][:3] == stat_key(info)[:3])
+            if same:
+                old["s"], old["renamed"] = stat_key(info), False
+                return
         if old is not None and old.get("s") is None and self._streamed_as_is(info, old):
             # Its contents are there: only its metadata is made exact (tar kept mtimes to the second).
             self.send(b"F", packed({"p": path}))
-            self.send(b"E", packed({**meta, "d": old["d"], "p": path}))
+            self.send(b"E", packed({**meta, "p": path}))
             self.table[path] = {**meta, "d": old["d"], "q": old.get("q") or Digests(), "s": stat_key(info), "racy": False}
             self.counts["files_taken_from_stream"] += 1
             return
@@ -642,6 +714,7 @@ class Source:
         old_digests, old_pages = (old or {}).get("d") or Digests(), (old or {}).get("q") or Digests()
         digests, pages = Digests(), Digests()
         size = 0
+        run = Run(self)  # changed pages next to each other go in one message
         self.send(b"F", packed({"p": path}))
         try:
             for offset, digest, block in block_digests(full, info.st_size):
@@ -660,15 +733,13 @@ class Source:
                     with block[number * PAGE : (number + 1) * PAGE] as page:
                         if index * PAGES + number >= len(old_pages) and page == ZERO[: len(page)]:
                             continue  # past the old end, zeros are left to the truncate: holes stay holes
-                        data = bytes(page)
-                    self.send(b"W", struct.pack(">Q", offset + number * PAGE) + data)
-                    self.counts["blocks_sent"] += 1
-                    self.counts["bytes_sent"] += len(data)
+                        run.add(offset + number * PAGE, page, page_digest)
+                run.send()  # before the mapping of this block may go
         except FileNotFoundError:
             pass  # removed while read: sent as it was, deleted next round
         self.counts["files_read"] += 1
         self.counts["bytes_read"] += size
-        self.send(b"E", packed({**meta, "z": size, "d": digests, "p": path}))
+        self.send(b"E", packed({**meta, "z": size, "p": path}))
         try:
             after = stat_key(os.lstat(full))
         except FileNotFoundError:
@@ -715,17 +786,18 @@ def save_state(path: str, table: dict[str, dict[str, Any]]) -> None:
     os.replace(path + ".new", path)
 
 
-def connect(to: str) -> socket.socket:
+def connect(to: str) -> Wire:
     host, _, port = to.rpartition(":")
     try:
         conn = socket.create_connection((host.strip("[]"), int(port)), timeout=TIMEOUT)
         conn.sendall(os.environ["FLOCKER_SECRET"].encode())
-        kind, body = receive_message(conn)
+        wire = Wire(conn)
+        kind, body = wire.read()
     except OSError as exc:
         raise CopyError(f"cannot reach the destination's helper at {to}: {exc}") from exc
     if kind != b"H" or body.decode() != ALGORITHM:
         raise CopyError(f"the destination hashes with {body.decode(errors='replace')}, this side with {ALGORITHM}")
-    return conn
+    return wire
 
 
 def wait_for_go() -> None:
@@ -745,12 +817,12 @@ def streamed_after(path: str | None) -> int | None:
 
 def run_send(args: argparse.Namespace) -> dict[str, Any]:
     table = load_state(args.state)
-    conn = connect(args.to)
+    wire = connect(args.to)
     try:
         if args.armed:
             wait_for_go()
         started = time.monotonic()
-        source = Source(args.root, conn, table or {}, streamed_after(args.streamed) if table is None else None)
+        source = Source(args.root, wire, table or {}, streamed_after(args.streamed) if table is None else None)
         if table is None:
             # A copy this program did not write (the first stream, an earlier move's): what
             # the destination holds, hashed there. Its stats are of its own disk, not ours.
@@ -768,24 +840,24 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
             os.unlink(args.state)
         raise
     finally:
-        conn.close()
+        wire.conn.close()
 
 
 def run_verify(args: argparse.Namespace) -> dict[str, Any]:
-    conn = connect(args.to)
+    wire = connect(args.to)
     try:
         if args.armed:
             wait_for_go()
         table = load_state(args.state)  # after the go: phase 2 has written it meanwhile
         if table is None:
             raise CopyError("nothing was copied by this move yet")
-        source = Source(args.root, conn, table)
+        source = Source(args.root, wire, table)
         changed = source.changed_since_last_round()
         if changed:
             raise CopyError(f"the source changed after the last round: {changed}")
         return source.ask(b"V", packed(summary(table)), timeout=10 * TIMEOUT)
     finally:
-        conn.close()
+        wire.conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
