@@ -6,9 +6,11 @@ Pulumi engine enforces none for dynamic providers.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import re
 import secrets
@@ -16,7 +18,8 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import docker
 import docker.errors
@@ -71,6 +74,40 @@ GATE_POLL = 0.005
 # One lock per router, so that the routers of different nodes are written at once.
 _ROUTER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _ROUTER_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass
+class _NodePorts:
+    """External ports about to be routed on a node by an application being converged in this
+    process; the lock makes choosing a container's host ports and starting it one step for a
+    reservation, so that a container either avoids a reserved port or is there, to be moved off it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reserved: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+_NODE_PORTS: dict[str, _NodePorts] = {}
+
+
+def _node_ports(node: Node) -> _NodePorts:
+    with _ROUTER_LOCKS_GUARD:
+        return _NODE_PORTS.setdefault(node.docker_host, _NodePorts())
+
+
+@contextlib.contextmanager
+def reserved_ports(nodes: Iterable[Node], ports: Collection[int]) -> Iterator[None]:
+    """While inside, no container started on ``nodes`` gets one of ``ports`` as a host port: they
+    are external ports about to be routed, and every node's router binds them."""
+    held = [_node_ports(node) for node in dict.fromkeys(nodes)]
+    for entry in held:
+        with entry.lock:
+            entry.reserved.update(ports)
+    try:
+        yield
+    finally:
+        for entry in held:
+            with entry.lock:
+                entry.reserved.subtract(ports)
 
 
 class NodeUnreachable(Exception):
@@ -256,11 +293,21 @@ class DockerNode:
     def published_port_owner(self, port: int) -> str | None:
         """Name of a container (ours or not) publishing ``port`` on this node, if any."""
         for container in self.client.containers.list():
-            for bindings in (container.attrs.get("HostConfig", {}).get("PortBindings") or {}).values():
-                for binding in bindings or []:
-                    if str(binding.get("HostPort")) == str(port):
-                        return container.name
+            if port in _host_ports(container):
+                return container.name
         return None
+
+    def host_port_holders(self, ports: Collection[int], router: RouterSpec) -> tuple[MountedContainer, ...]:
+        """The stack's running applications that publish one of ``ports`` as a host port."""
+        stack = dict(router.labels)
+        wanted = [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}", f"{L.PROJECT}={stack[L.PROJECT]}", f"{L.STACK}={stack[L.STACK]}"]
+        found = [
+            MountedContainer(container.name, ContainerSpec.from_json(container.labels[L.SPEC]), True)
+            for container in self.client.containers.list(filters={"label": wanted})
+            # A staged container is a move's, which starts it under the application's name.
+            if not is_staged(container.name) and _host_ports(container) & set(ports)
+        ]
+        return tuple(sorted(found, key=lambda c: c.name))
 
     def published_ports(self, name: str) -> dict[int, int]:
         """Internal port -> the host port the container publishes it on."""
@@ -276,8 +323,9 @@ class DockerNode:
     def read_routes(self, router: RouterSpec) -> dict[int, dict]:
         """The route files of our router on this node (a read through the archive API)."""
         container = self.find_container(router.name)
-        if container is None:
-            return {}
+        return {} if container is None else self._route_files(container)
+
+    def _route_files(self, container: docker.models.containers.Container) -> dict[int, dict]:
         try:
             stream, _ = container.get_archive(ROUTES_DIR)
         except docker.errors.NotFound:
@@ -297,6 +345,10 @@ class DockerNode:
             # Ours, of this stack: this application's, or one the program no longer declares
             # (the SDK rejects two applications of one program with the same port), whose
             # routes this application takes over.
+            return None
+        if self.host_port_holders((port,), router):
+            # The host port of one of the stack's applications, chosen before the port was
+            # routed: converging this application moves it to another one first.
             return None
         owner = self.published_port_owner(port)
         if owner is not None:
@@ -566,21 +618,32 @@ class DockerNode:
         # port is chosen here rather than left to Docker: Docker picks a new ephemeral port at
         # every start, so a container restarted by its restart policy or by hand would leave
         # every route pointing at a dead port.
-        for attempt in range(HOST_PORT_ATTEMPTS):
-            ports = {f"{p.internal}/tcp": (self.node_bind_address(), host_port(spec.name, p.internal, attempt)) for p in spec.ports}
-            container = self.client.containers.create(spec.image, name=name, ports=ports, **kwargs)
-            try:
-                if before_start is not None and not before_start(container):
+        node_ports = _node_ports(self.node)
+        with node_ports.lock:
+            # Never a port a router binds here: one routed now, one about to be, or this
+            # container's own external port; the router would find it taken.
+            avoid = self._routed_ports() | set(+node_ports.reserved) | {p.external for p in spec.ports}
+            for attempt in range(HOST_PORT_ATTEMPTS):
+                chosen = host_ports(spec.name, [p.internal for p in spec.ports], attempt, avoid)
+                ports = {f"{internal}/tcp": (self.node_bind_address(), port) for internal, port in chosen.items()}
+                container = self.client.containers.create(spec.image, name=name, ports=ports, **kwargs)
+                try:
+                    if before_start is not None and not before_start(container):
+                        container.remove(force=True)
+                        return ""
+                    container.start()
+                    return container.id
+                except docker.errors.APIError as exc:
+                    # Created but not started: make room for the next candidate.
                     container.remove(force=True)
-                    return ""
-                container.start()
-                return container.id
-            except docker.errors.APIError as exc:
-                # Created but not started: make room for the next candidate.
-                container.remove(force=True)
-                if not spec.ports or not _port_taken(exc):
-                    raise
+                    if not spec.ports or not _port_taken(exc):
+                        raise
         raise RuntimeError(f"node {self.node.name}: no free host port for {spec.name} after {HOST_PORT_ATTEMPTS} candidates")
+
+    def _routed_ports(self) -> set[int]:
+        """The external ports of every stack's router on this node (routers bind them all)."""
+        routers = self.client.containers.list(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_ROUTER}"]})
+        return {port for router in routers for port in self._route_files(router)}
 
     def node_bind_address(self) -> str:
         # Publishing on every interface of the node is what Flocker did; the node's own
@@ -672,6 +735,25 @@ def host_port(container: str, internal: int, attempt: int) -> int:
     Docker's own picks live; another candidate per attempt when one is taken."""
     digest = hashlib.sha256(f"{container}/{internal}/{attempt}".encode()).digest()
     return HOST_PORT_FIRST + int.from_bytes(digest[:4], "big") % HOST_PORT_COUNT
+
+
+def host_ports(container: str, internals: Iterable[int], attempt: int, avoid: Collection[int]) -> dict[int, int]:
+    """Internal port -> host port: the ``attempt``-th candidate of each that is not in ``avoid``
+    nor another internal port's; with nothing to avoid, ``host_port(container, internal, attempt)``."""
+    chosen: dict[int, int] = {}
+    for internal in dict.fromkeys(internals):
+        candidates = (host_port(container, internal, n) for n in range(HOST_PORT_COUNT * 4))
+        usable = (port for port in candidates if port not in avoid and port not in chosen.values())
+        port = next(itertools.islice(usable, attempt, None), None)
+        if port is None:
+            raise RuntimeError(f"no host port left for {container}: the routes take the whole range {HOST_PORT_FIRST}-32767")
+        chosen[internal] = port
+    return chosen
+
+
+def _host_ports(container: docker.models.containers.Container) -> set[int]:
+    bindings = (container.attrs.get("HostConfig", {}).get("PortBindings") or {}).values()
+    return {int(binding["HostPort"]) for bound in bindings for binding in bound or [] if str(binding.get("HostPort") or "").isdigit()}
 
 
 def _health(container: docker.models.containers.Container) -> str:

@@ -23,7 +23,7 @@ from pulumi.runtime import rpc
 
 from . import labels as L
 from .containers import container_spec, router_spec
-from .docker_layer import DockerNode, NodeUnreachable, connect
+from .docker_layer import DockerNode, NodeUnreachable, connect, reserved_ports
 from .errors import ProviderError
 from .executor import Engines, execute
 from .inputs import (
@@ -37,7 +37,7 @@ from .inputs import (
     parse_volume,
 )
 from .migration import move_volume, plan_line
-from .models import Node, Owner, Port
+from .models import Node, Owner, Port, RunningContainer
 from .planner import Routing, plan_application, plan_volume
 from .progress import report
 
@@ -204,7 +204,9 @@ def _converge_application(
 ) -> dict[str, Any]:
     spec = container_spec(inputs.application, inputs.owner, inputs.volume_name)
     routing = _routing(inputs.owner, inputs.routing)
-    with Engines() as engines:
+    externals = [p.external for p in inputs.application.ports]
+    with Engines() as engines, reserved_ports(inputs.routing.nodes, externals):
+        _move_off_host_ports(inputs, externals, routing, engines)
         discovered = {node: engines[node].discover_application(spec.name) for node in dict.fromkeys(nodes)}
         plan = plan_application(inputs.owner.resource, (inputs.node, spec), discovered, routing, old_ports, dropped)
         execute(plan, engines, inputs.wait_timeout)
@@ -214,6 +216,24 @@ def _converge_application(
         "running": found.running if found else False,
         "addresses": [f"{inputs.node.address}:{p.external}" for p in inputs.application.ports],
     }
+
+
+def _move_off_host_ports(inputs: ApplicationInputs, externals: list[int], routing: Routing, engines: Engines) -> None:
+    """The stack's containers whose host port is one of this application's external ports start
+    again on another one (connections to them held meanwhile), or the routers could not bind
+    it: the host port was chosen before the port was routed (a program that gains this
+    application; with ``reserved_ports``, no container started from now on takes it)."""
+    for node in inputs.routing.nodes:
+        try:
+            holders = engines[node].host_port_holders(externals, routing.router)
+        except NodeUnreachable:
+            continue  # reported by the step that needs the node
+        for holder in holders:
+            report(f"{holder.name} on {node.name} publishes a host port that {inputs.owner.resource} routes: it starts on another one")
+            application = dict(holder.spec.labels).get(L.RESOURCE, holder.name)
+            # Found out of date, it is replaced in place the way a changed application is.
+            stale = RunningContainer(holder.name, "", running=True, config_hash="")
+            execute(plan_application(application, (node, holder.spec), {node: stale}, routing), engines, inputs.wait_timeout)
 
 
 class VolumeProvider(ResourceProvider):

@@ -6,6 +6,8 @@ module is the one place that knows the wire shape of our resources' inputs.
 
 from __future__ import annotations
 
+import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,28 @@ Failure = tuple[str, str]  # (property, reason)
 # `make images` builds this one.
 DEFAULT_TRANSFER_IMAGE = "flocker/base:local"
 DEFAULT_HOLD_SECONDS = 30.0
+# A week: longer than any start or move should take, short enough to be a number of seconds.
+MAX_TIMEOUT = 7 * 24 * 3600
+
+# Names are checked here, before they reach Docker, by Docker's own rules; application.yml and
+# deployment.yml are checked by the same ones (flocker_config imports them).
+# Docker's rule for container (and volume) names: an application's container is flocker-<stack>-<name>.
+DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+# Pulumi's rule for stack names, which are part of every container, volume and router name.
+STACK_NAME = re.compile(r"[a-zA-Z0-9_.-]*")
+# An alias is a host name in the linking container's /etc/hosts and the prefix of its
+# variables (ES_PORT_9200_TCP): no dots, no spaces.
+LINK_ALIAS = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]*")
+# Docker splits NAME=value at the first '='; a space or control character makes a name no shell can use.
+ENV_NAME = re.compile(r"[^=\s\x00-\x1f\x7f]+")
+# A host name or IPv4 address, or an IPv6 address: node names and addresses end up in ssh://
+# and tcp:// URLs and on ssh's command line, where anything else could be read as an option.
+NODE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*|[0-9a-fA-F.]*:[0-9a-fA-F:.]*")
+# A volume mounted over these hides what the container needs to run, or hands the kernel's own
+# interfaces to the application, as data that would be copied when it moves.
+SYSTEM_DIRECTORIES = ("/etc",)
+SYSTEM_TREES = ("/proc", "/sys", "/dev")
+TLS_KEYS = ("ca_cert", "client_cert", "client_key")
 
 
 class InvalidInputs(Exception):
@@ -73,8 +97,32 @@ class RoutingInputs:
     image: str
 
 
+def checked_mountpoint(path: object) -> str:
+    """``path`` normalised (a trailing '/' or a '.' is no configuration change); ValueError says
+    why it cannot be a volume's mountpoint."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"expected an absolute path such as '/var/lib/data', got {path!r}")
+    if ".." in path.split("/"):
+        raise ValueError(f"expected a path without '..', got {path!r}")
+    if ":" in path or not path.isprintable():
+        # Docker reads what follows a ':' as the mount's options.
+        raise ValueError(f"expected a path without ':' or control characters, got {path!r}")
+    # normpath keeps a leading '//' (POSIX leaves its meaning open); in a container it is '/'.
+    normal = "/" + posixpath.normpath(path).lstrip("/")
+    if normal == "/":
+        raise ValueError("the volume cannot be mounted over the container's root '/'")
+    if normal in SYSTEM_DIRECTORIES or any(normal == tree or normal.startswith(f"{tree}/") for tree in SYSTEM_TREES):
+        raise ValueError(f"the volume cannot be mounted at {normal!r}: /etc, and /proc, /sys, /dev and all in them, belong to the system")
+    return normal
+
+
+def _matches(value: object, rule: re.Pattern[str]) -> bool:
+    return isinstance(value, str) and rule.fullmatch(value) is not None
+
+
 def _int(value: Any, prop: str, failures: list[Failure], low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    # is_integer: NaN and infinity are floats int() cannot convert.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
         failures.append((prop, f"expected a whole number, got {value!r}"))
         return low
     number = int(value)
@@ -85,7 +133,8 @@ def _int(value: Any, prop: str, failures: list[Failure], low: int, high: int | N
 
 
 def _optional_int(value: Any, prop: str, failures: list[Failure]) -> int | None:
-    return None if value is None else _int(value, prop, failures, 1)
+    # Docker's fields are 64-bit: a larger number would be refused only by the engine, mid-deploy.
+    return None if value is None else _int(value, prop, failures, 1, 2**63 - 1)
 
 
 def node_from_props(props: dict) -> Node:
@@ -112,12 +161,51 @@ def node_props(node: Node) -> dict[str, Any]:
 
 def _node(props: dict, failures: list[Failure]) -> Node:
     if props.get("node_error"):
-        failures.append(("node", props["node_error"]))
+        failures.append(("node", str(props["node_error"])))
+    elif not props.get("node"):
+        failures.append(("node", "missing; name a node from the node file or give an address"))
+    return _checked_node(props, "", failures)
+
+
+def _checked_node(props: dict, prefix: str, failures: list[Failure]) -> Node:
+    """``node_from_props`` for inputs, which may hold anything: what could not reach Docker safely is a failure."""
+    for key in ("node", "node_address"):
+        value = props.get(key)
+        if value not in (None, "") and not _matches(value, NODE_NAME):
+            failures.append((f"{prefix}{key}", f"expected a node name or address (letters, digits, '.', '-', '_', or IPv6), got {value!r}"))
+    if not isinstance(props.get("docker_host") or "", str):
+        failures.append((f"{prefix}docker_host", f"expected a Docker endpoint such as 'tcp://host:2376', got {props['docker_host']!r}"))
+    tls = props.get("tls")
+    if tls and not (isinstance(tls, dict) and all(isinstance(tls.get(key), str) for key in TLS_KEYS)):
+        failures.append((f"{prefix}tls", f"expected {{{', '.join(TLS_KEYS)}}} as file names, got {tls!r}"))
+        props = {**props, "tls": None}
     return node_from_props(props)
 
 
-def _owner(props: dict) -> Owner:
-    return Owner(project=str(props.get("project", "")), stack=str(props.get("stack", "")), resource=str(props["name"]))
+def _owner(props: dict, failures: list[Failure]) -> Owner:
+    name, stack, project = props.get("name"), props.get("stack", ""), props.get("project", "")
+    if not _matches(name, DOCKER_NAME):
+        failures.append(
+            ("name", f"expected a name of letters, digits, '_', '.' and '-', starting with a letter or digit (Docker's rule), got {name!r}")
+        )
+    if not _matches(stack, STACK_NAME):
+        failures.append(("stack", f"expected a stack name of letters, digits, '_', '.' and '-', got {stack!r}"))
+    if not isinstance(project, str):
+        failures.append(("project", f"expected a project name, got {project!r}"))
+    return Owner(project=str(project), stack=str(stack), resource=str(name))
+
+
+def _text(props: dict, key: str, default: str, failures: list[Failure]) -> str:
+    value = props.get(key) or default
+    if not isinstance(value, str):
+        failures.append((key, f"expected a string, got {value!r}"))
+        return default
+    return value
+
+
+def _timeout(value: Any, prop: str, failures: list[Failure], default: float) -> float:
+    # Nothing (or 0) is the default, as it always was.
+    return _seconds(value or None, prop, failures, default, 0.1, MAX_TIMEOUT)
 
 
 def _ports(raw: Any, failures: list[Failure]) -> tuple[Port, ...]:
@@ -146,11 +234,15 @@ def _ports(raw: Any, failures: list[Failure]) -> tuple[Port, ...]:
 def _links(raw: Any, failures: list[Failure]) -> tuple[Link, ...]:
     if not raw:
         return ()
+    if not isinstance(raw, list):
+        failures.append(("links", f"expected a list of {{alias, local_port, remote_port}}, got {raw!r}"))
+        return ()
     links = []
     for i, entry in enumerate(raw):
         alias = entry.get("alias") if isinstance(entry, dict) else None
-        if not isinstance(alias, str) or not alias:
-            failures.append((f"links[{i}].alias", "expected a non-empty alias"))
+        if not _matches(alias, LINK_ALIAS):
+            reason = f"expected an alias of letters, digits, '_' and '-', starting with a letter or digit, got {alias!r}"
+            failures.append((f"links[{i}].alias", reason))
             continue
         links.append(
             Link(
@@ -164,7 +256,16 @@ def _links(raw: Any, failures: list[Failure]) -> tuple[Link, ...]:
 
 def _routing(props: dict, node: Node, failures: list[Failure]) -> RoutingInputs:
     raw = props.get("route_nodes") or []
-    nodes = {n.name: n for n in (node_from_props(entry) for entry in raw if isinstance(entry, dict))}
+    if not isinstance(raw, list):
+        failures.append(("route_nodes", f"expected a list of nodes, got {raw!r}"))
+        raw = []
+    nodes: dict[str, Node] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            failures.append((f"route_nodes[{i}]", f"expected a node, got {entry!r}"))
+            continue
+        routed = _checked_node(entry, f"route_nodes[{i}].", failures)
+        nodes[routed.name] = routed
     # The hosting node routes too, even when it is a bare address outside the node file.
     if node.name:
         nodes.setdefault(node.name, node)
@@ -174,7 +275,7 @@ def _routing(props: dict, node: Node, failures: list[Failure]) -> RoutingInputs:
     elif isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0 < hold <= 3600:
         failures.append(("hold_seconds", f"expected seconds between 0 and 3600, got {hold!r}"))
         hold = DEFAULT_HOLD_SECONDS
-    image = str(props.get("router_image") or DEFAULT_TRANSFER_IMAGE)
+    image = _text(props, "router_image", DEFAULT_TRANSFER_IMAGE, failures)
     return RoutingInputs(nodes=tuple(sorted(nodes.values(), key=lambda n: n.name)), hold_seconds=float(hold), image=image)
 
 
@@ -196,11 +297,11 @@ def _restart_policy(raw: Any, failures: list[Failure]) -> RestartPolicy:
 HEALTH_CHECK_KEYS = ("command", "interval", "timeout", "retries", "start_period")
 
 
-def _seconds(value: Any, prop: str, failures: list[Failure], default: float, low: float) -> float:
+def _seconds(value: Any, prop: str, failures: list[Failure], default: float, low: float, high: float = 3600) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 3600:
-        failures.append((prop, f"expected seconds between {low:g} and 3600, got {value!r}"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        failures.append((prop, f"expected seconds between {low:g} and {high:g}, got {value!r}"))
         return default
     return float(value)
 
@@ -231,41 +332,77 @@ def _health_check(raw: Any, failures: list[Failure]) -> HealthCheck | None:
     )
 
 
+def _environment(raw: Any, failures: list[Failure]) -> tuple[tuple[str, str], ...]:
+    if not raw:
+        return ()
+    if not isinstance(raw, dict):
+        failures.append(("environment", f"expected a mapping of variable names to strings, got {raw!r}"))
+        return ()
+    for key, value in raw.items():
+        if not _matches(key, ENV_NAME):
+            failures.append((f"environment.{key}", f"expected a variable name without '=', spaces or control characters, got {key!r}"))
+        elif not isinstance(value, str):
+            failures.append((f"environment.{key}", f"must be a string; got type '{type(value).__name__}'"))
+        elif "\x00" in value:
+            failures.append((f"environment.{key}", "a value cannot hold a NUL character"))
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
+
+
+def _volume(raw: Any, failures: list[Failure]) -> tuple[VolumeMount | None, str | None]:
+    """The mount and the node the volume is on, if the application has one."""
+    if not raw:
+        return None, None
+    if not isinstance(raw, dict):
+        failures.append(("volume", f"expected {{name, node, mountpoint}}, got {raw!r}"))
+        return None, None
+    name, node = raw.get("name"), raw.get("node") or None
+    if not _matches(name, DOCKER_NAME):
+        failures.append(("volume.name", f"expected a Docker volume name, got {name!r}"))
+    if node is not None and not _matches(node, NODE_NAME):
+        failures.append(("volume.node", f"expected a node name or address, got {node!r}"))
+    try:
+        mountpoint = checked_mountpoint(raw.get("mountpoint"))
+    except ValueError as exc:
+        failures.append(("volume.mountpoint", str(exc)))
+        return None, node
+    return VolumeMount(volume=str(name), mountpoint=mountpoint), node
+
+
+def _command(raw: Any, failures: list[Failure]) -> tuple[str, ...] | None:
+    if not raw:
+        return None
+    # A string would run as one argument per character.
+    if not isinstance(raw, list) or not all(isinstance(arg, str) and "\x00" not in arg for arg in raw):
+        failures.append(("command", f"expected a list of arguments (strings), got {raw!r}"))
+        return None
+    return tuple(raw)
+
+
 def parse_application(props: dict) -> ApplicationInputs:
     failures: list[Failure] = []
+    owner = _owner(props, failures)
     node = _node(props, failures)
     image = props.get("image")
     if not isinstance(image, str) or not image.strip():
         failures.append(("image", "expected an image name such as 'repo:tag'; got an empty value"))
         image = ""
-    environment = props.get("environment") or {}
-    for key, value in environment.items():
-        if not isinstance(value, str):
-            failures.append((f"environment.{key}", f"must be a string; got type '{type(value).__name__}'"))
-    volume = props.get("volume")
-    mount = None
-    if volume:
-        mountpoint = volume.get("mountpoint")
-        if not isinstance(mountpoint, str) or not mountpoint.startswith("/"):
-            failures.append(("volume.mountpoint", f"must be an absolute path, got {mountpoint!r}"))
-        else:
-            mount = VolumeMount(volume=str(volume.get("name") or ""), mountpoint=mountpoint)
+    environment = _environment(props.get("environment"), failures)
+    mount, volume_node = _volume(props.get("volume"), failures)
     links = _links(props.get("links"), failures)
-    command = props.get("command")
     application = Application(
-        name=str(props["name"]),
+        name=owner.resource,
         image=image.strip(),
         ports=_ports(props.get("ports"), failures),
-        environment=tuple(sorted((str(k), str(v)) for k, v in environment.items())),
+        environment=environment,
         volume=mount,
         links=links,
         mem_limit=_optional_int(props.get("mem_limit"), "mem_limit", failures),
         cpu_shares=_optional_int(props.get("cpu_shares"), "cpu_shares", failures),
         restart_policy=_restart_policy(props.get("restart_policy"), failures),
-        command=tuple(str(c) for c in command) if command else None,
+        command=_command(props.get("command"), failures),
         health_check=_health_check(props.get("health_check"), failures),
     )
-    volume_node = str(volume.get("node")) if volume and volume.get("node") else None
+    wait_timeout = _timeout(props.get("wait_timeout"), "wait_timeout", failures, 120.0)
     if volume_node and props.get("node") and volume_node != props.get("node"):
         failures.append(
             (
@@ -278,35 +415,40 @@ def parse_application(props: dict) -> ApplicationInputs:
     if failures:
         raise InvalidInputs(failures)
     return ApplicationInputs(
-        owner=_owner(props),
+        owner=owner,
         node=node,
         application=application,
         volume_name=mount.volume if mount else None,
         volume_node=volume_node,
-        wait_timeout=float(props.get("wait_timeout") or 120),
+        wait_timeout=wait_timeout,
         routing=routing,
     )
 
 
 def parse_volume(props: dict) -> VolumeInputs:
     failures: list[Failure] = []
+    owner = _owner(props, failures)
     node = _node(props, failures)
     maximum_size = _optional_int(props.get("maximum_size"), "maximum_size", failures)
     budget = props.get("downtime_budget", 0.3)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 3600:
         failures.append(("downtime_budget", f"expected seconds between 0 and 3600, got {budget!r}"))
+    keep_retired = True if props.get("keep_retired") is None else props["keep_retired"]
+    if not isinstance(keep_retired, bool):
+        failures.append(("keep_retired", f"expected true or false, got {keep_retired!r}"))
+    move_timeout = _timeout(props.get("move_timeout"), "move_timeout", failures, 3600.0)
+    transfer_image = _text(props, "transfer_image", DEFAULT_TRANSFER_IMAGE, failures)
     routing = _routing(props, node, failures)
     if failures:
         raise InvalidInputs(failures)
-    owner = _owner(props)
     return VolumeInputs(
         owner=owner,
         node=node,
         name=L.volume_name(owner),
         maximum_size=maximum_size,
-        keep_retired=bool(props.get("keep_retired", True)),
-        move_timeout=float(props.get("move_timeout") or 3600),
-        transfer_image=str(props.get("transfer_image") or DEFAULT_TRANSFER_IMAGE),
+        keep_retired=keep_retired,
+        move_timeout=move_timeout,
+        transfer_image=transfer_image,
         routing=routing,
         downtime_budget=float(budget),
     )

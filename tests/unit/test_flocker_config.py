@@ -734,7 +734,7 @@ BAD_INPUTS: list[tuple[str, str | None, str | None, str]] = [
         app("web", "{image: nginx, environment: {'A=B': x}}"),
         ALONE,
         "application.yml: application 'web', key 'environment.A=B': "
-        "expected an environment variable name without '=' or spaces, got 'A=B'.",
+        "expected an environment variable name without '=', spaces or control characters, got 'A=B'.",
     ),
     # ---- links
     (

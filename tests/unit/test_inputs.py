@@ -51,7 +51,7 @@ def test_valid_application_has_no_failures() -> None:
         ),
         (
             {"volume": {"name": "v", "node": "node1", "mountpoint": "data"}},
-            [("volume.mountpoint", "must be an absolute path, got 'data'")],
+            [("volume.mountpoint", "expected an absolute path such as '/var/lib/data', got 'data'")],
         ),
         (
             {"environment": {"A": 1}},

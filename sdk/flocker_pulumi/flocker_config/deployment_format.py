@@ -37,8 +37,7 @@ def parse_deployment(file: str, document: dict) -> Deployment:
     addresses: list[str] = []
     entries: list[NodeEntry] = []
     for address, listed in nodes.items():
-        if not (isinstance(address, str) and address.strip()):
-            where.at("nodes").fail(f"expected a node address such as '172.16.255.250', got {describe(address)}")
+        address = fields.node_address(where.at("nodes"), address)
         at = where.at("nodes").at(address)
         names = fields.expect_list(at, listed, "a list of application names (use [] for none)")
         seen: set[str] = set()

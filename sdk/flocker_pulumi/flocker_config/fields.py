@@ -7,21 +7,14 @@ modules only translate spelling into calls to these functions.
 
 from __future__ import annotations
 
-import posixpath
-import re
 from collections.abc import Iterable, Mapping
 
+from flocker_provider.inputs import DOCKER_NAME, ENV_NAME, LINK_ALIAS, NODE_NAME, checked_mountpoint
 from flocker_provider.models import RESTART_POLICIES, RestartPolicy, VolumeMount
 
 from .errors import Where, describe
 from .image_names import parse_image_name
 from .sizes import parse_size
-
-# Docker container names, which is what an application name becomes.
-_APPLICATION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-# Aliases become environment variable prefixes (ES_PORT_9200_TCP=...).
-_LINK_ALIAS = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]*")
-_ENV_NAME = re.compile(r"[^=\s]+")
 
 
 def is_int(value: object) -> bool:
@@ -74,11 +67,19 @@ def check_version(where: Where, document: Mapping) -> None:
 
 
 def application_name(where: Where, name: object) -> str:
-    if not (isinstance(name, str) and _APPLICATION_NAME.fullmatch(name)):
+    # An application name becomes (part of) a Docker container name.
+    if not (isinstance(name, str) and DOCKER_NAME.fullmatch(name)):
         where.fail(
             f"expected an application name of letters, digits, '_', '.' and '-', starting with a letter or digit, got {describe(name)}"
         )
     return name
+
+
+def node_address(where: Where, value: object) -> str:
+    # It becomes part of the ssh:// or tcp:// URL of the node's engine.
+    if not (isinstance(value, str) and NODE_NAME.fullmatch(value)):
+        where.fail(f"expected a node address such as '172.16.255.250', got {describe(value)}")
+    return value
 
 
 def image(where: Where, value: object) -> str:
@@ -97,7 +98,8 @@ def port_number(where: Where, value: object) -> int:
 
 
 def non_negative_int(where: Where, value: object, expected: str) -> int:
-    if not (is_int(value) and value >= 0):
+    # Docker's fields are 64-bit: a larger number would be refused only by the engine, mid-deploy.
+    if not (is_int(value) and 0 <= value < 2**63):
         where.fail(f"expected {expected}, got {describe(value)}")
     return value
 
@@ -112,10 +114,12 @@ def environment(
     """
     result: dict[str, str] = {}
     for where, name, value in pairs:
-        if not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):
-            where.fail(f"expected an environment variable name without '=' or spaces, got {describe(name)}")
+        if not (isinstance(name, str) and ENV_NAME.fullmatch(name)):
+            where.fail(f"expected an environment variable name without '=', spaces or control characters, got {describe(name)}")
         if not isinstance(value, str):
             where.fail(f"the value of '{name}' must be a string; got type '{type(value).__name__}' (quote it in the YAML)")
+        if "\x00" in value:
+            where.fail(f"the value of '{name}' cannot hold a NUL character")
         if name in result:
             where.fail(f"environment variable '{name}' is set twice")
         result[name] = value
@@ -125,13 +129,11 @@ def environment(
 def volume(where: Where, application: str, mountpoint: object) -> VolumeMount:
     """One Flocker volume per application, named after it, as Flocker did."""
     path = expect_string(where, mountpoint, "an absolute path such as '/var/lib/data'")
-    if not posixpath.isabs(path):
-        where.fail(f"expected an absolute path such as '/var/lib/data', got {describe(path)}")
-    # normpath so a trailing '/' or '//' does not look like a configuration change.
-    path = posixpath.normpath(path)
-    if path in ("/", "//"):
-        where.fail("the volume cannot be mounted over the container's root '/'")
-    return VolumeMount(volume=application, mountpoint=path)
+    # The provider's own rule, so that a file it would refuse is refused when it is read.
+    try:
+        return VolumeMount(volume=application, mountpoint=checked_mountpoint(path))
+    except ValueError as error:
+        where.fail(str(error))
 
 
 def maximum_size(where: Where, value: object) -> int:
@@ -150,7 +152,7 @@ def maximum_size(where: Where, value: object) -> int:
 
 
 def link_alias(where: Where, value: object) -> str:
-    if not (isinstance(value, str) and _LINK_ALIAS.fullmatch(value)):
+    if not (isinstance(value, str) and LINK_ALIAS.fullmatch(value)):
         where.fail(f"expected a link alias of letters, digits, '_' and '-', starting with a letter or digit, got {describe(value)}")
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from flocker_provider.models import Application, Link, Port, RestartPolicy, VolumeMount
@@ -38,6 +39,10 @@ SUPPORTED_KEYS = (
     "restart",
 )
 _RESTART_NAMES = {"no": "never", "always": "always", "on-failure": "on-failure"}
+# ASCII digits, and few of them: str.isdigit() also says yes to '²' (which int() refuses) and
+# to '٣' (which it reads as 3), and int() refuses more than 4300 digits.
+_PORTS = re.compile(r"([0-9]{1,5}):([0-9]{1,5})")
+_RETRY_COUNT = re.compile(r"[0-9]{1,9}")
 
 
 def looks_like_fig(document: dict) -> bool:
@@ -120,10 +125,10 @@ def _ports(where: Where, value: object) -> tuple[tuple[Port, ...], tuple[Where, 
         if not isinstance(item, str):
             hint = " (quote it: YAML reads an unquoted 22:22 as a number)" if fields.is_int(item) else ""
             at.fail(f"expected a string 'external:internal' such as '80:8080', got {describe(item)}{hint}")
-        parts = item.split(":")
-        if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        match = _PORTS.fullmatch(item)
+        if match is None:
             at.fail(f"expected 'external:internal' such as '80:8080', got {describe(item)}")
-        external, internal = (fields.port_number(at, int(part)) for part in parts)
+        external, internal = (fields.port_number(at, int(part)) for part in match.groups())
         ports.append(Port(internal=internal, external=external))
         places.append(at)
     return tuple(ports), tuple(places)
@@ -178,7 +183,7 @@ def _restart(where: Where, value: object) -> RestartPolicy:
         where.fail(f"expected 'no', 'always', 'on-failure' or 'on-failure:N', got {describe(text)}")
     count: object = None
     if colon:
-        if not count_text.isdigit():
-            where.fail(f"expected 'on-failure:N' with N a whole number, got {describe(text)}")
+        if not _RETRY_COUNT.fullmatch(count_text):
+            where.fail(f"expected 'on-failure:N' with N a whole number (at most 9 digits), got {describe(text)}")
         count = int(count_text)
     return fields.restart_policy(where, _RESTART_NAMES[name], where, count)

@@ -8,7 +8,8 @@ from decimal import Decimal
 
 # Binary multiples, as Flocker used: "1G" is 2**30 bytes.
 _MULTIPLIERS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)", re.IGNORECASE)
+# ASCII digits: Python's \d is any script's digits.
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGT]?)", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:

@@ -1,0 +1,292 @@
+"""Host ports never collide with routed external ports, whatever external ports users choose.
+
+Each node here is a stand-in Docker engine under the real DockerNode, with one table of TCP
+ports on the node that published host ports and the router's listeners share, as on a real
+node: a container cannot publish a port the router listens on, and a router cannot route a
+port a container publishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import docker.errors
+import pytest
+
+from flocker_provider import docker_layer, dynamic_providers, executor
+from flocker_provider.containers import container_spec, router_spec
+from flocker_provider.docker_layer import DockerNode, host_port
+from flocker_provider.dynamic_providers import ApplicationProvider
+from flocker_provider.executor import Engines
+from flocker_provider.inputs import node_props
+from flocker_provider.models import Application, Node, Owner, Port
+from flocker_provider.route_writer import COMMAND
+
+NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2, 3))
+N1 = NODES[0]
+ROUTER = router_spec("p", "sflk", "flocker/base:local")
+_ids = itertools.count()
+
+
+class FakeHost:
+    """A node: its containers and volumes, and who holds each of its TCP ports."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, FakeContainer] = {}
+        self.volumes: dict[str, dict] = {}
+        self.bound: dict[int, str] = {}
+        self.starts: list[str] = []
+
+    def bind(self, port: int, holder: str) -> bool:
+        if self.bound.setdefault(port, holder) != holder:
+            return False
+        return True
+
+    def release(self, holder: str) -> None:
+        self.bound = {port: who for port, who in self.bound.items() if who != holder}
+
+
+class FakeContainer:
+    def __init__(self, host: FakeHost, name: str, labels: dict, ports: dict | None) -> None:
+        self.host, self.name, self.labels = host, name, dict(labels)
+        self.id = f"{name}-{next(_ids)}"
+        self.status = "created"
+        self.bindings = {key: [{"HostIp": ip, "HostPort": str(port)}] for key, (ip, port) in (ports or {}).items()}
+        self.routes: dict[int, bytes] = {}
+
+    @property
+    def attrs(self) -> dict:
+        running = self.status == "running"
+        return {
+            "HostConfig": {"PortBindings": self.bindings},
+            "NetworkSettings": {"Ports": self.bindings if running else {}},
+            "State": {"StartedAt": self.id},
+            "RestartCount": 0,
+        }
+
+    def start(self) -> None:
+        ports = [int(b["HostPort"]) for bound in self.bindings.values() for b in bound]
+        taken = [port for port in ports if not self.host.bind(port, self.name)]
+        if taken:
+            self.host.release(self.name)
+            raise docker.errors.APIError(f"Bind for 0.0.0.0:{taken[0]} failed: port is already allocated")
+        self.status = "running"
+        self.host.starts.append(self.name)
+
+    def stop(self, timeout: int = 10) -> None:
+        self.status = "exited"
+        self.host.release(self.name)
+
+    def remove(self, force: bool = False) -> None:
+        self.stop()
+        del self.host.containers[self.name]
+
+    def reload(self) -> None:
+        pass
+
+    def logs(self, tail: int | None = None) -> bytes:
+        return b""
+
+    def exec_run(self, cmd: list[str]) -> SimpleNamespace:
+        """The router's route writer: a route is in force once the router listens on its port."""
+        answers = []
+        if cmd[: len(COMMAND)] == COMMAND:
+            for line in cmd[len(COMMAND) :]:
+                port, _, body = line.partition(" ")
+                if self.host.bind(int(port), self.name):
+                    self.routes[int(port)] = body.encode()
+                    answers.append(f"ok {port}")
+                else:
+                    answers.append(f"late {port}")
+        elif cmd[:2] == ["rm", "-f"]:
+            for path in cmd[2:]:
+                port = int(re.search(r"(\d+)\.json$", path).group(1))
+                self.routes.pop(port, None)
+                self.host.bound.pop(port, None)
+        return SimpleNamespace(exit_code=0, output="\n".join(answers).encode())
+
+    def get_archive(self, path: str) -> tuple[list[bytes], dict]:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for port, body in self.routes.items():
+                member = tarfile.TarInfo(f"ports/{port}.json")
+                member.size = len(body)
+                archive.addfile(member, io.BytesIO(body))
+        return [buffer.getvalue()], {}
+
+
+def lookup(table: dict, name: str, kind: str) -> object:
+    if name not in table:
+        raise docker.errors.NotFound(f"No such {kind}: {name}")
+    return table[name]
+
+
+class FakeContainers:
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+
+    def get(self, name: str) -> object:
+        return lookup(self.host.containers, name, "container")
+
+    def list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:
+        wanted = [label.partition("=") for label in (filters or {}).get("label", [])]
+        return [
+            c
+            for c in self.host.containers.values()
+            if (all or c.status == "running") and all_match(c.labels, wanted) and "volume" not in (filters or {})
+        ]
+
+    def create(self, image: str, name: str, ports: dict | None = None, labels: dict | None = None, **_: object) -> FakeContainer:
+        assert name not in self.host.containers, name
+        container = self.host.containers[name] = FakeContainer(self.host, name, labels or {}, ports)
+        return container
+
+    def run(self, image: str, name: str, labels: dict, **_: object) -> FakeContainer:
+        container = self.create(image, name=name, labels=labels)
+        container.start()
+        return container
+
+
+def all_match(labels: dict, wanted: list[tuple[str, str, str]]) -> bool:
+    return all(labels.get(key) == value if sep else key in labels for key, sep, value in wanted)
+
+
+class FakeClient:
+    def __init__(self, host: FakeHost) -> None:
+        self.containers = FakeContainers(host)
+        self.volumes = SimpleNamespace(
+            get=lambda name: SimpleNamespace(attrs={"Labels": lookup(host.volumes, name, "volume")}),
+            create=lambda name, labels: host.volumes.update({name: labels}),
+        )
+        self.images = SimpleNamespace(get=lambda image: SimpleNamespace(attrs={"Config": {}}))
+        self.api = None  # no attached execs: route writes go an exec each
+
+
+@pytest.fixture
+def hosts(monkeypatch: pytest.MonkeyPatch) -> dict[Node, FakeHost]:
+    fakes = {node: FakeHost() for node in NODES}
+
+    @contextlib.contextmanager
+    def connect(node: Node) -> Iterator[DockerNode]:
+        yield DockerNode(node, FakeClient(fakes[node]))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dynamic_providers, "connect", connect)
+    monkeypatch.setattr(dynamic_providers, "Engines", lambda: Engines(connect))
+    monkeypatch.setattr(executor, "CONFIRM_SECONDS", 0)
+
+    def refused(address: tuple[str, int], timeout: float) -> None:
+        raise ConnectionRefusedError(address)
+
+    # The check's probe for programs outside Docker: none on these nodes.
+    monkeypatch.setattr(docker_layer.socket, "create_connection", refused)
+    return fakes
+
+
+def props(i: int, external: int | None = None) -> dict:
+    node = NODES[i % len(NODES)]
+    return {
+        "name": f"a{i}",
+        "project": "p",
+        "stack": "sflk",
+        **node_props(node),
+        "node_error": None,
+        "image": "app:1",
+        # 8000: the internal port with which the collision below was first seen.
+        "ports": [{"internal": 8000, "external": 30000 + i if external is None else external}],
+        "route_nodes": [node_props(n) for n in NODES],
+        "hold_seconds": 5.0,
+        "router_image": "flocker/base:local",
+    }
+
+
+def up(order: list[int]) -> None:
+    """What `pulumi up` does for each new application: check (preview), then create."""
+    provider = ApplicationProvider()
+    for i in order:
+        failures = provider.check({}, props(i)).failures
+        assert not failures, [f.reason for f in failures]
+        provider.create(props(i))
+
+
+def published(host: FakeHost, name: str) -> int:
+    return int(host.containers[name].bindings["8000/tcp"][0]["HostPort"])
+
+
+def assert_every_route_reaches_its_application(hosts: dict[Node, FakeHost], count: int) -> None:
+    routed = set(range(30000, 30000 + count))
+    for node, host in hosts.items():
+        router = host.containers[ROUTER.name]
+        assert set(router.routes) == routed
+        host_ports_here = {port for port, who in host.bound.items() if who != ROUTER.name}
+        assert not host_ports_here & routed, f"{node.name}: a host port is a routed port"
+        for port, body in router.routes.items():
+            i = port - 30000
+            backend = NODES[i % len(NODES)]
+            assert json.loads(body)["target"] == f"{backend.address}:{published(hosts[backend], f'flocker-sflk-a{i}')}"
+
+
+def test_fifty_applications_with_external_ports_30000_to_30049_deploy(hosts: dict[Node, FakeHost]) -> None:
+    # a9's first host port is 30025, a25's external port: the old code failed a25's check with
+    # "external port 30025 is already taken on node node1 by container flocker-sflk-a9".
+    assert host_port("flocker-sflk-a9", 8000, 0) == 30025
+    up(list(range(50)))
+    assert_every_route_reaches_its_application(hosts, 50)
+    assert published(hosts[N1], "flocker-sflk-a9") != 30025
+    # Only a9 had to move: it started twice, every other application once.
+    starts = [name for host in hosts.values() for name in host.starts if name != ROUTER.name]
+    assert sorted(starts) == sorted([f"flocker-sflk-a{i}" for i in range(50)] + ["flocker-sflk-a9"])
+
+
+def test_a_port_routed_first_is_never_chosen_as_a_host_port(hosts: dict[Node, FakeHost]) -> None:
+    up(list(reversed(range(50))))
+    assert_every_route_reaches_its_application(hosts, 50)
+    starts = [name for host in hosts.values() for name in host.starts if name != ROUTER.name]
+    assert sorted(starts) == sorted(f"flocker-sflk-a{i}" for i in range(50))  # nobody moved
+
+
+def test_the_check_still_refuses_a_port_someone_else_publishes(hosts: dict[Node, FakeHost]) -> None:
+    up([9])
+    provider = ApplicationProvider()
+    assert provider.check({}, props(25)).failures == []  # a9's host port: a25's create moves it
+    other = hosts[N1].containers["squatter"] = FakeContainer(hosts[N1], "squatter", {}, {"80/tcp": ("0.0.0.0", 30030)})
+    other.start()
+    reasons = [f.reason for f in provider.check({}, props(30)).failures]
+    assert reasons == ["application a30: external port 30030 is already taken on node node1 by container squatter"]
+    # Another stack's application is not ours to move either.
+    spec = container_spec(Application("b", "app:1", ports=(Port(80, 80),)), Owner("p", "other", "b"), None)
+    theirs = FakeContainer(hosts[N1], spec.name, spec.docker_labels(), {"80/tcp": ("0.0.0.0", 30031)})
+    hosts[N1].containers[spec.name] = theirs
+    theirs.start()
+    reasons = [f.reason for f in provider.check({}, props(31)).failures]
+    assert reasons == [f"application a31: external port 30031 is already taken on node node1 by container {spec.name}"]
+
+
+def test_no_container_takes_a_reserved_port(hosts: dict[Node, FakeHost]) -> None:
+    """While an application's ports are routed, a container started at the same time (another
+    resource of the same `pulumi up`) avoids them, though they are in no route yet."""
+    spec = container_spec(Application("a9", "app:1", ports=(Port(8000, 30009),)), Owner("p", "sflk", "a9"), None)
+    engine = DockerNode(N1, FakeClient(hosts[N1]))  # type: ignore[arg-type]
+    with docker_layer.reserved_ports(NODES, [30025]):
+        engine.start_container(spec)
+    assert published(hosts[N1], spec.name) == host_port(spec.name, 8000, 1)
+    engine.remove_container(spec.name)
+    engine.start_container(spec)
+    assert published(hosts[N1], spec.name) == 30025  # released again
+
+
+def test_host_ports_skip_what_to_avoid_and_each_other() -> None:
+    host_ports = docker_layer.host_ports
+    first = host_port("c", 80, 0)
+    assert host_ports("c", [80], 0, ()) == {80: first}
+    assert host_ports("c", [80], 1, ()) == {80: host_port("c", 80, 1)}
+    assert host_ports("c", [80], 0, {first}) == {80: host_port("c", 80, 1)}
+    assert host_ports("c", [80], 1, {first}) == {80: host_port("c", 80, 2)}
+    chosen = host_ports("c", [80, 81, 82], 0, {first})
+    assert len(set(chosen.values())) == 3 and first not in chosen.values()
