@@ -1,54 +1,87 @@
 #!/usr/bin/env bash
-# Builds the stand-in images without any container registry and loads them onto every
+# Builds the workload images without any container registry and loads them onto every
 # node of the local cluster (the node file written by scripts/cluster.sh up).
 #
-#   flocker/base:local           Debian bookworm minbase + python3, python3-xxhash, rsync, socat (debootstrap)
-#   flocker/elasticsearch:local  images/elasticsearch  (document store, port 9200)
-#   flocker/logstash:local       images/logstash       (lines on TCP 5000 -> store "es")
-#   flocker/kibana:local         images/kibana         (page on port 8080 listing the store)
-#   flocker/postgres-root:local  Debian bookworm minbase + postgresql-15 (debootstrap, its own root)
-#   flocker/postgres:local       images/postgres       (PostgreSQL 15, port 5432, data in /var/lib/postgresql/data)
+#   flocker/base:local             root: Debian bookworm minbase + python3, python3-xxhash, socat, iptables
+#   flocker/postgres-root:local    root: minbase + postgresql-15
+#   flocker/opensearch-root:local  root: minbase + openjdk-17-jre-headless, and the user opensearch (uid 1000)
+#   flocker/rsyslog-root:local     root: minbase + rsyslog, rsyslog-elasticsearch
+#   flocker/opensearch:local       images/opensearch  (OpenSearch 2.19.6 from Maven Central, port 9200,
+#                                                      data in /var/lib/elasticsearch: the ELK example's store)
+#   flocker/rsyslog:local          images/rsyslog     (lines on TCP 5000 -> index logstash of the store "es")
+#   flocker/logpage:local          images/logpage     (page on port 8080 listing the store's documents)
+#   flocker/postgres:local         images/postgres    (PostgreSQL 15, port 5432, data in /var/lib/postgresql/data)
+#   flocker/elasticsearch:local    images/elasticsearch (a store written here, for tests and benchmarks
+#                                                      that need a process starting in milliseconds)
 #
-# Three caches outside the clone (${FLOCKER_CACHE:-~/.cache/flocker-pulumi}/images) make a
-# second run take seconds: the two root file system tarballs (base and postgres), each keyed
-# by its package list and suite, and a `docker save` of all the images, keyed by both root
-# keys and the contents of images/. Images carry their key as a label, so a node that already
-# has the right ones is left alone. Environment: FLOCKER_NODES_FILE (node file), FLOCKER_CACHE, FLOCKER_DEBIAN_MIRROR
-# (default: the mirror apt is configured with).
+# Caches outside the clone (${FLOCKER_CACHE:-~/.cache/flocker-pulumi}/images) make a second
+# run take seconds: one root file system tarball per root, keyed by its package list, suite
+# and trim; OpenSearch's distribution in a Maven repository of its own there (by version);
+# and a `docker save` of all the images, keyed by the root keys, the OpenSearch version and
+# the contents of images/. Images carry their key as a label, so a node that already has the
+# right ones is left alone. Builds run with --network none: what an image needs from outside
+# comes from the caches. Environment: FLOCKER_NODES_FILE (node file), FLOCKER_CACHE,
+# FLOCKER_DEBIAN_MIRROR (default: the mirror apt is configured with).
 set -euo pipefail
 
 SUITE=bookworm
 VARIANT=minbase
-INCLUDE=python3,python3-xxhash,rsync,socat,ca-certificates,iptables
-# PostgreSQL gets a root of its own rather than a layer on the base: the base image has no
-# apt sources or network at build time (builds run with --network none), and debootstrap
-# resolves the server's dependencies (ICU, LLVM for JIT, locales) in the same step.
-# postgresql-15 depends on postgresql-client-15, which brings pgbench and pg_amcheck; the
-# amcheck extension is in postgresql-15 itself.
-PG_INCLUDE=postgresql-15
-IMAGES=(elasticsearch logstash kibana postgres)
+# The roots, each a debootstrap of its own rather than a layer on the base: the base image has
+# no apt sources or network at build time (builds run with --network none), and debootstrap
+# resolves each server's dependencies in the same step. A root's trim version names what its
+# trim_NAME_root function (if there is one) does to it; changing the function means a new
+# version, hence a new key. The base and postgres keys are those of the two-root script before.
+ROOTS=(base postgres opensearch rsyslog)
+declare -A ROOT_INCLUDE=(
+  [base]=python3,python3-xxhash,socat,ca-certificates,iptables
+  # postgresql-15 depends on postgresql-client-15, which brings pgbench and pg_amcheck; the
+  # amcheck extension is in postgresql-15 itself.
+  [postgres]=postgresql-15
+  # 2.19 is the last OpenSearch line that runs on Java 17 (3.x needs 21, which bookworm lacks).
+  [opensearch]=openjdk-17-jre-headless
+  [rsyslog]=rsyslog,rsyslog-elasticsearch
+)
+declare -A ROOT_TRIM=([base]=1 [postgres]=pg2 [opensearch]=os2 [rsyslog]=rs1)
+IMAGES=(elasticsearch opensearch rsyslog logpage postgres)
 REFS=("${IMAGES[@]/%/:local}"); REFS=("${REFS[@]/#/flocker/}")   # flocker/NAME:local
+
+# OpenSearch's integ-test distribution: the server and its transport module, no bundled JDK
+# and no plugins (so no security plugin to turn off). Fetched by Maven's own client.
+OPENSEARCH_VERSION=2.19.6
+OPENSEARCH_ARTIFACT="org.opensearch.distribution.integ-test-zip:opensearch:$OPENSEARCH_VERSION:zip"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 NODES_FILE="${FLOCKER_NODES_FILE:-$repo/.cluster/nodes.json}"
 CACHE="${FLOCKER_CACHE:-$HOME/.cache/flocker-pulumi}/images"
+# Maven's repository for this script only: the user's ~/.m2 is left alone, and the zip's
+# place in it (group/artifact/version) is its cache key.
+MAVEN_REPO="$CACHE/maven"
+OPENSEARCH_ZIP="$MAVEN_REPO/org/opensearch/distribution/integ-test-zip/opensearch/$OPENSEARCH_VERSION/opensearch-$OPENSEARCH_VERSION.zip"
+CONTEXT=""   # a build context made for one image, removed on exit
 
 die() { echo "build-images: $*" >&2; exit 1; }
 log() { echo "build-images: $*" >&2; }
 
-# CI may start on a fresh machine where none of this is installed yet.
-ensure_packages() {
-  local missing=() pair
-  for pair in debootstrap:debootstrap docker:docker.io sha256sum:coreutils flock:util-linux; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+# Installs the Debian packages of what is missing here: COMMAND:PACKAGE or /PATH:PACKAGE ...
+install_missing() {
+  local missing=() pair have
+  for pair in "$@"; do
+    have="${pair%%:*}"
+    if [ "${have:0:1}" = / ]; then [ -e "$have" ]; else command -v "$have" >/dev/null 2>&1; fi || missing+=("${pair#*:}")
   done
-  # debootstrap verifies the Release file with this keyring; without it the check is skipped.
-  [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# CI may start on a fresh machine where none of this is installed yet. Maven (and the JRE
+# it brings) is installed only when the OpenSearch distribution has to be fetched.
+ensure_packages() {
+  # debootstrap verifies the Release file with the keyring; without it the check is skipped.
+  install_missing debootstrap:debootstrap docker:docker.io sha256sum:coreutils flock:util-linux unzip:unzip \
+    /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring
 }
 
 # The Debian mirror apt already uses: the only way to the Debian archive on machines whose
@@ -87,35 +120,43 @@ root_key() {   # include trim-version: a root file system's identity
   printf 'suite=%s variant=%s include=%s arch=%s trim=%s\n' "$SUITE" "$VARIANT" "$1" "$(dpkg --print-architecture)" "$2" |
     sha256sum | cut -c1-16
 }
-BASE_KEY="$(root_key "$INCLUDE" 1)"
-BASE_TAR="$CACHE/base-$BASE_KEY.tar"
-PG_KEY="$(root_key "$PG_INCLUDE" pg2)"   # pg2: the trim of trim_postgres_root
-PG_TAR="$CACHE/postgres-$PG_KEY.tar"
-images_key() {   # both root keys plus every file under images/ (path and content)
+declare -A ROOT_KEY ROOT_TAR
+for r in "${ROOTS[@]}"; do
+  ROOT_KEY[$r]="$(root_key "${ROOT_INCLUDE[$r]}" "${ROOT_TRIM[$r]}")"
+  ROOT_TAR[$r]="$CACHE/$r-${ROOT_KEY[$r]}.tar"
+done
+unset r
+root_image() {   # root: the image a root is imported as
+  if [ "$1" = base ]; then echo flocker/base:local; else echo "flocker/$1-root:local"; fi
+}
+ROOT_REFS=(); for r in "${ROOTS[@]}"; do ROOT_REFS+=("$(root_image "$r")"); done; unset r
+
+images_key() {   # the root keys, the OpenSearch version, every file under images/ (path and content)
   {
-    echo "$BASE_KEY $PG_KEY"
+    for r in "${ROOTS[@]}"; do echo "$r ${ROOT_KEY[$r]}"; done
+    echo "opensearch $OPENSEARCH_VERSION"
     (cd "$repo" && find images -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z |
       xargs -0 sha256sum)
   } | sha256sum | cut -c1-16
 }
 
-# A debootstrap root as a tarball in the cache. Run in a subshell of its own (the two roots
-# are made at once: each is mostly waiting on downloads and dpkg), so its trap is its own.
-build_root_tar() {   # include tarball trim-extra
-  local include="$1" tarball="$2" extra="$3" mirror root t0=$SECONDS
+# A debootstrap root as a tarball in the cache. Run in a subshell of its own (the roots are
+# made at once: each is mostly waiting on downloads and dpkg), so its trap is its own.
+build_root_tar() {   # root
+  local name="$1" include="${ROOT_INCLUDE[$1]}" tarball="${ROOT_TAR[$1]}" mirror root t0=$SECONDS
   mirror="$(debian_mirror)"
   mkdir -p "$CACHE"
   root="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
   trap 'rm -rf "$root"' EXIT
   log "debootstrap $SUITE ($VARIANT, +$include) from $mirror"
   debootstrap --variant="$VARIANT" --include="$include" "$SUITE" "$root" "$mirror" >"$root.log" 2>&1 ||
-    { tail -n 30 "$root.log" >&2; die "debootstrap failed; log: $root.log"; }
+    { tail -n 30 "$root.log" >&2; die "debootstrap of the $name root failed; log: $root.log"; }
   rm -f "$root.log"
   # What a container never needs: package caches and lists, docs. Docker mounts its own
   # /proc, /sys and /dev, so their contents are left out of the layer.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
          "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
-  [ -z "$extra" ] || "$extra" "$root"
+  if declare -F "trim_${name}_root" >/dev/null; then "trim_${name}_root" "$root"; fi
   tar -C "$root" --numeric-owner --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' \
       -cf "$tarball.tmp" .
   mv -f "$tarball.tmp" "$tarball"
@@ -137,15 +178,56 @@ trim_postgres_root() {   # root
          "$1"/usr/lib/*-linux-gnu/libLLVM-* "$1"/usr/lib/*-linux-gnu/libz3.so*
 }
 
-# The roots the node lacks and the cache does not hold, made side by side.
+trim_opensearch_root() {   # root
+  # OpenSearch refuses to run as root. uid and gid 1000, as in OpenSearch's own images, so a
+  # data directory keeps its owner between this image and theirs; made here because the image
+  # build runs no commands (no RUN steps).
+  chroot "$1" groupadd --gid 1000 opensearch
+  chroot "$1" useradd --uid 1000 --gid 1000 --no-create-home --home-dir /usr/share/opensearch \
+    --shell /usr/sbin/nologin opensearch
+  # The data directory (path.data; the article's mountpoint, since OpenSearch is the example's
+  # Elasticsearch) in the image, owned by the user: Docker fills an empty named volume mounted
+  # there from it, owner included.
+  install -d -o 1000 -g 1000 -m 0750 "$1"/var/lib/elasticsearch
+  rm -rf "$1"/usr/share/locale/*
+}
+
+# OpenSearch's distribution into the cache, fetched by Maven (which checks it against the
+# repository's checksum: -C).
+fetch_opensearch() {
+  [ -f "$OPENSEARCH_ZIP" ] && return 0
+  install_missing mvn:maven
+  local t0=$SECONDS
+  mkdir -p "$CACHE"
+  log "fetching OpenSearch $OPENSEARCH_VERSION with Maven ($OPENSEARCH_ARTIFACT)"
+  mvn -B -q -C -Dmaven.repo.local="$MAVEN_REPO" dependency:get -Dartifact="$OPENSEARCH_ARTIFACT" -Dtransitive=false \
+      >"$CACHE/maven.log" 2>&1 || { tail -n 30 "$CACHE/maven.log" >&2; die "mvn dependency:get failed; log: $CACHE/maven.log"; }
+  [ -f "$OPENSEARCH_ZIP" ] || die "Maven said nothing wrong, yet there is no $OPENSEARCH_ZIP"
+  rm -f "$CACHE/maven.log"
+  log "OpenSearch cached: $OPENSEARCH_ZIP ($(du -h "$OPENSEARCH_ZIP" | cut -f1), $((SECONDS - t0))s)"
+}
+
+# The build context of images/opensearch plus the unpacked distribution (dist/): the
+# distribution stays out of the clone, and the build needs no network to get it.
+context_opensearch() {   # directory
+  unzip -q "$OPENSEARCH_ZIP" -d "$1"
+  mv "$1/opensearch-$OPENSEARCH_VERSION" "$1/dist"
+  # The server makes its (empty) keystore in config/ on its first start; the image gives the
+  # directory to group opensearch (see images/opensearch), and COPY keeps this mode.
+  chmod 0770 "$1/dist/config"
+}
+
+# What the node lacks and the caches do not hold, fetched side by side: the roots, and
+# OpenSearch's distribution.
 build_root_tars() {   # docker-host
-  local pids=() p failed=0
-  root_current "$1" flocker/base:local "$BASE_KEY" || [ -f "$BASE_TAR" ] ||
-    { (build_root_tar "$INCLUDE" "$BASE_TAR" "") & pids+=($!); }
-  root_current "$1" flocker/postgres-root:local "$PG_KEY" || [ -f "$PG_TAR" ] ||
-    { (build_root_tar "$PG_INCLUDE" "$PG_TAR" trim_postgres_root) & pids+=($!); }
+  local pids=() p r failed=0
+  for r in "${ROOTS[@]}"; do
+    root_current "$1" "$(root_image "$r")" "${ROOT_KEY[$r]}" || [ -f "${ROOT_TAR[$r]}" ] ||
+      { (build_root_tar "$r") & pids+=($!); }
+  done
+  [ -f "$OPENSEARCH_ZIP" ] || { (fetch_opensearch) & pids+=($!); }
   for p in "${pids[@]}"; do wait "$p" || failed=1; done
-  [ $failed = 0 ] || die "could not make the root file systems"
+  [ $failed = 0 ] || die "could not make the root file systems or fetch OpenSearch"
 }
 
 # Each imported root carries its key in one label (flocker.base-key, whichever root it is),
@@ -165,34 +247,44 @@ import_root() {   # docker-host tarball image key
 
 # True if the node has all images of this exact key (labels written at build/import time).
 node_current() {   # docker-host
-  local labels
+  local labels r
   labels="$(docker -H "$1" image inspect --format '{{index .Config.Labels "flocker.images-key"}}' \
       "${REFS[@]}" 2>/dev/null)" || return 1
   [ "$(printf '%s\n' "$labels" | sort -u)" = "$IMAGES_KEY" ] || return 1
-  root_current "$1" flocker/base:local "$BASE_KEY" && root_current "$1" flocker/postgres-root:local "$PG_KEY"
+  for r in "${ROOTS[@]}"; do root_current "$1" "$(root_image "$r")" "${ROOT_KEY[$r]}" || return 1; done
 }
 
 build_on() {   # docker-host
-  local h="$1" name t0=$SECONDS
+  local h="$1" name r context t0=$SECONDS
   mkdir -p "$CACHE"
   build_root_tars "$h"
-  root_current "$h" flocker/base:local "$BASE_KEY" || import_root "$h" "$BASE_TAR" flocker/base:local "$BASE_KEY"
-  root_current "$h" flocker/postgres-root:local "$PG_KEY" || import_root "$h" "$PG_TAR" flocker/postgres-root:local "$PG_KEY"
+  for r in "${ROOTS[@]}"; do
+    root_current "$h" "$(root_image "$r")" "${ROOT_KEY[$r]}" || import_root "$h" "${ROOT_TAR[$r]}" "$(root_image "$r")" "${ROOT_KEY[$r]}"
+  done
   for name in "${IMAGES[@]}"; do
     log "building flocker/$name:local on $h"
+    context="$repo/images/$name"
+    if declare -F "context_$name" >/dev/null; then
+      CONTEXT="$(mktemp -d "$CACHE/context.XXXXXX")"
+      cp -a "$context/." "$CONTEXT/"
+      "context_$name" "$CONTEXT"
+      context="$CONTEXT"
+    fi
     # The classic builder (DOCKER_BUILDKIT=0) works with any client, needs no buildx plugin,
     # and uses the local base image as is; --network none: builds must not reach out.
     # Its output (and the client's deprecation notice for it) is shown only on failure.
     DOCKER_BUILDKIT=0 docker -H "$h" build --network none --pull=false \
-      --label "flocker.images-key=$IMAGES_KEY" -t "flocker/$name:local" "$repo/images/$name" >"$CACHE/build.log" 2>&1 ||
+      --label "flocker.images-key=$IMAGES_KEY" -t "flocker/$name:local" "$context" >"$CACHE/build.log" 2>&1 ||
       { cat "$CACHE/build.log" >&2; die "docker build of $name failed"; }
     rm -f "$CACHE/build.log"
+    if [ -n "$CONTEXT" ]; then rm -rf "$CONTEXT"; CONTEXT=""; fi
   done
   log "built on $h in $((SECONDS - t0))s"
 }
 
 main() {
   ensure_packages
+  trap 'if [ -n "$CONTEXT" ]; then rm -rf "$CONTEXT"; fi' EXIT
   # One build at a time (parallel test runs); the lock is on this script, so no file is left.
   exec 9<"${BASH_SOURCE[0]}"
   flock 9
@@ -215,9 +307,9 @@ main() {
     fi
     mkdir -p "$CACHE"
     log "saving images to $images_tar"
-    docker -H "$have" save -o "$images_tar.tmp" flocker/base:local flocker/postgres-root:local "${REFS[@]}"
+    docker -H "$have" save -o "$images_tar.tmp" "${ROOT_REFS[@]}" "${REFS[@]}"
     mv -f "$images_tar.tmp" "$images_tar"
-    # Keep the cache bounded: older image sets can be rebuilt from the base tarball.
+    # Keep the cache bounded: older image sets can be rebuilt from the root tarballs.
     find "$CACHE" -maxdepth 1 -name 'images-*.tar' ! -name "images-$IMAGES_KEY.tar" -delete
   fi
   # Loads run in parallel: each engine unpacks on its own, the tarball is read from page cache.

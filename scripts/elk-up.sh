@@ -5,9 +5,15 @@ cd "$(dirname "$0")/.."
 stack="${1:-local}"
 mkdir -p .pulumi-state
 pulumi stack select "$stack" 2>/dev/null || pulumi stack init "$stack" >/dev/null
-# The local cluster has no registry: use the stand-in images built by `make images`.
+# The local cluster has no registry: the images `make images` built (OpenSearch, rsyslog, the
+# log page), which are also the program's default; said here so that a stack once switched
+# to Elastic's images (`images official`) comes back to them.
+pulumi config set images local --stack "$stack"
+# Stacks made by earlier versions of this script name the stand-in images one by one.
 for service in elasticsearch logstash kibana; do
-  pulumi config set "${service}Image" "flocker/${service}:local" --stack "$stack"
+  if [ "$(pulumi config get "${service}Image" --stack "$stack" 2>/dev/null)" = "flocker/${service}:local" ]; then
+    pulumi config rm "${service}Image" --stack "$stack"
+  fi
 done
 pulumi up --yes --stack "$stack" --non-interactive --skip-preview
 echo

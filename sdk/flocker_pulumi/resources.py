@@ -153,7 +153,7 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         opts = opts or pulumi.ResourceOptions()
-        volume_props, volume_resource = _volume(resource_name, node, volume, opts)
+        volume_props, volume_resource = _volume(resource_name, node, volume, opts, hold_seconds)
         _claim_ports(resource_name, ports or [])
         # Targets first: a link's port is routed once its target exists.
         targets = [_link_target(resource_name, link) for link in links or []]
@@ -218,7 +218,7 @@ def _link_target(resource_name: str, link: Mapping[str, Any]) -> FlockerApplicat
 
 
 def _volume(
-    resource_name: str, node: str, volume: Mapping[str, Any] | None, opts: pulumi.ResourceOptions
+    resource_name: str, node: str, volume: Mapping[str, Any] | None, opts: pulumi.ResourceOptions, hold_seconds: float | None
 ) -> tuple[dict[str, Any] | None, FlockerVolume | None]:
     if not volume:
         return None, None
@@ -228,6 +228,8 @@ def _volume(
             resource_name,
             node=node,
             maximum_size=volume.get("maximum_size"),
+            # A move is the volume's, and so is holding new connections during it.
+            hold_seconds=hold_seconds,
             opts=pulumi.ResourceOptions(parent=opts.parent, provider=None),
         )
     return {

@@ -1,8 +1,9 @@
 """The article's story with Flocker's own files, through the `flocker-deploy` command.
 
-Deploy ELK from application.yml/deployment.yml, index log lines, edit deployment.yml as
-the article does (Elasticsearch from the first node to the fourth), preview (nothing may
-change), re-run (the data moves along), destroy.
+Deploy ELK from application.yml/deployment.yml (OpenSearch, rsyslog and the log page), index
+log lines, edit deployment.yml as the article does (Elasticsearch from the first node to the
+fourth), preview (nothing may change), re-run while lines keep coming (the data moves along,
+no line is lost), destroy.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import os
 import re
 import socket
 import subprocess
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .harness import BIN, MANAGED, REPO, STACK_LABEL, ClusterNode, es_count, eventually, http_json, ours, send_lines
+from .harness import BIN, MANAGED, REPO, STACK_LABEL, ClusterNode, eventually, ours, send_lines
+from .test_elk_example import INDEXED_WITHIN, LineSender, holds_exactly, page_listing
 
 pytestmark = pytest.mark.cluster
 
@@ -101,12 +102,6 @@ def snapshot(nodes: list[ClusterNode], stack: str) -> dict[str, list[tuple[str, 
     return state
 
 
-def searched_messages(address: str, size: int) -> list[str]:
-    query = urllib.parse.urlencode({"size": size})
-    hits = http_json("GET", f"http://{address}:9200/logstash/_search?{query}")["hits"]["hits"]
-    return [hit["_source"].get("message", "") for hit in hits]
-
-
 def test_deploy_index_move_with_the_data_and_destroy(nodes: list[ClusterNode], flocker_deploy: FlockerDeploy, stack_name: str) -> None:
     if len(nodes) < 3:
         pytest.skip(f"the article's stack needs 3 nodes, the cluster has {len(nodes)}")
@@ -121,17 +116,16 @@ def test_deploy_index_move_with_the_data_and_destroy(nodes: list[ClusterNode], f
         "logstash": (node_of[ls_at], f"{ls_at}:5000"),
     }, result.stdout
 
-    # Log lines go in through Logstash and reach Elasticsearch over the `es` link.
-    lines = [f"flocker-deploy {stack_name} line {i}" for i in range(20)]
+    # Log lines go in through Logstash (rsyslog) and reach Elasticsearch (OpenSearch) over the `es` link.
     # Wait for the port before sending once: a retried send could index lines twice.
     eventually(lambda: socket.create_connection((ls_at, 5000), timeout=2).close() or True, what="logstash listening")
-    send_lines(ls_at, lines)
-    eventually(lambda: es_count(es_from) == len(lines), timeout=90, what=f"{len(lines)} documents indexed on {es_from}")
+    sent = [f"flocker-deploy {stack_name} line {i}" for i in range(20)]
+    send_lines(ls_at, sent)
+    eventually(lambda: holds_exactly(es_from, sent), timeout=INDEXED_WITHIN, what=f"{len(sent)} lines stored on {es_from}")
 
     if len(nodes) < 4:
         pytest.skip(f"the article's move needs a 4th node, the cluster has {len(nodes)} (NODES=4 make cluster)")
     es_to = nodes[3].address
-    count = es_count(es_from)
 
     # The article's OLD -> NEW: the first node keeps its entry, with nothing on it.
     flocker_deploy.deployment.write_text(deployment_yml({es_from: [], ls_at: ["logstash"], kb_at: ["kibana"], es_to: ["elasticsearch"]}))
@@ -141,8 +135,21 @@ def test_deploy_index_move_with_the_data_and_destroy(nodes: list[ClusterNode], f
     assert re.search(r"^preview: .*to update", preview.stdout, re.MULTILINE), preview.stdout
     assert snapshot(nodes, stack_name) == before
 
-    moved = flocker_deploy.deploy()
+    # Lines keep coming to Logstash while Elasticsearch moves: it holds them until the store is back.
+    sender = LineSender(ls_at, f"flocker-deploy {stack_name} during the move", sent)
+    sender.start()
+    try:
+        moved = flocker_deploy.deploy()
+    finally:
+        sender.stop.set()
+        sender.join(30)
+    assert sender.errors == [], sender.errors
     assert where(moved.stdout)["elasticsearch"] == (node_of[es_to], f"{es_to}:9200"), moved.stdout
-    eventually(lambda: es_count(es_to) == count, timeout=90, what=f"{count} documents on {es_to}")
-    found = set(searched_messages(es_to, size=len(lines) * 2))
-    assert not set(lines) - found, sorted(set(lines) - found)
+    assert sum(1 for line in sent if " during the move " in line) > 10, sent
+    after = [f"flocker-deploy {stack_name} after the move {i}" for i in range(5)]
+    send_lines(ls_at, after)
+    sent += after
+    # Every line once, at the new node and at the old address (every node routes 9200), and on the page.
+    eventually(lambda: holds_exactly(es_to, sent), timeout=INDEXED_WITHIN, what=f"{len(sent)} lines stored on {es_to}")
+    assert holds_exactly(es_from, sent)
+    assert page_listing(kb_at, sent), "lines the page does not list"

@@ -72,21 +72,21 @@ def record(program: Callable[[], Any]) -> list[Recorded]:
 def hand_written() -> None:
     FlockerApplication(
         "elasticsearch",
-        image="flocker/elasticsearch:local",
+        image="flocker/opensearch:local",
         node="172.16.255.250",
         ports=[{"internal": 9200, "external": 9200}],
         volume={"mountpoint": "/var/lib/elasticsearch"},
     )
     FlockerApplication(
         "logstash",
-        image="flocker/logstash:local",
+        image="flocker/rsyslog:local",
         node="172.16.255.251",
         ports=[{"internal": 5000, "external": 5000}],
         links=[{"alias": "es", "local_port": 9200, "remote_port": 9200}],
     )
     FlockerApplication(
         "kibana",
-        image="flocker/kibana:local",
+        image="flocker/logpage:local",
         node="172.16.255.252",
         ports=[{"internal": 8080, "external": 80}],
         links=[{"alias": "es", "local_port": 9200, "remote_port": 9200}],

@@ -140,11 +140,12 @@ def test_fig_equivalent_of_the_article_loads_to_the_same_applications(
     assert load_application_config("fig.yml") == ARTICLE_APPLICATIONS
 
 
-# The example files are the article's, with the local stand-in images (no registry
-# here) and a link from Kibana, whose stand-in reads the store on the server side.
+# The example files are the article's, with the images built here (no registry): OpenSearch,
+# rsyslog, and a log page in Kibana's place, which reads the store on the server side (a link).
+LOCAL_IMAGES = {"elasticsearch": "flocker/opensearch:local", "logstash": "flocker/rsyslog:local", "kibana": "flocker/logpage:local"}
 LOCAL_APPLICATIONS = {
     name: (
-        dataclasses.replace(app, image=f"flocker/{name}:local", links=LOGSTASH.links if name == "kibana" else app.links),
+        dataclasses.replace(app, image=LOCAL_IMAGES[name], links=LOGSTASH.links if name == "kibana" else app.links),
         size,
     )
     for name, (app, size) in ARTICLE_APPLICATIONS.items()

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""A small stand-in for Kibana: a page on port 8080 listing the documents in the store.
+"""The log page: a page on port 8080 listing the documents of the store, in the ELK example.
 
-The store is the one linked as alias "es" (ES_PORT_9200_TCP_ADDR/ES_PORT_9200_TCP_PORT, else
-host "es" port 9200; ES_URL overrides), as for the Logstash stand-in.
+Not Kibana (neither Kibana nor OpenSearch Dashboards can be had here): the one thing of
+Kibana's the article's story uses, the logged lines shown in a browser. The store is the one
+linked as alias "es" (ES_PORT_9200_TCP_ADDR/ES_PORT_9200_TCP_PORT, else host "es" port 9200;
+ES_URL overrides): Elasticsearch or OpenSearch, which answer these requests alike.
   GET /           HTML: the count of documents in index "logstash" and their messages
                   (the first 1000, from /logstash/_search?size=1000)
   GET /api/count  {"count": N}
@@ -23,13 +25,13 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-PORT = int(os.environ.get("KIBANA_PORT", "8080"))
-INDEX = os.environ.get("KIBANA_INDEX", "logstash")
+PORT = int(os.environ.get("LOGPAGE_PORT", "8080"))
+INDEX = os.environ.get("LOGPAGE_INDEX", "logstash")
 REQUEST_TIMEOUT = 10.0
 
 
 def log(message: str) -> None:
-    print(f"{datetime.now(UTC).isoformat()} kibana-standin: {message}", file=sys.stderr, flush=True)
+    print(f"{datetime.now(UTC).isoformat()} logpage: {message}", file=sys.stderr, flush=True)
 
 
 def store_url() -> str:
@@ -63,7 +65,7 @@ def count() -> int:
 
 
 class Handler(BaseHTTPRequestHandler):
-    server_version = "kibana-standin/1.0"
+    server_version = "logpage/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         pass
@@ -92,7 +94,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(
                     503,
                     "text/html; charset=utf-8",
-                    f"<!doctype html><title>Kibana stand-in</title><h1>Store unavailable</h1><p>{html.escape(str(e))}</p>".encode(),
+                    f"<!doctype html><title>Log page</title><h1>Store unavailable</h1><p>{html.escape(str(e))}</p>".encode(),
                 )
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -108,7 +110,7 @@ class Handler(BaseHTTPRequestHandler):
         )
         shown = f" (showing the first {len(hits)})" if len(hits) < total else ""
         return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Kibana stand-in</title>
+<html><head><meta charset="utf-8"><title>Log page</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 8px;border-bottom:1px solid #ddd}}</style>
 </head><body>
 <h1>Logs in <code>{html.escape(INDEX)}</code></h1>
