@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import pulumi.automation as auto
 import pytest
+from pulumi_mocks import node_file
+from pulumi_mocks import record as recorded
 
 from flocker_provider.models import Application, Link, Port
 from flocker_pulumi import FlockerApplication, declare_configuration
@@ -30,43 +31,14 @@ ARTICLE_ADDRESSES = ("172.16.255.250", "172.16.255.251", "172.16.255.252", "172.
 Recorded = tuple[str, str, str]  # (type, name, inputs as canonical JSON)
 
 
-class Recorder(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
-        self.resources: list[Recorded] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        inputs = {key: value for key, value in args.inputs.items() if key != "__provider"}
-        self.resources.append((args.typ, args.name, json.dumps(inputs, sort_keys=True)))
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
-        return {}, None
-
-
 @pytest.fixture
 def article_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A node file naming each of the article's addresses after itself, so nodes resolve the same every run."""
-    path = tmp_path / "nodes.json"
-    nodes = [{"name": a, "address": a, "docker_host": f"tcp://{a}:2375"} for a in ARTICLE_ADDRESSES]
-    path.write_text(json.dumps({"nodes": nodes}))
-    monkeypatch.setenv("FLOCKER_NODES_FILE", str(path))
-    monkeypatch.delenv("FLOCKER_DOCKER_HOST_TEMPLATE", raising=False)
-    monkeypatch.delenv("FLOCKER_TLS_DIR", raising=False)
-    # resources.py caches the inventory and remembers published ports for the process;
-    # every program here must stand on its own.
-    resources_module._inventory.cache_clear()
-    resources_module._published.clear()
-    yield path
-    resources_module._inventory.cache_clear()
-    resources_module._published.clear()
+    yield from node_file(tmp_path, monkeypatch, [{"name": a, "address": a, "docker_host": f"tcp://{a}:2375"} for a in ARTICLE_ADDRESSES])
 
 
 def record(program: Callable[[], Any]) -> list[Recorded]:
-    recorder = Recorder()
-    pulumi.runtime.set_mocks(recorder, project="flocker-deploy", stack="test", preview=False)
-    resources_module._published.clear()
-    pulumi.runtime.test(program)()
-    return recorder.resources
+    return [(typ, name, json.dumps(inputs, sort_keys=True)) for typ, name, inputs in recorded(program, "flocker-deploy").resources]
 
 
 def hand_written() -> None:

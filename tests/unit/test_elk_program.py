@@ -9,19 +9,16 @@ input checks.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
-import pulumi
 import pytest
 from pulumi.runtime.config import set_all_config
+from pulumi_mocks import node_file, record
 
 from flocker_provider.inputs import ApplicationInputs, VolumeInputs, parse_application, parse_volume
-from flocker_pulumi import resources as resources_module
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "examples" / "elk" / "__main__.py"
@@ -40,46 +37,21 @@ def load_program() -> ModuleType:
 elk = load_program()
 
 
-class Recorder(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
-        self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        self.inputs[(args.typ.rsplit(":", 1)[-1], args.name)] = {k: v for k, v in args.inputs.items() if k != "__provider"}
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
-        return {}, None
-
-
 @pytest.fixture
 def nodes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The local cluster's node names, at addresses of their own: nodes resolve the same every run."""
-    path = tmp_path / "nodes.json"
     nodes = [{"name": f"node{i}", "address": f"192.0.2.{i}", "docker_host": f"tcp://192.0.2.{i}:2375"} for i in range(1, 5)]
-    path.write_text(json.dumps({"nodes": nodes}))
-    monkeypatch.setenv("FLOCKER_NODES_FILE", str(path))
-    monkeypatch.delenv("FLOCKER_DOCKER_HOST_TEMPLATE", raising=False)
-    monkeypatch.delenv("FLOCKER_TLS_DIR", raising=False)
-    # resources.py caches the inventory and remembers published ports for the process.
-    resources_module._inventory.cache_clear()
-    resources_module._published.clear()
-    yield path
-    resources_module._inventory.cache_clear()
-    resources_module._published.clear()
+    yield from node_file(tmp_path, monkeypatch, nodes)
     set_all_config({})
 
 
 def run_program(config: dict[str, str]) -> tuple[dict[str, ApplicationInputs], dict[str, VolumeInputs]]:
     """The program under mocks with this stack config: each application and volume as the provider reads it."""
-    recorder = Recorder()
-    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack="test", preview=False)
     set_all_config({f"{PROJECT}:{key}": value for key, value in config.items()})
-    resources_module._published.clear()
-    pulumi.runtime.test(elk.main)()
+    declared = record(elk.main, PROJECT).resources
     # The parsers raise InvalidInputs, naming each bad property, as `pulumi preview` would.
-    apps = {name: parse_application(inputs) for (typ, name), inputs in recorder.inputs.items() if typ == "Application"}
-    volumes = {name: parse_volume(inputs) for (typ, name), inputs in recorder.inputs.items() if typ == "Volume"}
+    apps = {name: parse_application(inputs) for typ, name, inputs in declared if typ.endswith(":Application")}
+    volumes = {name: parse_volume(inputs) for typ, name, inputs in declared if typ.endswith(":Volume")}
     return apps, volumes
 
 

@@ -1,0 +1,56 @@
+"""Programs under Pulumi's mocks (no engine, no Docker), for the tests that check what they declare.
+
+The pickled provider (``__provider``) is left out of what is recorded: it is the same class
+either way and its bytes are not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from flocker_pulumi import resources as resources_module
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Each declared resource as (type, name, inputs)."""
+
+    def __init__(self) -> None:
+        self.resources: list[tuple[str, str, dict[str, Any]]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        self.resources.append((args.typ, args.name, {key: value for key, value in args.inputs.items() if key != "__provider"}))
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        return {}, None
+
+
+def record(program: Callable[[], Any], project: str) -> Recorder:
+    """``program`` run under mocks as a stack of ``project``; what it declared."""
+    recorder = Recorder()
+    pulumi.runtime.set_mocks(recorder, project=project, stack="test", preview=False)
+    resources_module._published.clear()
+    pulumi.runtime.test(program)()
+    return recorder
+
+
+def node_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nodes: list[dict[str, str]]) -> Iterator[Path]:
+    """A node file of ``nodes`` for the programs, with nothing of the process's own settings or
+    caches: resources.py caches the inventory and remembers published ports for the process,
+    and every program must stand on its own."""
+    path = tmp_path / "nodes.json"
+    path.write_text(json.dumps({"nodes": nodes}))
+    monkeypatch.setenv("FLOCKER_NODES_FILE", str(path))
+    monkeypatch.delenv("FLOCKER_DOCKER_HOST_TEMPLATE", raising=False)
+    monkeypatch.delenv("FLOCKER_TLS_DIR", raising=False)
+    resources_module._inventory.cache_clear()
+    resources_module._published.clear()
+    yield path
+    resources_module._inventory.cache_clear()
+    resources_module._published.clear()
