@@ -224,6 +224,54 @@ def test_a_renamed_file_is_renamed_on_the_destination_not_sent_again(pair) -> No
     assert run("verify")["equal"]
 
 
+def test_much_to_read_is_read_by_two_processes_with_the_same_result(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, destination, run = pair
+    monkeypatch.setattr(delta_copy, "PARALLEL_BYTES", 1)
+    for i in range(6):
+        write(source / "base" / str(i), os.urandom((i + 1) * BLOCK))
+    write(source / "base" / "first", b"linked")
+    os.link(source / "base" / "first", source / "base" / "second")  # made once both readers are done
+    first = run("send")
+    assert first["files_read"] == 7
+    for i in range(6):
+        rewrite_pages(source / "base" / str(i), [i])
+    write(source / "new" / "dir" / "file", os.urandom(3 * PAGE))  # its directory is there before a reader writes it
+    delta = run("send")
+    assert (delta["readers"], delta["files_read"], delta["pages_sent"]) == (2, 7, 9), delta
+    assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
+def test_rounds_under_a_writer_never_send_a_page_other_than_the_one_they_hashed(pair) -> None:
+    """Phase 1 reads files the application is writing: what a round hashes and what it sends
+    must be the same bytes, or the destination's check of what it wrote fails the move."""
+    source, destination, run = pair
+    write(source / "wal", os.urandom(512 * PAGE))
+    run("send")
+    writing = threading.Event()
+    writing.set()
+
+    def writer() -> None:
+        rng = random.Random(3)
+        with (source / "wal").open("r+b") as file:
+            while writing.is_set():
+                file.seek(rng.randrange(512) * PAGE)
+                file.write(os.urandom(PAGE))
+                file.flush()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        rounds = [run("send") for _ in range(6)]
+    finally:
+        writing.clear()
+        thread.join()
+    assert [r.get("error") for r in rounds] == [None] * 6
+    run("send")  # the last writes, the application stopped
+    assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
 def test_the_receiver_refuses_paths_outside_the_volume(tmp_path: Path) -> None:
     (tmp_path / "volume").mkdir()
     (tmp_path / "volume" / "escape").symlink_to(tmp_path)

@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import json
 import mmap
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -273,6 +274,14 @@ def summary(table: dict[str, dict[str, Any]]) -> list[list[str]]:
 # --- the destination -------------------------------------------------------------------
 
 
+class Session:
+    """What one connection has under way: the file it is writing (path, descriptor, what the
+    table knew of it, the pages written with their digests)."""
+
+    def __init__(self) -> None:
+        self.open: tuple[str, int, dict[str, Any] | None, list[tuple[int, int]]] | None = None
+
+
 class Destination:
     """Applies a round's changes under ``root`` and keeps its own table of what it holds."""
 
@@ -280,7 +289,6 @@ class Destination:
         self.root = os.path.realpath(root)
         self.table: dict[str, dict[str, Any]] | None = None  # built from the disk at the first request
         self.stats = {"bytes_written": 0}
-        self._open: tuple[str, int, dict[str, Any] | None, list[int]] | None = None
         self._touched_dirs: set[str] = set()
 
     def full(self, path: str) -> str:
@@ -322,8 +330,8 @@ class Destination:
             self.table = self.scan()
         return self.table
 
-    def handle(self, kind: bytes, payload: bytes) -> bytes | None:
-        """Apply one message; what to answer, if it asks for an answer."""
+    def handle(self, kind: bytes, payload: bytes, session: Session) -> bytes | None:
+        """Apply one message of ``session``; what to answer, if it asks for an answer."""
         table = self.ensure_table()
         if kind == b"T":
             for path, entry in table.items():
@@ -337,11 +345,13 @@ class Destination:
         elif kind == b"M":
             self._make(unpacked(payload))
         elif kind == b"F":
-            self._begin_file(unpacked(payload))
+            self._begin_file(unpacked(payload), session)
         elif kind == b"W":
-            self._write(payload)
+            self._write(payload, session)
         elif kind == b"E":
-            self._end_file(unpacked(payload))
+            self._end_file(unpacked(payload), session)
+        elif kind == b"S":
+            return packed(None)  # everything before it is applied
         elif kind == b"C":
             self._set_directory_times()
             answer, self.stats = self.stats, {"bytes_written": 0}
@@ -414,7 +424,7 @@ class Destination:
         if "t" in entry:
             os.utime(full, ns=(entry["t"], entry["t"]), follow_symlinks=False)
 
-    def _begin_file(self, entry: dict[str, Any]) -> None:
+    def _begin_file(self, entry: dict[str, Any], session: Session) -> None:
         path = entry["p"]
         full = self.full(path)
         self._clear(full, "f")
@@ -424,12 +434,12 @@ class Destination:
             known = None
         fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self._touched_dirs.add(os.path.dirname(path))
-        self._open = (path, fd, known, [])
+        session.open = (path, fd, known, [])
 
-    def _write(self, payload: bytes) -> None:
-        if self._open is None:
+    def _write(self, payload: bytes, session: Session) -> None:
+        if session.open is None:
             raise CopyError("a block outside a file")
-        _, fd, _, written = self._open
+        _, fd, _, written = session.open
         offset, count = struct.unpack(">QI", payload[:12])
         data = memoryview(payload)[12 + 8 * count :]
         os.pwrite(fd, data, offset)
@@ -437,11 +447,11 @@ class Destination:
         written.extend((offset // PAGE + number, digest) for number, digest in enumerate(digests))
         self.stats["bytes_written"] += len(data)
 
-    def _end_file(self, entry: dict[str, Any]) -> None:
-        if self._open is None:
+    def _end_file(self, entry: dict[str, Any], session: Session) -> None:
+        if session.open is None:
             raise CopyError("the end of a file that was not begun")
-        path, fd, known, written = self._open
-        self._open = None
+        path, fd, known, written = session.open
+        session.open = None
         try:
             os.ftruncate(fd, entry["z"])
         finally:
@@ -522,6 +532,7 @@ def serve(root: str, port: int) -> None:
     def session(conn: socket.socket, peer: str) -> None:
         try:
             wire = Wire(conn)
+            state = Session()
             got = wire.read_exactly(len(secret)) if peer == allowed else b""
             if not hmac.compare_digest(got, secret):
                 print("refused a connection from", peer, flush=True)
@@ -534,7 +545,7 @@ def serve(root: str, port: int) -> None:
                 except CopyError:
                     return  # the sender is done
                 with turn:
-                    answer = destination.handle(kind, payload)
+                    answer = destination.handle(kind, payload, state)
                 if answer is not None:
                     wire.write(kind, answer)
                     wire.flush()
@@ -556,6 +567,29 @@ def serve(root: str, port: int) -> None:
 # --- the source -------------------------------------------------------------------------
 
 
+# Below this much to read, one process: a fork and a connection cost more than they save.
+PARALLEL_BYTES = 64 << 20
+MAX_READERS = 2
+
+
+def _read_share(source: Source, share: list[Any], result: Any) -> None:
+    """A reader process: its share of the files, on a connection of its own; what it read
+    (the table's new entries, its counts) goes back to the round through ``result``."""
+    try:
+        assert source.to is not None
+        source.wire = connect(source.to)
+        source.table, source.counts = {}, dict.fromkeys(source.counts, 0)
+        for item in share:
+            source._file(*item)
+        source.ask(b"S")
+        result.send({"table": source.table, "counts": source.counts})
+    except (CopyError, OSError) as exc:
+        result.send({"error": str(exc)})
+    finally:
+        result.close()
+        os._exit(0)  # no cleanup of the parent's objects (its connection, its buffers)
+
+
 class Run:
     """Changed pages that follow one another, to be written with one message."""
 
@@ -563,7 +597,7 @@ class Run:
         self.source = source
         self.offset = 0
         self.size = 0
-        self.pages: list[memoryview] = []  # views of the mapped file: copied once, into the wire's buffer
+        self.pages: list[memoryview] = []  # copies of the pages, as hashed
         self.digests = Digests()
 
     def add(self, offset: int, page: memoryview, digest: int) -> None:
@@ -579,13 +613,9 @@ class Run:
     def send(self) -> None:
         """One message: where, the pages' digests (the destination checks what it wrote), the pages."""
         if self.pages:
-            try:
-                self.source.send(b"W", struct.pack(">QI", self.offset, len(self.digests)), little_endian(self.digests), *self.pages)
-                self.source.counts["bytes_sent"] += self.size
-            finally:
-                for page in self.pages:
-                    page.release()  # before the mapping they view is closed, also when sending failed
-                self.pages, self.size, self.digests = [], 0, Digests()
+            self.source.send(b"W", struct.pack(">QI", self.offset, len(self.digests)), little_endian(self.digests), *self.pages)
+            self.source.counts["bytes_sent"] += self.size
+            self.pages, self.size, self.digests = [], 0, Digests()
 
 
 class Source:
@@ -609,8 +639,13 @@ class Source:
             "deleted": 0,
             "renamed": 0,
             "total_size": 0,
+            "readers": 1,
         }
         self._last_progress = time.monotonic()
+        # Files to read, and hard links to make once they are there: see ``round``.
+        self._pending: list[tuple[str, str, os.stat_result, dict[str, Any], dict[str, Any] | None]] = []
+        self._links: list[tuple[str, dict[str, Any]]] = []
+        self.to: str | None = None  # where readers of their own connect (see ``_read_pending``)
 
     def send(self, kind: bytes, *parts: bytes, flush: bool = False) -> None:
         try:
@@ -650,10 +685,52 @@ class Source:
                 # Also what keeps the exec's output from a minute of silence (the Docker API's timeout).
                 self._last_progress = time.monotonic()
                 print(f"{PROGRESS} {self.counts['bytes_read']} {total or 0}", flush=True)
+        self._read_pending()
+        for path, meta in self._links:  # once the files they link to are there
+            self.send(b"M", packed({**meta, "p": path}))
         for path in sorted((p for p in self.table if p not in seen), reverse=True):
             if path in self.table:  # not removed with a directory above it already
                 self._delete(path)
         return self.ask(b"C")
+
+    def _read_pending(self) -> None:
+        """The files to read, by as many processes as there are cores (two at most) when there
+        is much to read: Debian's python3-xxhash holds the GIL, and hashing is most of the
+        work. Each reads its share on a connection of its own; the destination's directories
+        exist by then (``S``: everything sent so far is applied)."""
+        pending, self._pending = self._pending, []
+        workers = min(os.cpu_count() or 1, MAX_READERS)
+        if workers < 2 or self.to is None or sum(item[2].st_size for item in pending) < PARALLEL_BYTES:
+            for item in pending:
+                self._file(*item)
+            return
+        self.ask(b"S")
+        self.counts["readers"] = workers
+        shares: list[list[Any]] = [[] for _ in range(workers)]
+        for item in sorted(pending, key=lambda item: -item[2].st_size):  # largest first, to the least loaded
+            min(shares, key=lambda share: sum(i[2].st_size for i in share)).append(item)
+        context = multiprocessing.get_context("fork")
+        readers = []
+        for share in shares[1:]:
+            receiving, sending = context.Pipe(duplex=False)
+            process = context.Process(target=_read_share, args=(self, share, sending), daemon=True)
+            process.start()
+            sending.close()
+            readers.append((process, receiving))
+        for item in shares[0]:
+            self._file(*item)
+        for process, receiving in readers:
+            try:
+                outcome = receiving.recv()
+            except EOFError:
+                outcome = {"error": "a reader process ended without a word"}
+            process.join()
+            if "error" in outcome:
+                raise CopyError(outcome["error"])
+            self.table.update(outcome["table"])
+            for key, value in outcome["counts"].items():
+                if key != "readers":
+                    self.counts[key] += value
 
     def _renames(self, entries: list[tuple[str, os.stat_result]]) -> None:
         """Files that are now under another name (PostgreSQL recycles its WAL segments by
@@ -697,7 +774,10 @@ class Source:
             old = None
         if meta["k"] != "f" or "link" in meta:
             if old is None or any(old.get(key) != value for key, value in meta.items()):
-                self.send(b"M", packed({**meta, "p": path}))
+                if "link" in meta:
+                    self._links.append((path, meta))
+                else:
+                    self.send(b"M", packed({**meta, "p": path}))
                 self.table[path] = meta
             return
         if old is not None and not old.get("racy") and old.get("s") is not None:
@@ -714,7 +794,7 @@ class Source:
             self.table[path] = {**meta, "d": old["d"], "q": old.get("q") or Digests(), "s": stat_key(info), "racy": False}
             self.counts["files_taken_from_stream"] += 1
             return
-        self._file(path, full, info, meta, old)
+        self._pending.append((path, full, info, meta, old))
 
     def _streamed_as_is(self, info: os.stat_result, old: dict[str, Any]) -> bool:
         return self.streamed_after is not None and info.st_ctime_ns < self.streamed_after - RACY_NS and old.get("z") == info.st_size
@@ -735,17 +815,22 @@ class Source:
                     pages.extend(known)
                     continue
                 for number, page_digest in enumerate(page_digests(block)):
-                    pages.append(page_digest)
                     if number < len(known) and known[number] == page_digest:
+                        pages.append(page_digest)
                         continue
-                    page = block[number * PAGE : (number + 1) * PAGE]
+                    # A copy, hashed again: in phase 1 the application may write the page
+                    # between our hash of the mapping and the send, and what is sent must be
+                    # what its digest says (the destination checks). A change after the copy
+                    # shows in the file's stat, and the next round reads it again.
+                    page = memoryview(bytes(block[number * PAGE : (number + 1) * PAGE]))
+                    page_digest = _hash(page)
+                    pages.append(page_digest)
                     if index * PAGES + number >= len(old_pages) and page == ZERO[: len(page)]:
-                        page.release()  # a view of the mapped file must go before the mapping does
                         continue  # past the old end, zeros are left to the truncate: holes stay holes
                     run.add(offset + number * PAGE, page, page_digest)
-                run.send()  # before the mapping of this block may go
         except FileNotFoundError:
             pass  # removed while read: sent as it was, deleted next round
+        run.send()
         self.counts["files_read"] += 1
         self.counts["bytes_read"] += size
         self.send(b"E", packed({**meta, "z": size, "p": path}))
@@ -835,6 +920,7 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
             wait_for_go()
         started = time.monotonic()
         source = Source(args.root, wire, table or {}, streamed_after(args.streamed) if table is None else None)
+        source.to = args.to
         if table is None:
             # A copy this program did not write (the first stream, an earlier move's): what
             # the destination holds, hashed there. Its stats are of its own disk, not ours.
