@@ -24,10 +24,8 @@ sizes. Needs the cluster and images (`make bench` brings them up).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ import docker.errors
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the cluster harness lives with the integration tests
 
+from bench.report import parse_sizes, ratio_table, write_results  # noqa: E402
 from flocker_provider.transfer import parse_stream_total  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     STORE,
@@ -295,12 +294,6 @@ def ratios(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
     return found
 
 
-def verdict(name: str, value: float) -> str:
-    op, target = TARGETS[name]
-    met = value <= target if op == "<=" else value >= target
-    return f"{'met' if met else 'MISSED'} (target {op} {target})"
-
-
 def markdown(result: dict[str, Any]) -> str:
     mb = 1e6
     lines = [
@@ -330,20 +323,12 @@ def markdown(result: dict[str, Any]) -> str:
             naive = case["naive"]
             downtime, copy = naive["downtime_seconds"], naive["copy_seconds"]
             lines += ["", f"Naive stop, copy, start at {case['size']}: downtime {downtime:.2f} s (copy {copy:.2f} s)."]
-    lines += ["", "| ratio (downtime: mean of there and back) | value | |", "|---|---|---|"]
-    lines += [f"| {name} | {value:.3f} | {verdict(name, value)} |" for name, value in result["ratios"].items()]
+    lines += ratio_table("ratio (downtime: mean of there and back)", result["ratios"], TARGETS)
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON file; the markdown summary goes beside it (.md)")
-    parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", ",".join(SIZES)), help=f"comma-separated, of {', '.join(SIZES)}")
-    args = parser.parse_args()
-    labels = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in labels if s not in SIZES]
-    if unknown:
-        parser.error(f"unknown sizes {unknown}; known: {', '.join(SIZES)}")
+    out, labels = parse_sizes(__doc__.splitlines()[0], SIZES, "BENCH_SIZES")
     nodes = load_nodes()
     if nodes is None:
         sys.exit("move-bench: FLOCKER_NODES_FILE names no node file (make bench starts the cluster)")
@@ -354,19 +339,8 @@ def main() -> None:
     naive_at = NAIVE_SIZE if NAIVE_SIZE in labels else max(labels, key=SIZES.__getitem__)
     with tempfile.TemporaryDirectory(prefix="move-bench-") as tmp:
         cases = {label: run_case(nodes, label, Path(tmp), naive=label == naive_at) for label in labels}
-    result = {
-        "benchmark": "move",
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpus": os.cpu_count(),
-        "cases": cases,
-        "naive_size": naive_at,
-        "ratios": ratios(cases),
-        "targets": {name: f"{op} {target}" for name, (op, target) in TARGETS.items()},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    summary = write_results(out, "move", TARGETS, markdown, cases=cases, naive_size=naive_at, ratios=ratios(cases))
+    log(f"wrote {out} and {summary}")
 
 
 if __name__ == "__main__":

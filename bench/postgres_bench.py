@@ -22,9 +22,6 @@ BENCH_PG_SIZES sets the default sizes. Needs the cluster and images (`make bench
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the cluster harness lives with the integration tests
 
+from bench.report import parse_sizes, ratio_table, write_results  # noqa: E402
 from tests.integration.harness import ClusterNode, by_name, eventually, gaps_around, load_nodes, make, stop_returned_at  # noqa: E402
 from tests.integration.postgres_workload import (  # noqa: E402
     Committer,
@@ -180,12 +178,6 @@ def ratios(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
     return found
 
 
-def verdict(name: str, value: float) -> str:
-    op, target = TARGETS[name]
-    met = value <= target if op == "<=" else value >= target
-    return f"{'met' if met else 'MISSED'} (target {op} {target})"
-
-
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "## PostgreSQL move (delta rounds)",
@@ -210,40 +202,20 @@ def markdown(result: dict[str, Any]) -> str:
             f" | {case['phase2_over_cat']:.2f} | {phase2['bytes_read'] / 1e6:.0f} / {phase2['bytes_sent'] / 1e6:.1f} MB"
             f" | {len(move['phase1_rounds'])} | {case['commits_lost']} of {case['commits_acknowledged']} |"
         )
-    lines += ["", "| ratio (the weakest size) | value | |", "|---|---|---|"]
-    lines += [f"| {name} | {value:.3f} | {verdict(name, value)} |" for name, value in result["ratios"].items()]
+    lines += ratio_table("ratio (the weakest size)", result["ratios"], TARGETS)
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON file; the markdown summary goes beside it (.md)")
-    parser.add_argument(
-        "--sizes", default=os.environ.get("BENCH_PG_SIZES", ",".join(SCALES)), help=f"comma-separated, of {', '.join(SCALES)}"
-    )
-    args = parser.parse_args()
-    labels = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in labels if s not in SCALES]
-    if unknown:
-        parser.error(f"unknown sizes {unknown}; known: {', '.join(SCALES)}")
+    out, labels = parse_sizes(__doc__.splitlines()[0], SCALES, "BENCH_PG_SIZES")
     nodes = load_nodes()
     if nodes is None:
         sys.exit("postgres-bench: FLOCKER_NODES_FILE names no node file (make bench starts the cluster)")
     with tempfile.TemporaryDirectory(prefix="postgres-bench-") as tmp:
         cases = {label: run_case(nodes, label, Path(tmp)) for label in labels}
-    result = {
-        "benchmark": "postgres",
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpus": os.cpu_count(),
-        "cases": cases,
-        "ratios": ratios(cases),
-        "targets": {name: f"{op} {target}" for name, (op, target) in TARGETS.items()},
-        "median_move_downtime_seconds": statistics.median(c["move"]["client_downtime_seconds"] for c in cases.values()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    median = statistics.median(c["move"]["client_downtime_seconds"] for c in cases.values())
+    summary = write_results(out, "postgres", TARGETS, markdown, cases=cases, ratios=ratios(cases), median_move_downtime_seconds=median)
+    log(f"wrote {out} and {summary}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from .transfer import (
     delta_verify_command,
     heartbeat,
     human_bytes,
+    last_lines,
     new_credentials,
     parse_stream_progress,
     parse_stream_total,
@@ -524,7 +525,8 @@ class TransferChannel:
         code, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress)
         if code != 0 or not stream_received(output):
             logs = receiver.logs(tail=3).decode(errors="replace")
-            raise RuntimeError(f"stream from {self.source.name} to {self.destination.name} failed: {_tail(output)} / {_tail(logs)}")
+            where = f"{self.source.name} to {self.destination.name}"
+            raise RuntimeError(f"stream from {where} failed: {last_lines(output)} / {last_lines(logs)}")
         size = parse_stream_total(output)
         return {
             "final": False,
@@ -607,7 +609,3 @@ def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:
 def _round(result: dict, final: bool) -> dict:
     keys = ("seconds", "bytes_sent", "bytes_read", "files_read", "pages_sent", "bytes_written", "total_size", "dirty_bytes", "readers")
     return {"final": final, "method": "delta", **{key: result.get(key) for key in keys}}
-
-
-def _tail(output: str) -> str:
-    return " / ".join(line for line in output.strip().splitlines()[-3:])

@@ -128,7 +128,7 @@ def delta_result(output: str) -> dict:
     """The result line a delta round or a verification ends with."""
     lines = [line for line in output.splitlines() if line.startswith(RESULT + " ")]
     if not lines:
-        raise DeltaFailed(f"no result: {_tail(output)}")
+        raise DeltaFailed(f"no result: {last_lines(output)}")
     result = json.loads(lines[-1][len(RESULT) + 1 :])
     if "error" in result:
         raise DeltaFailed(result["error"])
@@ -155,7 +155,8 @@ def predicted_seconds(result: dict) -> float:
     return round(result.get("survey_seconds", 0) + (result.get("dirty_bytes") or 0) / rate + ROUND_OVERHEAD, 3)
 
 
-def _tail(output: str) -> str:
+def last_lines(output: str) -> str:
+    """The last three lines of a helper's output, on one line, for an error message."""
     return " / ".join(line for line in output.strip().splitlines()[-3:])
 
 
