@@ -122,6 +122,31 @@ def test_random_page_writes_send_only_their_blocks_and_reread_only_their_file(pa
     assert run("verify")["equal"]
 
 
+def test_the_final_round_sends_long_runs_in_messages_no_bigger_than_the_buffer(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final round (the application stopped) reads the mapping without copying it first;
+    a run of changed pages is cut where the wire's buffer is full, so memory stays bounded."""
+    source, destination, run = pair
+    monkeypatch.setattr(delta_copy.Wire, "FLUSH_AT", 4 * BLOCK)
+    sizes: list[int] = []
+    write_message = Destination._write
+
+    def recorded(self: Destination, payload: bytes, session: Any) -> None:
+        sizes.append(len(payload))
+        write_message(self, payload, session)
+
+    monkeypatch.setattr(Destination, "_write", recorded)
+    write(source / "grows", os.urandom(BLOCK))
+    run("send")
+    with (source / "grows").open("ab") as file:
+        file.write(os.urandom(40 * BLOCK + 123))
+    rewrite_pages(source / "grows", [3])
+    delta = run("send", "--final")
+    assert delta["pages_sent"] == 1 + 40 * BLOCK // PAGE + 1
+    assert 10 <= len(sizes) and max(sizes) <= 4 * BLOCK + PAGE + 1024
+    assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
 def test_appends_truncation_holes_and_kind_changes_stay_exact(pair) -> None:
     source, destination, run = pair
     write(source / "log", os.urandom(BLOCK + 10))

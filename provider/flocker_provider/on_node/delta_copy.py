@@ -100,11 +100,27 @@ class Wire:
         self._out = bytearray()
 
     def write(self, kind: bytes, *parts: bytes) -> None:
-        self._out += struct.pack(">cI", kind, sum(len(part) for part in parts))
+        start = self.begin(kind)
         for part in parts:
             self._out += part
+        self.end(start)
+
+    def begin(self, kind: bytes) -> int:
+        """A message written piece by piece into the buffer (``append``), its length set at ``end``."""
+        start = len(self._out)
+        self._out += struct.pack(">cI", kind, 0)
+        return start
+
+    def append(self, part: Any) -> None:
+        self._out += part
+
+    def end(self, start: int) -> None:
+        struct.pack_into(">I", self._out, start + 1, len(self._out) - start - 5)
         if len(self._out) >= self.FLUSH_AT:
             self.flush()
+
+    def pending(self, start: int) -> int:
+        return len(self._out) - start
 
     def flush(self) -> None:
         if self._out:
@@ -440,10 +456,10 @@ class Destination:
         if session.open is None:
             raise CopyError("a block outside a file")
         _, fd, _, written = session.open
-        offset, count = struct.unpack(">QI", payload[:12])
-        data = memoryview(payload)[12 + 8 * count :]
+        (offset,), (count,) = struct.unpack_from(">Q", payload), struct.unpack_from(">I", payload, len(payload) - 4)
+        data = memoryview(payload)[8 : -4 - 8 * count]
         os.pwrite(fd, data, offset)
-        digests = from_little_endian(payload[12 : 12 + 8 * count])
+        digests = from_little_endian(payload[-4 - 8 * count : -4])
         written.extend((offset // PAGE + number, digest) for number, digest in enumerate(digests))
         self.stats["bytes_written"] += len(data)
 
@@ -591,39 +607,51 @@ def _read_share(source: Source, share: list[Any], result: Any) -> None:
 
 
 class Run:
-    """Changed pages that follow one another, to be written with one message."""
+    """Changed pages that follow one another, written with one message straight into the
+    wire's buffer: where, the pages, their digests (the destination checks what it wrote)."""
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.offset = 0
-        self.size = 0
-        self.pages: list[memoryview] = []  # copies of the pages, as hashed
+        self.start: int | None = None  # where the message begins in the buffer, while one is open
+        self.next = 0  # the offset a page must have to belong to this run
         self.digests = Digests()
 
     def add(self, offset: int, page: memoryview, digest: int) -> None:
-        if self.pages and self.offset + self.size != offset:
+        wire = self.source.wire
+        if self.start is not None and (self.next != offset or wire.pending(self.start) >= Wire.FLUSH_AT):
             self.send()
-        if not self.pages:
-            self.offset = offset
-        self.pages.append(page)
-        self.size += len(page)
+        if self.start is None:
+            self.start = wire.begin(b"W")
+            wire.append(struct.pack(">Q", offset))
+        wire.append(page)
+        self.next = offset + len(page)
         self.digests.append(digest)
         self.source.counts["pages_sent"] += 1
+        self.source.counts["bytes_sent"] += len(page)
 
     def send(self) -> None:
-        """One message: where, the pages' digests (the destination checks what it wrote), the pages."""
-        if self.pages:
-            self.source.send(b"W", struct.pack(">QI", self.offset, len(self.digests)), little_endian(self.digests), *self.pages)
-            self.source.counts["bytes_sent"] += self.size
-            self.pages, self.size, self.digests = [], 0, Digests()
+        if self.start is not None:
+            wire, start = self.source.wire, self.start
+            self.start = None
+            wire.append(little_endian(self.digests))
+            wire.append(struct.pack(">I", len(self.digests)))
+            self.digests = Digests()
+            try:
+                wire.end(start)
+            except OSError as exc:
+                raise self.source.failed(exc) from exc
 
 
 class Source:
     """One round from ``root`` to the destination connected on ``conn``; ``table`` is what the
     destination holds, as this side sent it."""
 
-    def __init__(self, root: str, wire: Wire, table: dict[str, dict[str, Any]], streamed_after: int | None = None) -> None:
+    def __init__(
+        self, root: str, wire: Wire, table: dict[str, dict[str, Any]], streamed_after: int | None = None, stable: bool = False
+    ) -> None:
         self.root = root
+        # The application is stopped (phase 2): nothing writes the files while they are read.
+        self.stable = stable
         self.wire = wire
         self.table = table
         # When the first copy's tar stream began (this node's clock, ns): a file unchanged
@@ -652,8 +680,12 @@ class Source:
             self.wire.write(kind, *parts)
             if flush:
                 self.wire.flush()
-        except OSError as exc:  # the destination gave up: its reason is waiting to be read
-            raise CopyError(self._reason() or f"sending to the destination: {exc}") from exc
+        except OSError as exc:
+            raise self.failed(exc) from exc
+
+    def failed(self, exc: OSError) -> CopyError:
+        """The destination gave up: its reason is waiting to be read."""
+        return CopyError(self._reason() or f"sending to the destination: {exc}")
 
     def _reason(self) -> str | None:
         with contextlib.suppress(CopyError, OSError):
@@ -801,6 +833,7 @@ class Source:
 
     def _file(self, path: str, full: str, info: os.stat_result, meta: dict[str, Any], old: dict[str, Any] | None) -> None:
         old_digests, old_pages = (old or {}).get("d") or Digests(), (old or {}).get("q") or Digests()
+        old_count = len(old_pages)
         digests, pages = Digests(), Digests()
         size = 0
         run = Run(self)  # changed pages next to each other go in one message
@@ -808,26 +841,30 @@ class Source:
         try:
             for offset, digest, block in block_digests(full, info.st_size):
                 index = offset // BLOCK
-                digests.append(digest)
                 size = offset + len(block)
                 known = old_pages[index * PAGES : (index + 1) * PAGES]
                 if index < len(old_digests) and old_digests[index] == digest and len(known) == -(-len(block) // PAGE):
+                    digests.append(digest)
                     pages.extend(known)
                     continue
-                for number, page_digest in enumerate(page_digests(block)):
+                if not self.stable:
+                    # A copy, hashed again: the application may write the block between our
+                    # hash of the mapping and the send, and what is kept and sent must be what
+                    # the digests say (the destination checks; a block digest of the mapping
+                    # with pages of the copy would hide a later return to the mapping's
+                    # contents). A change after the copy shows in the file's stat: read again.
+                    block = memoryview(bytes(block))
+                    digest = _hash(block)
+                digests.append(digest)
+                fresh = page_digests(block)
+                pages.extend(fresh)
+                for number, page_digest in enumerate(fresh):
                     if number < len(known) and known[number] == page_digest:
-                        pages.append(page_digest)
                         continue
-                    # A copy, hashed again: in phase 1 the application may write the page
-                    # between our hash of the mapping and the send, and what is sent must be
-                    # what its digest says (the destination checks). A change after the copy
-                    # shows in the file's stat, and the next round reads it again.
-                    page = memoryview(bytes(block[number * PAGE : (number + 1) * PAGE]))
-                    page_digest = _hash(page)
-                    pages.append(page_digest)
-                    if index * PAGES + number >= len(old_pages) and page == ZERO[: len(page)]:
-                        continue  # past the old end, zeros are left to the truncate: holes stay holes
-                    run.add(offset + number * PAGE, page, page_digest)
+                    with block[number * PAGE : (number + 1) * PAGE] as page:
+                        if index * PAGES + number >= old_count and page == ZERO[: len(page)]:
+                            continue  # past the old end, zeros are left to the truncate: holes stay holes
+                        run.add(offset + number * PAGE, page, page_digest)
         except FileNotFoundError:
             pass  # removed while read: sent as it was, deleted next round
         run.send()
@@ -919,7 +956,7 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
         if args.armed:
             wait_for_go()
         started = time.monotonic()
-        source = Source(args.root, wire, table or {}, streamed_after(args.streamed) if table is None else None)
+        source = Source(args.root, wire, table or {}, streamed_after(args.streamed) if table is None else None, stable=args.final)
         source.to = args.to
         if table is None:
             # A copy this program did not write (the first stream, an earlier move's): what
