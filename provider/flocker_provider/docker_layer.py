@@ -25,11 +25,24 @@ import docker
 import docker.errors
 import docker.tls
 import docker.utils
+import requests.exceptions
+import urllib3.exceptions
 
 from . import labels as L
 from . import on_node, ssh_tunnel
 from .attached_exec import ExitWatch
 from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
+from .errors import (
+    ContainerFailed,
+    DeadlinePassed,
+    EngineRefused,
+    ImageUnavailable,
+    NodeUnreachable,
+    NotOurs,
+    PortTaken,
+    ProviderError,
+    RoutingFailed,
+)
 from .models import Node, NodeVolumeState, Owner, RunningContainer
 from .route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
 from .router_program import TAKEOVER_FILE
@@ -110,14 +123,6 @@ def reserved_ports(nodes: Iterable[Node], ports: Collection[int]) -> Iterator[No
                 entry.reserved.subtract(ports)
 
 
-class NodeUnreachable(Exception):
-    """A node's Docker engine did not answer; the message names the node and endpoint."""
-
-
-class NotOurs(Exception):
-    """An object with our name exists but we did not create it: we will not touch it."""
-
-
 @contextlib.contextmanager
 def connect(node: Node) -> Iterator[DockerNode]:
     link: ssh_tunnel.Tunnel | None = None
@@ -153,13 +158,28 @@ def connect(node: Node) -> Iterator[DockerNode]:
                 f"(ssh: {link.last_words() or why}): give the engine's socket as "
                 "ssh://user@host/path/of/docker.sock, and check that this user may use it"
             )
-        raise NodeUnreachable(f"node {node.name}: Docker engine at {node.docker_host} did not answer: {why}") from exc
+        raise NodeUnreachable(f"Docker engine at {node.docker_host} did not answer: {why}", node=node.name) from exc
     engine = DockerNode(node, client)
     try:
         yield engine
     finally:
         engine.close()
         client.close()
+
+
+def translated(exc: Exception, node: Node | None = None) -> Exception:
+    """``exc`` as one of our errors when it is the engine's own failure (it refused a request,
+    or stopped answering mid-way); anything else as it is: ours already, or a bug. Raised
+    ``from`` its ``__cause__``: the engine's error for a new one, and its own for the others."""
+    name = node.name if node is not None else None
+    if isinstance(exc, docker.errors.APIError):
+        error: ProviderError = EngineRefused(f"the Docker engine refused: {_short(exc)}", node=name)
+    elif isinstance(exc, requests.exceptions.RequestException | urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        error = NodeUnreachable(f"the Docker engine stopped answering: {_short(exc)}", node=name)
+    else:
+        return exc
+    error.__cause__, error.__suppress_context__ = exc, True
+    return error
 
 
 def _short(exc: BaseException) -> str:
@@ -198,8 +218,9 @@ class DockerNode:
             return None
         if not L.is_ours(container.labels):
             raise NotOurs(
-                f"node {self.node.name}: a container named {name} exists that flocker-pulumi "
-                "did not create; rename or remove it, or choose another application name"
+                f"a container named {name} exists that flocker-pulumi did not create",
+                node=self.node.name,
+                remedy="rename or remove it on the node, or choose another application name, then run `pulumi up` again",
             )
         return container
 
@@ -221,7 +242,7 @@ class DockerNode:
             return NodeVolumeState(name, exists=False)
         labels = volume.attrs.get("Labels") or {}
         if not L.is_ours(labels):
-            raise NotOurs(f"node {self.node.name}: a volume named {name} exists that flocker-pulumi did not create")
+            raise NotOurs(f"a volume named {name} exists that flocker-pulumi did not create", node=self.node.name)
         return NodeVolumeState(name, exists=True, retired=self._holder(name) is not None)
 
     def container_owner_is(self, name: str, owner: Owner) -> bool:
@@ -281,7 +302,7 @@ class DockerNode:
     def start_existing(self, name: str) -> None:
         container = self.find_container(name)
         if container is not None and container.status != "running":
-            container.start()
+            self._start(container)
 
     def volume_size(self, name: str) -> int | None:
         """Bytes used, from the engine's own accounting (a read: it creates nothing)."""
@@ -313,7 +334,7 @@ class DockerNode:
         """Internal port -> the host port the container publishes it on."""
         container = self.find_container(name)
         if container is None:
-            raise RuntimeError(f"node {self.node.name}: container {name} is not there to route to")
+            raise ContainerFailed(f"container {name} is not there to route to", node=self.node.name)
         found = {}
         for key, bindings in (container.attrs["NetworkSettings"]["Ports"] or {}).items():
             if bindings:
@@ -371,7 +392,7 @@ class DockerNode:
             answers = self._write_routes(container, route_lines(routes))
             found = problems(answers, sorted(routes), router.name)
             if found:
-                raise RuntimeError(f"node {self.node.name}: " + "; ".join(found))
+                raise RoutingFailed("; ".join(found), node=self.node.name)
 
     def prepare_routes(self, router: RouterSpec) -> None:
         """The router running and a route session open, before a move's application stops."""
@@ -413,7 +434,7 @@ class DockerNode:
                 # container cannot run the removal, and other applications' routes must stay.
                 result = self._ensure_router(router).exec_run(["rm", "-f", *(f"{ROUTES_DIR}/{p}.json" for p in mine)])
                 if result.exit_code != 0:
-                    raise RuntimeError(f"node {self.node.name}: removing routes failed: {result.output.decode(errors='replace')}")
+                    raise RoutingFailed(f"removing routes failed: {result.output.decode(errors='replace')}", node=self.node.name)
             if not self.read_routes(router):
                 self.remove_container(router.name, timeout=ROUTER_STOP_TIMEOUT)
                 self.remove_container(router.predecessor, timeout=ROUTER_STOP_TIMEOUT)  # of a take-over cut short
@@ -575,7 +596,7 @@ class DockerNode:
         while line.encode() not in (said := self.client.api.logs(container_id)):
             if time.monotonic() > deadline:
                 tail = said.decode(errors="replace").strip()[-300:]
-                raise TimeoutError(f"node {self.node.name}: {failure} within {GATE_SECONDS}s" + (f"; its log: {tail}" if tail else ""))
+                raise DeadlinePassed(f"{failure} within {GATE_SECONDS}s" + (f"; its log: {tail}" if tail else ""), node=self.node.name)
             time.sleep(GATE_POLL)
 
     def _container_kwargs(self, spec: ContainerSpec) -> dict:
@@ -631,14 +652,25 @@ class DockerNode:
                     if before_start is not None and not before_start(container):
                         container.remove(force=True)
                         return ""
-                    container.start()
+                    self._start(container)
                     return container.id
-                except docker.errors.APIError as exc:
+                except (docker.errors.APIError, PortTaken) as exc:
                     # Created but not started: make room for the next candidate.
                     container.remove(force=True)
-                    if not spec.ports or not _port_taken(exc):
+                    if not isinstance(exc, PortTaken):
                         raise
-        raise RuntimeError(f"node {self.node.name}: no free host port for {spec.name} after {HOST_PORT_ATTEMPTS} candidates")
+        raise PortTaken(f"no free host port for {spec.name} after {HOST_PORT_ATTEMPTS} candidates", node=self.node.name)
+
+    def _start(self, container: docker.models.containers.Container) -> None:
+        """Start a created container. Docker says that one of its host ports is taken only in
+        words, which are read here and nowhere else."""
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            text = str(exc).lower()
+            if "port is already allocated" in text or "address already in use" in text:
+                raise PortTaken(f"a host port of {container.name} is taken: {_short(exc)}", node=self.node.name) from exc
+            raise
 
     def _routed_ports(self) -> set[int]:
         """The external ports of every stack's router on this node (routers bind them all)."""
@@ -658,17 +690,15 @@ class DockerNode:
             try:
                 self.client.images.pull(repository, tag=tag or "latest")
             except docker.errors.APIError as exc:
-                raise RuntimeError(
-                    f"node {self.node.name}: image {image} is not on the node and could not be pulled: {_short(exc)} "
-                    "(can the node reach the registry, and is the machine running pulumi logged in to it?)"
-                ) from exc
+                why = _short(exc)
+                raise ImageUnavailable(f"image {image} is not on the node and could not be pulled: {why}", node=self.node.name) from exc
 
     def wait_running(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             container = self.find_container(name)
             if container is None:
-                raise RuntimeError(f"node {self.node.name}: container {name} disappeared while starting")
+                raise ContainerFailed(f"container {name} disappeared while starting", node=self.node.name)
             # Restarted by its restart policy since we started it: it exited, however briefly
             # "running" it looks between two attempts.
             crashed = container.attrs.get("RestartCount", 0) > 0
@@ -681,7 +711,12 @@ class DockerNode:
             if time.monotonic() > deadline:
                 # "unhealthy" is not final (a check that passes later makes it healthy): only the deadline is.
                 status = f"{container.status}{_health(container)}"
-                raise TimeoutError(f"node {self.node.name}: {name} not up after {timeout:g}s (status {status})")
+                raise DeadlinePassed(
+                    f"{name} not up after {timeout:g}s (status {status})",
+                    node=self.node.name,
+                    remedy="if it only needs longer, raise the application's wait_timeout; if its health check fails, "
+                    "its output above says why; then run `pulumi up` again",
+                )
             time.sleep(WAIT_POLL)
 
     def confirm_running(self, name: str, seconds: float) -> None:
@@ -692,7 +727,7 @@ class DockerNode:
         while True:
             container = self.find_container(name)
             if container is None:
-                raise RuntimeError(f"node {self.node.name}: container {name} disappeared while starting")
+                raise ContainerFailed(f"container {name} disappeared while starting", node=self.node.name)
             state = container.attrs.get("State", {})
             if container.status != "running" or container.attrs.get("RestartCount", 0) > 0 or state.get("StartedAt") != started:
                 raise self._exited(container, name)
@@ -700,10 +735,10 @@ class DockerNode:
                 return
             time.sleep(WAIT_POLL)
 
-    def _exited(self, container: docker.models.containers.Container, name: str) -> RuntimeError:
+    def _exited(self, container: docker.models.containers.Container, name: str) -> ContainerFailed:
         logs = container.logs(tail=20).decode(errors="replace").strip()
         said = f"; last log lines:\n{logs}\n" if logs else ", writing no log"
-        return RuntimeError(f"node {self.node.name}: {name} exited while starting{said}")
+        return ContainerFailed(f"{name} exited while starting{said}", node=self.node.name)
 
     def watch_exit(self, name: str) -> ExitWatch | None:
         """A watch on the end of ``name``'s processes (see ExitWatch); None if it cannot have one."""
@@ -746,7 +781,7 @@ def host_ports(container: str, internals: Iterable[int], attempt: int, avoid: Co
         usable = (port for port in candidates if port not in avoid and port not in chosen.values())
         port = next(itertools.islice(usable, attempt, None), None)
         if port is None:
-            raise RuntimeError(f"no host port left for {container}: the routes take the whole range {HOST_PORT_FIRST}-32767")
+            raise PortTaken(f"no host port left for {container}: the routes take the whole range {HOST_PORT_FIRST}-32767")
         chosen[internal] = port
     return chosen
 
@@ -767,11 +802,6 @@ def _health(container: docker.models.containers.Container) -> str:
 
 def _nanoseconds(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
-
-
-def _port_taken(exc: docker.errors.APIError) -> bool:
-    text = str(exc).lower()
-    return "port is already allocated" in text or "address already in use" in text
 
 
 def _restart_policy(spec: ContainerSpec) -> dict:

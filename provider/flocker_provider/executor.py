@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .docker_layer import DockerNode, NodeUnreachable, connect
+from .docker_layer import DockerNode, connect, translated
+from .errors import ContainerFailed, NodeUnreachable, ProviderError, RoutingFailed, brief
 from .models import Node
 from .progress import report
 from .staging import SHELL, staged_name
@@ -30,15 +31,6 @@ from .steps import (
 # How long a created or replaced application must stay up once routed to: longer than a
 # command that fails at once takes to end, short enough not to slow every create much.
 CONFIRM_SECONDS = 1.0
-
-
-class StepFailed(Exception):
-    """Which step failed on which node, and why."""
-
-    def __init__(self, step: Step, cause: BaseException) -> None:
-        super().__init__(f"step '{describe(step)}' failed: {cause}")
-        self.step = step
-        self.cause = cause
 
 
 class Engines:
@@ -75,6 +67,14 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
             raise
         _skip_unreachable(step, exc)
         return
+    try:
+        _run_on(engine, step, wait_timeout)
+    except Exception as exc:
+        failure = translated(exc, step.node)
+        raise failure from failure.__cause__
+
+
+def _run_on(engine: DockerNode, step: Step, wait_timeout: float) -> None:
     match step:
         case CreateVolume(_, volume, labels):
             engine.create_volume(volume, dict(labels))
@@ -103,7 +103,7 @@ def _point_routes(step: PointRoutes, engines: Engines) -> None:
     published = engines[backend].published_ports(step.container) if backend is not None else {}
     if backend is not None and (unpublished := sorted({p.internal for p in step.ports} - set(published))):
         # Docker lists no binding while a container is not running (a crash loop between restarts).
-        raise RuntimeError(f"node {backend.name}: {step.container} publishes no host port for {unpublished}: is it running?")
+        raise ContainerFailed(f"{step.container} publishes no host port for {unpublished}: is it running?", node=backend.name)
     routes = {
         p.external: {
             "target": f"{backend.address}:{published[p.internal]}" if backend is not None else None,
@@ -113,7 +113,7 @@ def _point_routes(step: PointRoutes, engines: Engines) -> None:
         for p in step.ports
     }
 
-    def write(node: Node) -> str | None:
+    def write(node: Node) -> ProviderError | None:
         try:
             engine = engines[node]
         except NodeUnreachable as exc:
@@ -123,21 +123,27 @@ def _point_routes(step: PointRoutes, engines: Engines) -> None:
             return None
         try:
             engine.point_routes(step.router, routes)
-        except Exception as exc:  # reported with the node's name, after every other node was written
-            text = str(exc)
-            return text if text.startswith(f"node {node.name}:") else f"node {node.name}: {text}"
+        except Exception as exc:  # reported after every other node was written
+            error = translated(exc, node)
+            if not isinstance(error, ProviderError):
+                raise
+            if error.node is None:
+                error.node = node.name
+            return error
         return None
 
     with ThreadPoolExecutor(max_workers=len(step.nodes)) as pool:
-        problems = [problem for problem in pool.map(write, step.nodes) if problem]
-    if problems:
-        raise RuntimeError("; ".join(problems))
+        failed = [error for error in pool.map(write, step.nodes) if error]
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise RoutingFailed("; ".join(error.summary() for error in failed))
 
 
 def _skip_unreachable(step: Step, exc: NodeUnreachable) -> None:
     # A node that is down must not block deploying or moving applications elsewhere;
     # its routes are written again by the next `pulumi up` that changes the application.
-    report(f"warning: {exc}; skipped there: {describe(step)}")
+    report(f"warning: {brief(exc)}; skipped there: {describe(step)}")
 
 
 def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0) -> None:
@@ -145,5 +151,6 @@ def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0) -> None:
         report(describe(step))
         try:
             run_step(step, engines, wait_timeout)
-        except Exception as exc:
-            raise StepFailed(step, exc) from exc
+        except ProviderError as exc:
+            exc.within(step=describe(step))
+            raise

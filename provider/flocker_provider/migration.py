@@ -23,12 +23,12 @@ from docker.models.containers import Container
 from . import labels as L
 from .attached_exec import ArmedExec, ExitWatch
 from .containers import RouterSpec
-from .docker_layer import NodeUnreachable, connect
-from .errors import ProviderError
-from .executor import Engines, StepFailed, run_step
+from .docker_layer import connect, translated
+from .errors import DeadlinePassed, MoveFailed, NodeUnreachable, ProviderError, brief, told
+from .executor import Engines, run_step
 from .inputs import VolumeInputs
 from .models import Node
-from .planner import MoveState, PlanError, Routing, plan_move
+from .planner import MoveState, Routing, plan_move
 from .progress import report
 from .staging import staged_name
 from .steps import (
@@ -48,6 +48,7 @@ from .transfer import (
     STREAM_PORT,
     Credentials,
     DeltaFailed,
+    StallWatch,
     delta_progress,
     delta_receiver_command,
     delta_result,
@@ -57,6 +58,7 @@ from .transfer import (
     human_bytes,
     last_lines,
     new_credentials,
+    node_stall,
     parse_stream_progress,
     parse_stream_total,
     predicted_seconds,
@@ -70,6 +72,8 @@ from .transfer import (
 MAX_ROUNDS = 8
 SHRINKING = 0.9
 PROGRESS_EVERY = 3.0
+# How often a copy's output is looked at for progress: a stall is seen within this much of the stall timeout.
+STALL_POLL = 0.5
 # docker stop's grace period before SIGKILL, and how much longer the end of the
 # application's processes may take to be seen before the plain stop is waited for.
 STOP_SECONDS = 10
@@ -111,7 +115,7 @@ def plan_line(old: VolumeInputs, new: VolumeInputs) -> str:
             size = human_bytes(engine.volume_size(old.name))
             apps = [dict(c.spec.labels).get(L.RESOURCE, c.name) for c in engine.mounting_containers(old.name)]
     except NodeUnreachable as exc:
-        size, apps = f"size unknown: {exc}", []
+        size, apps = f"size unknown: {brief(exc)}", []
     with_apps = f", with application {', '.join(apps)}" if apps else ""
     return f"flocker: plan: volume {new.owner.resource} moves from {old.node.name} to {new.node.name} ({size}){with_apps}"
 
@@ -132,8 +136,9 @@ def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, s
         try:
             state = discover_move(engines, old, new)
             plan = plan_move(new.name, labels, old.node, new.node, state, routing)
-        except (PlanError, NodeUnreachable) as exc:
-            raise ProviderError(f"cannot move volume {new.owner.resource}: {exc}") from exc
+        except ProviderError as exc:
+            exc.within(step=f"plan the move from {old.node.name} to {new.node.name}")
+            raise
         with TransferChannel(engines, old, new) as channel:
             run_move(plan, engines, channel, report_, new.move_timeout)
     report_.finished_at = round(time.time(), 3)
@@ -265,14 +270,16 @@ def _run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: M
             report_.steps.append({"step": describe(step), "started_at": step_at, "seconds": round(time.monotonic() - step_started, 3)})
         stops.settle()
     except Exception as exc:
-        failure = exc if isinstance(exc, StepFailed) else StepFailed(step, exc)
-        failure = StepFailed(failure.step, RuntimeError(f"{failure.cause}{_unreachable(engines, channel)}"))
+        failure = translated(exc)
+        if isinstance(failure, ProviderError):
+            failure.within(step=describe(step))
+        told(failure, _unreachable(engines, channel))
         if handed_over:
-            raise ProviderError(f"{failure}; the volume was handed over already: run 'pulumi up' again to finish the move") from exc
+            raise told(failure, "the volume was handed over already: run `pulumi up` again to finish the move") from failure.__cause__
         with contextlib.suppress(Exception):  # a stop that failed is started again like the others
             stops.settle()
         restarted = _restart(stops.stopped, engines) + _route_back(held, engines, channel.source) + _unstage(staged, engines)
-        raise ProviderError(f"{failure}; nothing was lost: {restarted}{channel.discard_partial_copy()}") from exc
+        raise told(failure, f"nothing was lost: {restarted}{channel.discard_partial_copy()}") from failure.__cause__
 
 
 def _unreachable(engines: Engines, channel: TransferChannel) -> str:
@@ -283,7 +290,7 @@ def _unreachable(engines: Engines, channel: TransferChannel) -> str:
             engines[node].client.ping()
         except Exception:  # any failure to answer means the same thing here
             down.append(node.name)
-    return f" ({', '.join(down)}: Docker engine not answering)" if down else ""
+    return f"{', '.join(down)}: Docker engine not answering" if down else ""
 
 
 def _restart(stopped: list[StopApplication], engines: Engines) -> str:
@@ -294,7 +301,7 @@ def _restart(stopped: list[StopApplication], engines: Engines) -> str:
         try:
             engines[step.node].start_existing(step.container)
         except Exception as exc:  # keep going: every other application must restart too
-            problems.append(f"{step.container} on {step.node.name}: {exc}")
+            problems.append(f"{step.container} on {step.node.name}: {brief(exc)}")
     if problems:
         return "restarting on the source failed for " + "; ".join(problems)
     return "restarted " + ", ".join(s.container for s in stopped) + f" on {stopped[0].node.name}"
@@ -307,7 +314,7 @@ def _unstage(staged: list[StageApplication], engines: Engines) -> str:
         try:
             engines[step.node].remove_container(staged_name(step.spec.name), timeout=0)
         except Exception as exc:  # keep going; the next move of the volume removes what is left
-            problems.append(f"{staged_name(step.spec.name)} on {step.node.name}: {exc}")
+            problems.append(f"{staged_name(step.spec.name)} on {step.node.name}: {brief(exc)}")
     return f"; could not remove {', '.join(problems)}" if problems else ""
 
 
@@ -318,7 +325,7 @@ def _route_back(held: list[PointRoutes], engines: Engines, source: Node) -> str:
         try:
             run_step(dataclasses.replace(step, backend=source), engines, 0)
         except Exception as exc:  # keep going: every other application must be released too
-            problems.append(str(exc))
+            problems.append(brief(exc))
     return f"; routes on {', '.join(problems)} could not be pointed back" if problems else ""
 
 
@@ -340,6 +347,7 @@ class TransferChannel:
         self.labels = {**L.owner_labels(new.owner, L.KIND_TRANSFER), L.VOLUME: new.name}
         self.volume_labels = dict(L.owner_labels(new.owner, L.KIND_VOLUME))
         self.budget = new.downtime_budget
+        self.stall = new.stall_timeout
         self.port: int | None = None
         self.receiver: Container | None = None
         self.sender: Container | None = None
@@ -357,13 +365,14 @@ class TransferChannel:
         for node in (self.source, self.destination):
             self.engines[node].remove_transfer_containers(self.volume)
         destination = self.engines[self.destination]
+        # The image first: a node without it fails the move before it changes anything.
+        for node in (self.source, self.destination):
+            self.engines[node].ensure_image(self.image)
         # A destination with no copy yet gets the raw stream first, and a failed move
         # removes the partial copy it made there (a later retry starts clean).
         self.created = not destination.discover_volume(self.volume).exists
         self.fresh = self.created
         destination.create_volume(self.volume, self.volume_labels)
-        for node in (self.source, self.destination):
-            self.engines[node].ensure_image(self.image)
         self.total = self.engines[self.source].volume_size(self.volume)
         return self
 
@@ -397,11 +406,11 @@ class TransferChannel:
             bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
             if container.status != "running":
                 logs = container.logs(tail=5).decode(errors="replace")
-                raise RuntimeError(f"{role} helper on {self.destination.name} stopped: {logs}")
+                raise MoveFailed(f"{role} helper stopped: {logs}", node=self.destination.name)
             if bindings and ready in container.logs():
                 return container, int(bindings[0]["HostPort"])
             time.sleep(0.05)
-        raise TimeoutError(f"{role} helper on {self.destination.name} did not start within 30s")
+        raise DeadlinePassed(f"{role} helper did not start within 30s", node=self.destination.name)
 
     def _delta_port(self) -> int:
         if self.port is None:
@@ -428,6 +437,7 @@ class TransferChannel:
 
     def _run_on_source(
         self,
+        what: str,
         command: list[str],
         env: dict[str, str],
         timeout: float,
@@ -435,7 +445,8 @@ class TransferChannel:
         armed: ArmedExec | None = None,
     ) -> tuple[int, str]:
         """Run a sending command on the source (or fire the ``armed`` one) until it exits,
-        reporting progress as it goes."""
+        reporting progress as it goes; one that shows no progress for the stall timeout is
+        ended, and so is one that failed after that long without any."""
         api = self.engines[self.source].client.api
         helper = self._source_helper()
         exec_id = armed.exec_id if armed else api.exec_create(helper.id, heartbeat(command), environment=env)["Id"]
@@ -451,22 +462,46 @@ class TransferChannel:
         # The output stream ends when the command exits: no polling delay on the way out.
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, reported = started + timeout, started
+        watch = StallWatch(self.stall, started)
         while True:
-            reader.join(PROGRESS_EVERY)
+            reader.join(STALL_POLL)
             if not reader.is_alive():
                 break
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            watch.saw(b"".join(chunks).decode(errors="replace"), now)
+            if now > deadline or watch.stalled(now):
                 with contextlib.suppress(docker.errors.APIError):
                     helper.remove(force=True)  # an exec cannot be killed on its own
                 self.sender = None
-                raise TimeoutError(f"copy from {self.source.name} to {self.destination.name} took over {timeout:.0f}s")
-            line = progress(b"".join(chunks[-20:]).decode(errors="replace"))
-            if line:
-                report(f"move {self.label}: {line}")
+                if watch.stalled(now):
+                    raise self._stalled(what)
+                raise DeadlinePassed(f"copy from {self.source.name} to {self.destination.name} took over {timeout:.0f}s")
+            if now - reported >= PROGRESS_EVERY:
+                reported = now
+                line = progress(b"".join(chunks[-20:]).decode(errors="replace"))
+                if line:
+                    report(f"move {self.label}: {line}")
         if failed:
             raise failed[0]
-        return api.exec_inspect(exec_id)["ExitCode"], b"".join(chunks).decode(errors="replace")
+        code = api.exec_inspect(exec_id)["ExitCode"]
+        # Given up by its own limit on the node (a little longer than the stall timeout).
+        if code != 0 and watch.stalled(time.monotonic()):
+            raise self._stalled(what)
+        return code, b"".join(chunks).decode(errors="replace")
+
+    def _stalled(self, what: str) -> MoveFailed:
+        """A copy that made no progress for the stall timeout: most likely the link between the nodes."""
+        source, destination = self.source, self.destination
+        return MoveFailed(
+            f"{what} from {source.name} to {destination.name} made no progress for {self.stall:g}s (the volume's stall_timeout)",
+            remedy=(
+                f"check that {source.name} ({source.address}) reaches {destination.name} ({destination.address}): the network "
+                "between them, a firewall; once it does, run `pulumi up` again and the move starts over (if the link is only "
+                "slow, raise the volume's stall_timeout)"
+            ),
+        )
 
     def _delta(self, final: bool, timeout: float, phase: str) -> dict:
         """One delta round (on_node/delta_copy.py); phase 2's was armed at the end of phase 1."""
@@ -480,13 +515,16 @@ class TransferChannel:
             share = f" of {human_bytes(total)}" if total else ""
             return f"{phase}: {human_bytes(read)}{share} read, {human_bytes(read / max(time.monotonic() - started, 1e-3))}/s"
 
-        command = delta_send_command(self.destination.address, self._delta_port(), self.total, final, armed=False)
+        stall = node_stall(self.stall)
+        command = delta_send_command(self.destination.address, self._delta_port(), self.total, final, armed=False, stall=stall)
         armed = self._armed.pop("phase 2", None) if final else None
-        _, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress, armed)
+        _, output = self._run_on_source(phase, command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress, armed)
         try:
             return delta_result(output)
         except DeltaFailed as exc:
-            raise RuntimeError(f"{phase} from {self.source.name} to {self.destination.name} failed: {exc}") from exc
+            if exc.stalled:
+                raise self._stalled(phase) from exc
+            raise MoveFailed(f"{phase} from {self.source.name} to {self.destination.name} failed: {exc}") from exc
 
     def arm(self) -> None:
         """Start phase 2's round and the verification now, connected and waiting for a line on
@@ -497,12 +535,13 @@ class TransferChannel:
         port = self._delta_port()
         api, helper = self.engines[self.source].client.api, self._source_helper()
         env = {"FLOCKER_SECRET": self.credentials.password}
-        address = self.destination.address
+        address, stall = self.destination.address, node_stall(self.stall)
         try:
             self._armed["phase 2"] = ArmedExec(
-                api, helper.id, delta_send_command(address, port, self.total, True, armed=True), env, waits=True
+                api, helper.id, delta_send_command(address, port, self.total, True, armed=True, stall=stall), env, waits=True
             )
-            self._armed["verify"] = ArmedExec(api, helper.id, delta_verify_command(address, port, armed=True), env, waits=True)
+            verify = delta_verify_command(address, port, armed=True, stall=stall)
+            self._armed["verify"] = ArmedExec(api, helper.id, verify, env, waits=True)
         except Exception:  # any failure to hijack a connection means the same: plain execs
             self._disarm()
 
@@ -521,12 +560,13 @@ class TransferChannel:
             sent = parse_stream_progress(output)
             return None if sent is None else stream_progress_line(sent, total, time.monotonic() - started)
 
-        command = stream_sender_command(self.destination.address, port, timeout)
-        code, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress)
+        command = stream_sender_command(self.destination.address, port, timeout, node_stall(self.stall))
+        what = "phase 1 round 1 (stream)"
+        code, output = self._run_on_source(what, command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress)
         if code != 0 or not stream_received(output):
             logs = receiver.logs(tail=3).decode(errors="replace")
             where = f"{self.source.name} to {self.destination.name}"
-            raise RuntimeError(f"stream from {where} failed: {last_lines(output)} / {last_lines(logs)}")
+            raise MoveFailed(f"stream from {where} failed: {last_lines(output)} / {last_lines(logs)}")
         size = parse_stream_total(output)
         return {
             "final": False,
@@ -584,15 +624,18 @@ class TransferChannel:
         on_node/delta_copy.py). Only digests cross the network."""
         if self.receiver is None:
             raise RuntimeError(f"no copy on {self.destination.name} to verify")
-        command = delta_verify_command(self.destination.address, self._delta_port(), armed=False)
+        command = delta_verify_command(self.destination.address, self._delta_port(), armed=False, stall=node_stall(self.stall))
         armed = self._armed.pop("verify", None)
-        _, output = self._run_on_source(command, {"FLOCKER_SECRET": self.credentials.password}, timeout, lambda _: None, armed)
+        env = {"FLOCKER_SECRET": self.credentials.password}
+        _, output = self._run_on_source("the verification", command, env, timeout, lambda _: None, armed)
         try:
             result = delta_result(output)
         except DeltaFailed as exc:
-            raise RuntimeError(f"verifying the copy on {self.destination.name} failed: {exc}") from exc
+            if exc.stalled:
+                raise self._stalled("the verification") from exc
+            raise MoveFailed(f"verifying the copy failed: {exc}", node=self.destination.name) from exc
         if not result["equal"]:
-            raise RuntimeError(f"destination copy on {self.destination.name} differs from the source: {'; '.join(result['differences'])}")
+            raise MoveFailed(f"the copy differs from the source: {'; '.join(result['differences'])}", node=self.destination.name)
 
 
 def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:

@@ -12,16 +12,13 @@ import json
 import os
 from dataclasses import dataclass
 
+from .errors import NodeFileError
 from .models import Node, TLSConfig
 
 DEFAULT_TEMPLATE = "ssh://root@{address}"
 NODES_FILE_ENV = "FLOCKER_NODES_FILE"
 TEMPLATE_ENV = "FLOCKER_DOCKER_HOST_TEMPLATE"
 TLS_DIR_ENV = "FLOCKER_TLS_DIR"
-
-
-class NodeFileError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ def load_node_file(path: str, template: str = DEFAULT_TEMPLATE, tls: TLSConfig |
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError as exc:
-        raise NodeFileError(f"{path}: node file not found (start the local cluster with 'make cluster')") from exc
+        raise NodeFileError(f"{path}: node file not found") from exc
     except (OSError, ValueError) as exc:
         raise NodeFileError(f"{path}: cannot read node file: {exc}") from exc
     entries = data.get("nodes") if isinstance(data, dict) else None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from . import labels as L
 from .containers import ContainerSpec, MountedContainer, RouterSpec
+from .errors import PlanError
 from .models import Node, NodeVolumeState, Port, RunningContainer
 from .steps import (
     ConfirmApplication,
@@ -105,10 +106,6 @@ def _present(discovered: Mapping[Node, RunningContainer | None]) -> list[tuple[N
     return [(n, c) for n, c in sorted(discovered.items(), key=lambda kv: kv[0].name) if c is not None]
 
 
-class PlanError(Exception):
-    """The discovered state allows no safe plan; the message says why and what to do."""
-
-
 @dataclass(frozen=True)
 class MoveState:
     """What the two nodes of a move hold right now."""
@@ -146,7 +143,8 @@ def plan_move(
         return tuple(steps)
     if not state.source_volume.exists or state.source_volume.retired:
         raise PlanError(
-            f"volume {volume} has no live copy on {source.name} to move to {destination.name}; run 'pulumi refresh' to see where it is"
+            f"volume {volume} has no live copy on {source.name} to move to {destination.name}",
+            remedy="run `pulumi refresh` to see where it is, then `pulumi up` again",
         )
     running = [c for c in state.source_containers if c.running]
     steps = [PushVolume(source, destination, volume, final=False)]

@@ -1,8 +1,8 @@
 """Entry point of the dynamic provider process (``pulumi-resource-pulumi-python``).
 
 Pulumi's own host answers every failed hook with a full Python traceback. For errors
-meant for people (bad input, an unreachable node, a failed step) we send only the
-message; a real bug still gets its traceback.
+meant for people (errors.py: bad input, an unreachable node, a failed step) we send only the
+message; a bug, anything else, still gets its traceback.
 """
 
 from __future__ import annotations
@@ -11,21 +11,19 @@ import runpy
 import sys
 import traceback
 
-from .docker_layer import NodeUnreachable, NotOurs
 from .engine_watch import end_with_engine
 from .errors import ProviderError
-from .executor import StepFailed
 
-_FOR_PEOPLE = (ProviderError, NodeUnreachable, NotOurs, StepFailed)
+_TRACEBACK = traceback.format_exc
+
+
+def format_exc(limit: int | None = None, chain: bool = True) -> str:
+    """What a failed hook shows the user (Pulumi's host calls it with the failure being handled)."""
+    exc = sys.exc_info()[1]
+    return str(exc) if isinstance(exc, ProviderError) else _TRACEBACK(limit, chain)
 
 
 def main() -> None:
-    original = traceback.format_exc
-
-    def format_exc(*args: object, **kwargs: object) -> str:
-        exc = sys.exc_info()[1]
-        return str(exc) if isinstance(exc, _FOR_PEOPLE) else original(*args, **kwargs)
-
     # Pulumi's host module serves as soon as it is imported and calls
     # `traceback.format_exc` at failure time, so the patch must be in place first.
     # This process runs nothing but the provider, so the patch reaches nothing else.

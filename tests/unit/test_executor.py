@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from flocker_provider.containers import router_spec
-from flocker_provider.docker_layer import NodeUnreachable
-from flocker_provider.executor import Engines, StepFailed, execute
+from flocker_provider.errors import NodeUnreachable, ProviderError, RoutingFailed
+from flocker_provider.executor import Engines, execute
 from flocker_provider.models import Node, Port
 from flocker_provider.steps import PointRoutes
 
@@ -35,7 +35,7 @@ class FakeEngine:
         if self.barrier is not None:
             self.barrier.wait(timeout=5)
         if self.fail:
-            raise RuntimeError("writing routes failed")
+            raise RoutingFailed("writing routes failed")
         self.routes = routes
 
 
@@ -43,7 +43,7 @@ def engines_of(fakes: dict[Node, FakeEngine], down: tuple[Node, ...] = ()) -> En
     @contextlib.contextmanager
     def opener(node: Node) -> Iterator[FakeEngine]:
         if node in down:
-            raise NodeUnreachable(f"node {node.name}: Docker engine did not answer")
+            raise NodeUnreachable("Docker engine did not answer", node=node.name)
         yield fakes[node]
 
     return Engines(opener)  # type: ignore[arg-type]
@@ -65,16 +65,17 @@ def test_a_node_that_does_not_answer_is_skipped_unless_it_runs_the_application(c
         execute((PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0),), engines)
     assert fakes[N2].routes
     assert "warning: node node3: Docker engine did not answer; skipped there: route port 9200" in capsys.readouterr().out
-    with engines_of(fakes, down=(N1,)) as engines, pytest.raises(StepFailed, match="node node1: Docker engine did not answer"):
+    with engines_of(fakes, down=(N1,)) as engines, pytest.raises(ProviderError, match="node node1: Docker engine did not answer"):
         execute((PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0),), engines)
 
 
 def test_a_failed_write_names_its_node_after_the_other_nodes_are_written() -> None:
     fakes = {n: FakeEngine(n, None, fail=n == N2) for n in NODES}
     step = PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0)
-    with engines_of(fakes) as engines, pytest.raises(StepFailed) as failed:
+    with engines_of(fakes) as engines, pytest.raises(ProviderError) as failed:
         execute((step,), engines)
-    assert str(failed.value) == "step 'route port 9200 on node1, node2, node3 to es on node1' failed: node node2: writing routes failed"
+    expected = "step 'route port 9200 on node1, node2, node3 to es on node1' failed: node node2: writing routes failed"
+    assert failed.value.summary() == expected
     assert fakes[N1].routes and fakes[N3].routes
 
 
@@ -82,7 +83,7 @@ def test_a_backend_that_publishes_no_port_is_not_routed_to() -> None:
     """Between two restarts of a crash loop Docker lists no binding: the step says so, and writes nothing."""
     fakes = {n: FakeEngine(n, None, published={} if n == N1 else None) for n in NODES}
     step = PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0)
-    with engines_of(fakes) as engines, pytest.raises(StepFailed) as failed:
+    with engines_of(fakes) as engines, pytest.raises(ProviderError) as failed:
         execute((step,), engines)
-    assert str(failed.value).endswith("failed: node node1: flocker-dev-es publishes no host port for [9200]: is it running?")
+    assert failed.value.summary().endswith("failed: node node1: flocker-dev-es publishes no host port for [9200]: is it running?")
     assert not any(fake.routes for fake in fakes.values())
