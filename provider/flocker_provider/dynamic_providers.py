@@ -47,7 +47,7 @@ VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies")
 _INTERNAL = ("__provider",)
 # Inputs a volume only reads during a move: a node added to the cluster changes them for
 # every volume, and that alone must not show (or run) an update.
-VOLUME_MOVE_SETTINGS = ("route_nodes", "hold_seconds", "router_image", "downtime_budget")
+VOLUME_MOVE_SETTINGS = ("route_nodes", "hold_seconds", "router_image", "downtime_budget", "stall_timeout")
 T = TypeVar("T")
 
 

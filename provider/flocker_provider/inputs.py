@@ -31,6 +31,7 @@ Failure = tuple[str, str]  # (property, reason)
 # `make images` builds this one.
 DEFAULT_TRANSFER_IMAGE = "flocker/base:local"
 DEFAULT_HOLD_SECONDS = 30.0
+DEFAULT_STALL_TIMEOUT = 30.0
 # A week: longer than any start or move should take, short enough to be a number of seconds.
 MAX_TIMEOUT = 7 * 24 * 3600
 
@@ -85,6 +86,9 @@ class VolumeInputs:
     # Seconds a move may keep the application stopped for phase 2, as predicted: pre-copy
     # goes on until the prediction fits (or stops shrinking). QEMU's default downtime limit.
     downtime_budget: float = 0.3
+    # Seconds a move's copy may go without progress before its step fails (a cut link would
+    # otherwise wait for TCP's own timeouts, or for move_timeout).
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -437,6 +441,8 @@ def parse_volume(props: dict) -> VolumeInputs:
     if not isinstance(keep_retired, bool):
         failures.append(("keep_retired", f"expected true or false, got {keep_retired!r}"))
     move_timeout = _timeout(props.get("move_timeout"), "move_timeout", failures, 3600.0)
+    # At least a second: the copy programs show progress four times per stall timeout.
+    stall_timeout = _seconds(props.get("stall_timeout"), "stall_timeout", failures, DEFAULT_STALL_TIMEOUT, 1.0, MAX_TIMEOUT)
     transfer_image = _text(props, "transfer_image", DEFAULT_TRANSFER_IMAGE, failures)
     routing = _routing(props, node, failures)
     if failures:
@@ -451,4 +457,5 @@ def parse_volume(props: dict) -> VolumeInputs:
         transfer_image=transfer_image,
         routing=routing,
         downtime_budget=float(budget),
+        stall_timeout=stall_timeout,
     )

@@ -50,7 +50,9 @@ def heartbeat(command: list[str]) -> list[str]:
 # 1.09 GB), and with nothing on the other side there is no delta to find. The receiver
 # is on_node/stream_receive.py.
 TAR_RECORD = 10240  # GNU tar's default record size; checkpoints count records
-TAR_CHECKPOINT = 10240  # records between progress lines: 100 MiB
+# Records between progress lines: 10 MiB. The stall watch sees progress by these lines, so a
+# stream that moves slower than this per stall timeout counts as stalled (0.3 MiB/s at 30 s).
+TAR_CHECKPOINT = 1024
 
 
 # The receiver answers with this line and tar's exit status once everything is on disk.
@@ -65,14 +67,19 @@ def stream_receiver_command() -> list[str]:
     return on_node.command("stream_receive", str(STREAM_PORT), MOUNT, STREAM_DONE)
 
 
-def stream_sender_command(address: str, port: int, timeout: float) -> list[str]:
-    """Source side: the password, then the volume as a tar stream, to the receiver; prints its answer."""
+def stream_sender_command(address: str, port: int, timeout: float, stall: float) -> list[str]:
+    """Source side: the password, then the volume as a tar stream, to the receiver; prints its answer.
+
+    The connection gives up on a destination that leaves a connect or what was sent
+    unanswered for ``stall`` seconds (see ``node_stall``)."""
     tar = f"tar -C {MOUNT} --numeric-owner --totals --checkpoint={TAR_CHECKPOINT} --checkpoint-action=echo=%u -cf - ."
     # Two-way socat: after tar's end it half-closes and keeps reading the answer for up to -t seconds.
     # The answer is printed once tar has printed its totals: written as they arrive, the two
     # interleaved mid-line ("Total bytes written: flocker-received 0 / 194560") and a good
     # copy failed as unconfirmed (seen in CI, on a 190 KiB volume).
-    stream = f'{{ printf %s "$FLOCKER_SECRET"; {tar}; }} | socat -t {timeout:.0f} - TCP:{address}:{port}'
+    # 6:18 is IPPROTO_TCP, TCP_USER_TIMEOUT (in ms); keepalive probes see a link cut while tar waits for the answer.
+    liveness = f"connect-timeout={stall:g},keepalive,keepidle=1,keepintvl=1,sockopt-int=6:18:{int(stall * 1000)}"
+    stream = f'{{ printf %s "$FLOCKER_SECRET"; {tar}; }} | socat -t {timeout:.0f} - TCP:{address}:{port},{liveness}'
     # When tar began, on this node's clock: the next round trusts files unchanged since then.
     started = f"date +%s%N > {STREAM_STARTED}"
     return ["sh", "-c", f"{started}; answer=$({stream}); code=$?; printf '%s\\n' \"$answer\"; exit $code"]
@@ -106,22 +113,28 @@ def delta_receiver_command() -> list[str]:
     return on_node.command("delta_copy", "receive", "--root", MOUNT, "--port", str(DELTA_PORT))
 
 
-def delta_send_command(address: str, port: int, total: int | None, final: bool, armed: bool) -> list[str]:
+def delta_send_command(address: str, port: int, total: int | None, final: bool, armed: bool, stall: float) -> list[str]:
     """One round from the source; armed, it connects first and starts at a line on stdin."""
     args = ["send", "--root", MOUNT, "--to", f"{address}:{port}", "--state", DELTA_STATE, "--streamed", STREAM_STARTED]
+    args += ["--stall", f"{stall:g}"]
     args += ["--total", str(total)] if total else []
     args += ["--final"] if final else []
     args += ["--armed"] if armed else []
     return on_node.command("delta_copy", *args)
 
 
-def delta_verify_command(address: str, port: int, armed: bool) -> list[str]:
-    args = ["verify", "--root", MOUNT, "--to", f"{address}:{port}", "--state", DELTA_STATE]
+def delta_verify_command(address: str, port: int, armed: bool, stall: float) -> list[str]:
+    args = ["verify", "--root", MOUNT, "--to", f"{address}:{port}", "--state", DELTA_STATE, "--stall", f"{stall:g}"]
     return on_node.command("delta_copy", *args, *(["--armed"] if armed else []))
 
 
 class DeltaFailed(Exception):
-    """What a delta round or the verification said went wrong, in its own words."""
+    """What a delta round or the verification said went wrong, in its own words; ``stalled``
+    when it was the destination not answering in time."""
+
+    def __init__(self, message: str, stalled: bool = False) -> None:
+        super().__init__(message)
+        self.stalled = stalled
 
 
 def delta_result(output: str) -> dict:
@@ -131,7 +144,7 @@ def delta_result(output: str) -> dict:
         raise DeltaFailed(f"no result: {last_lines(output)}")
     result = json.loads(lines[-1][len(RESULT) + 1 :])
     if "error" in result:
-        raise DeltaFailed(result["error"])
+        raise DeltaFailed(result["error"], stalled=result.get("stalled") is True)
     return result
 
 
@@ -139,6 +152,45 @@ def delta_progress(output: str) -> tuple[int, int] | None:
     """(bytes read, total) from the newest progress line of a round."""
     matches = re.findall(rf"^{PROGRESS} (\d+) (\d+)$", output, re.MULTILINE)
     return (int(matches[-1][0]), int(matches[-1][1])) if matches else None
+
+
+# How much later than the host's stall watch the programs on the nodes give up on their
+# own: the watch decides whenever it can see the stall (and names it); the programs' own
+# limit covers what it cannot see, a link cut while the source waits for an answer.
+STALL_MARGIN = 2.0
+
+
+def node_stall(stall: float) -> float:
+    """The stall limit of the programs on the nodes, for a move's ``stall`` timeout."""
+    return stall + STALL_MARGIN
+
+
+def progress_marks(output: str) -> int:
+    """How many progress lines a copy program has printed: tar's checkpoints, a round's lines.
+    Each means it moved on (a round prints them only while it walks, reads or sends, or
+    waits for an answer on a connection the destination still acknowledges)."""
+    return len(re.findall(rf"^(?:tar: \d+|{PROGRESS} \d+ \d+)$", output, re.MULTILINE))
+
+
+class StallWatch:
+    """When a copy last showed progress. One that showed none for ``seconds`` has stalled:
+    the link between the nodes cut, a node that stopped answering."""
+
+    def __init__(self, seconds: float, now: float) -> None:
+        self.seconds = seconds
+        self._marks = 0
+        self._since = now
+
+    def saw(self, output: str, now: float) -> None:
+        marks = progress_marks(output)
+        if marks != self._marks:
+            self._marks, self._since = marks, now
+
+    def idle(self, now: float) -> float:
+        return now - self._since
+
+    def stalled(self, now: float) -> bool:
+        return self.idle(now) >= self.seconds
 
 
 # Fixed costs of a round that are not reading: firing the armed exec, the receiver's

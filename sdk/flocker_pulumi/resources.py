@@ -11,7 +11,7 @@ import pulumi.dynamic
 
 from flocker_provider import labels as L
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
-from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_TRANSFER_IMAGE, node_props
+from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_IMAGE, node_props
 from flocker_provider.models import Owner
 from flocker_provider.nodes import Inventory, NodeFileError, inventory_from_settings
 
@@ -71,6 +71,8 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
     so a move back only sends what changed; set False to remove it once the move is done.
     ``downtime_budget``: seconds phase 2 may take, as predicted from the pre-copy rounds;
     the application is stopped once the prediction fits, or once the rounds stop shrinking it.
+    ``stall_timeout``: seconds a move's copy may go without progress (a cut link between the
+    nodes) before the move fails, the application still serving on the source.
     """
 
     volume_name: pulumi.Output[str]
@@ -88,6 +90,7 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         transfer_image: str | None = None,
         hold_seconds: float | None = None,
         downtime_budget: float = 0.3,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
@@ -99,6 +102,7 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
             "keep_retired": keep_retired,
             "move_timeout": move_timeout,
             "downtime_budget": downtime_budget,
+            "stall_timeout": stall_timeout,
             **routing_inputs(hold_seconds),
             "transfer_image": transfer_image or pulumi.Config("flocker").get("transferImage") or DEFAULT_TRANSFER_IMAGE,
             "volume_name": None,
@@ -117,8 +121,8 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
     """One container on one node, as Flocker's application.yml described it.
 
     ``volume`` is ``{"volume": FlockerVolume, "mountpoint": "/path"}``, or just
-    ``{"mountpoint": "/path"}`` (optionally with ``maximum_size``), which creates a
-    volume named after the application on the same node, as Flocker did.
+    ``{"mountpoint": "/path"}`` (optionally with ``maximum_size`` and ``stall_timeout``), which
+    creates a volume named after the application on the same node, as Flocker did.
     ``links`` are ``{"alias", "local_port", "remote_port"}``: the linking container
     gets Docker-link-style variables and the alias as a host name, both naming its own
     node, whose router forwards ``remote_port`` to wherever the target runs.
@@ -228,6 +232,7 @@ def _volume(
             resource_name,
             node=node,
             maximum_size=volume.get("maximum_size"),
+            stall_timeout=volume.get("stall_timeout", DEFAULT_STALL_TIMEOUT),
             # A move is the volume's, and so is holding new connections during it.
             hold_seconds=hold_seconds,
             opts=pulumi.ResourceOptions(parent=opts.parent, provider=None),

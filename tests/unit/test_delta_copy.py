@@ -311,3 +311,51 @@ def test_a_wrong_secret_is_refused(pair, monkeypatch: pytest.MonkeyPatch) -> Non
     write(source / "data", b"x")
     monkeypatch.setenv("FLOCKER_SECRET", "x" * len(SECRET))
     assert "error" in run("send")
+
+
+def _send(source: Path, port: int, state: Path, *extra: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = delta_copy.main(["send", "--root", str(source), "--to", f"127.0.0.1:{port}", "--state", str(state), *extra])
+    return code, out.getvalue()
+
+
+def test_a_destination_that_never_answers_is_a_stall_within_the_stall_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connected, but no word back (its helper stuck, the link cut after the connect): given up
+    after --stall, not after the minute of the socket timeout, and said to be a stall."""
+    monkeypatch.setenv("FLOCKER_SECRET", SECRET)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        started = time.monotonic()
+        code, output = _send(tmp_path, silent.getsockname()[1], tmp_path / "state", "--stall", "1")
+    assert code == 1 and time.monotonic() - started < 5, output
+    result = json.loads(output.rsplit(RESULT, 1)[1])
+    assert result["stalled"] is True and "cannot reach the destination's helper" in result["error"]
+
+
+def test_waiting_for_the_destination_s_answer_shows_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The destination hashing a copy it did not write takes as long as it takes: the source
+    prints progress lines meanwhile, so the host's stall watch does not take it for a stall."""
+    monkeypatch.setenv("FLOCKER_SECRET", SECRET)
+    monkeypatch.setenv("FLOCKER_ALLOWED", "127.0.0.1")
+    source, destination = tmp_path / "source", tmp_path / "destination"
+    source.mkdir()
+    destination.mkdir()
+    write(source / "file", b"x" * 1000)
+    scan = Destination.scan
+
+    def slow_scan(self: Destination) -> dict:
+        time.sleep(1.5)
+        return scan(self)
+
+    monkeypatch.setattr(Destination, "scan", slow_scan)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    threading.Thread(target=delta_copy.serve, args=(str(destination), port), daemon=True).start()
+    for _ in range(100):  # until it listens (the connection is refused a session: no secret)
+        with contextlib.suppress(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+            break
+        time.sleep(0.05)
+    code, output = _send(source, port, tmp_path / "state", "--stall", "1")
+    assert code == 0, output
+    assert output.count(delta_copy.PROGRESS) >= 3, output

@@ -3,7 +3,7 @@
 import pytest
 
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
-from flocker_provider.inputs import parse_application
+from flocker_provider.inputs import parse_application, parse_volume
 from flocker_provider.models import HealthCheck
 
 # Check probes every routing node for taken ports: these engines refuse at once, on this machine.
@@ -164,6 +164,22 @@ def test_a_node_added_to_the_cluster_is_no_change_for_a_volume() -> None:
     volume = {"name": "v", "project": "p", "stack": "s", **NODE, "volume_name": "v"}
     old, new = {**volume, "route_nodes": [NODE]}, {**volume, "route_nodes": [NODE, NODE3], "hold_seconds": 10}
     assert VolumeProvider().diff("id", old, new).changes is False
+
+
+VOLUME = {"name": "v", "project": "p", "stack": "s", **NODE, "volume_name": "v"}
+
+
+def test_a_volume_s_stall_timeout_is_seconds_from_one_on() -> None:
+    assert parse_volume(VOLUME).stall_timeout == 30.0
+    assert parse_volume({**VOLUME, "stall_timeout": 5}).stall_timeout == 5.0
+    for bad in (0.5, "30", True):
+        reason = f"expected seconds between 1 and 604800, got {bad!r}"
+        assert failures({**VOLUME, "stall_timeout": bad}, VolumeProvider()) == [("stall_timeout", reason)]
+
+
+def test_a_new_stall_timeout_is_no_change_for_a_volume() -> None:
+    # Read only during a move, like the downtime budget: nothing to update on the node.
+    assert VolumeProvider().diff("id", VOLUME, {**VOLUME, "stall_timeout": 5}).changes is False
 
 
 def test_a_health_check_is_docker_s_test_in_seconds() -> None:

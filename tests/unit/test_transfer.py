@@ -12,12 +12,14 @@ from flocker_provider import on_node, transfer
 from flocker_provider.migration import stream_progress_line
 from flocker_provider.transfer import (
     DeltaFailed,
+    StallWatch,
     delta_progress,
     delta_result,
     delta_send_command,
     parse_stream_progress,
     parse_stream_total,
     predicted_seconds,
+    progress_marks,
     stream_received,
     stream_receiver_command,
     stream_sender_command,
@@ -32,7 +34,7 @@ def test_the_programs_run_from_the_files_put_into_the_helper() -> None:
 
 
 def test_an_armed_phase_2_round_says_so() -> None:
-    command = delta_send_command("10.0.0.2", 31337, 2**30, final=True, armed=True)
+    command = delta_send_command("10.0.0.2", 31337, 2**30, final=True, armed=True, stall=32.0)
     assert command[2:] == [
         "send",
         "--root",
@@ -43,6 +45,8 @@ def test_an_armed_phase_2_round_says_so() -> None:
         transfer.DELTA_STATE,
         "--streamed",
         transfer.STREAM_STARTED,
+        "--stall",
+        "32",
         "--total",
         str(2**30),
         "--final",
@@ -60,6 +64,40 @@ def test_a_round_s_result_and_progress_are_read_from_its_output() -> None:
         delta_result("Traceback (most recent call last):\n")
 
 
+def test_a_round_that_stalled_says_so() -> None:
+    with pytest.raises(DeltaFailed) as failed:
+        delta_result('flocker-delta-result {"error": "sending to the destination: timed out", "stalled": true}\n')
+    assert failed.value.stalled
+    with pytest.raises(DeltaFailed) as failed:
+        delta_result('flocker-delta-result {"error": "the destination failed: disk full", "stalled": false}\n')
+    assert not failed.value.stalled
+
+
+def test_progress_is_a_new_progress_line_of_either_copy_program() -> None:
+    # The heartbeat's empty lines, an armed round's readiness and tar's warnings are no progress.
+    assert progress_marks("\n\nflocker-delta armed\ntar: ./a: file changed as we read it\n") == 0
+    assert progress_marks("tar: 1024\ntar: 2048\n\n") == 2
+    # A round prints the same numbers again while it walks or waits: each line counts.
+    assert progress_marks("flocker-delta-progress 0 4096\nflocker-delta-progress 0 4096\n") == 2
+
+
+def test_a_copy_without_progress_for_the_stall_timeout_has_stalled() -> None:
+    watch = StallWatch(5.0, now=100.0)
+    watch.saw("", now=103.0)
+    assert not watch.stalled(104.9)
+    assert watch.stalled(105.0)
+    watch.saw("tar: 1024\n", now=105.5)
+    assert watch.idle(106.0) == 0.5 and not watch.stalled(110.4)
+    # The same output again is no progress, however often it is looked at.
+    for now in (106.0, 108.0, 110.0):
+        watch.saw("tar: 1024\n\n", now=now)
+    assert watch.stalled(110.5)
+
+
+def test_the_programs_on_the_nodes_give_up_a_little_after_the_host_s_watch() -> None:
+    assert transfer.node_stall(5.0) == 5.0 + transfer.STALL_MARGIN > 5.0
+
+
 def test_phase_2_is_predicted_from_what_changed_at_the_rate_this_round_read() -> None:
     # 1 GiB read in 0.5 s of reading, 256 MiB changed since: 0.125 s, plus the walk and the fixed costs.
     result = {"seconds": 0.55, "survey_seconds": 0.05, "bytes_read": 2**30, "dirty_bytes": 2**28}
@@ -69,8 +107,10 @@ def test_phase_2_is_predicted_from_what_changed_at_the_rate_this_round_read() ->
 
 
 def test_stream_sender_waits_for_the_receivers_answer() -> None:
-    script = stream_sender_command("10.0.0.2", 32000, 600)[2]
-    assert "socat -t 600 - TCP:10.0.0.2:32000" in script
+    script = stream_sender_command("10.0.0.2", 32000, 600, 7.0)[2]
+    assert "socat -t 600 - TCP:10.0.0.2:32000," in script
+    # A cut link ends the stream after the stall limit, not after TCP's own timeouts.
+    assert "connect-timeout=7," in script and "sockopt-int=6:18:7000" in script
     assert " -u " not in script  # one-way socat would not read the answer
 
 
@@ -92,7 +132,7 @@ def test_the_receivers_answer_is_printed_after_tar_s_totals(tmp_path: Path, monk
 
         receiver = threading.Thread(target=receive)
         receiver.start()
-        command = stream_sender_command("127.0.0.1", server.getsockname()[1], 30)
+        command = stream_sender_command("127.0.0.1", server.getsockname()[1], 30, 10)
         # One stream for both, as an exec gives them.
         done = subprocess.run(
             command, env={**os.environ, "FLOCKER_SECRET": "s"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30

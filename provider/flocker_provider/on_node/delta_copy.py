@@ -29,6 +29,7 @@ import argparse
 import array
 import base64
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -75,6 +76,11 @@ ZERO_PAGE = _hash(ZERO[:PAGE])
 # timestamp tick without its stat showing it ("racy clean" in git's words): reread it anyway.
 RACY_NS = 1_000_000_000
 TIMEOUT = 60.0
+# How long the other side may leave a connect, or what we sent, unanswered before the copy
+# counts as stalled (a cut link): the host passes its stall timeout (`--stall`). The kernel
+# watches it (TCP_USER_TIMEOUT, and keepalive probes while we wait for an answer), so a link
+# cut while the destination works on an answer is seen as well as one cut mid-send.
+STALL = 30.0
 PROGRESS_EVERY = 2.0
 RESULT = "flocker-delta-result"
 PROGRESS = "flocker-delta-progress"
@@ -83,6 +89,30 @@ READY = "flocker-delta listening"
 
 class CopyError(Exception):
     """Something this program can say in one line."""
+
+
+class Stalled(CopyError):
+    """The other side did not answer in time: said apart from other failures, so that the host
+    can tell a stalled copy from a failed one."""
+
+
+def stalled(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is the other side not answering in time."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, (Stalled, TimeoutError)) or getattr(current, "errno", None) == errno.ETIMEDOUT:
+            return True
+        current = current.__cause__
+    return False
+
+
+def watch_liveness(conn: socket.socket, stall: float) -> None:
+    """The connection fails once the other side has acknowledged nothing for ``stall`` seconds,
+    also while it is idle (probed every second)."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(stall * 1000))
 
 
 # --- the wire: one byte of kind, four of length, then the payload -------------------
@@ -593,14 +623,14 @@ def _read_share(source: Source, share: list[Any], result: Any) -> None:
     (the table's new entries, its counts) goes back to the round through ``result``."""
     try:
         assert source.to is not None
-        source.wire = connect(source.to)
+        source.wire = connect(source.to, source.stall)
         source.table, source.counts = {}, dict.fromkeys(source.counts, 0)
         for item in share:
             source._file(*item)
         source.ask(b"S")
         result.send({"table": source.table, "counts": source.counts})
     except (CopyError, OSError) as exc:
-        result.send({"error": str(exc)})
+        result.send({"error": str(exc), "stalled": stalled(exc)})
     finally:
         result.close()
         os._exit(0)  # no cleanup of the parent's objects (its connection, its buffers)
@@ -647,7 +677,14 @@ class Source:
     destination holds, as this side sent it."""
 
     def __init__(
-        self, root: str, wire: Wire, table: dict[str, dict[str, Any]], streamed_after: int | None = None, stable: bool = False
+        self,
+        root: str,
+        wire: Wire,
+        table: dict[str, dict[str, Any]],
+        streamed_after: int | None = None,
+        stable: bool = False,
+        stall: float = STALL,
+        total: int | None = None,
     ) -> None:
         self.root = root
         # The application is stopped (phase 2): nothing writes the files while they are read.
@@ -670,10 +707,42 @@ class Source:
             "readers": 1,
         }
         self._last_progress = time.monotonic()
+        # Progress lines come at least four times per stall timeout: the host's watch takes a
+        # copy that prints none for that long as stalled.
+        self._progress_every = min(PROGRESS_EVERY, stall / 4)
+        self.stall = stall
+        self.total = total
         # Files to read, and hard links to make once they are there: see ``round``.
         self._pending: list[tuple[str, str, os.stat_result, dict[str, Any], dict[str, Any] | None]] = []
         self._links: list[tuple[str, dict[str, Any]]] = []
         self.to: str | None = None  # where readers of their own connect (see ``_read_pending``)
+
+    def progress(self) -> None:
+        """A progress line, if the last is old enough: called as the round advances (entries
+        walked, blocks read and sent), and every so often while it waits for the destination's
+        answer, whose connection fails if the destination stops acknowledging (``watch_liveness``).
+        Also what keeps the exec's output from a minute of silence (the Docker API's timeout)."""
+        if time.monotonic() - self._last_progress > self._progress_every:
+            self._last_progress = time.monotonic()
+            print(f"{PROGRESS} {self.counts['bytes_read']} {self.total or 0}", flush=True)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Progress lines from a thread while the destination works on an answer (its scan of
+        a whole copy can take minutes)."""
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(self._progress_every / 2):
+                self.progress()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
 
     def send(self, kind: bytes, *parts: bytes, flush: bool = False) -> None:
         try:
@@ -697,14 +766,15 @@ class Source:
 
     def ask(self, kind: bytes, payload: bytes = b"", timeout: float = TIMEOUT) -> Any:
         self.send(kind, payload, flush=True)
-        self.wire.conn.settimeout(timeout)
-        answer, body = self.wire.read()
-        self.wire.conn.settimeout(TIMEOUT)
+        self.wire.conn.settimeout(max(timeout, self.stall))
+        with self.waiting():
+            answer, body = self.wire.read()
+        self.wire.conn.settimeout(max(TIMEOUT, self.stall))
         if answer == b"X":
             raise CopyError(f"the destination failed: {body.decode(errors='replace')}")
         return unpacked(body)
 
-    def round(self, total: int | None) -> dict[str, Any]:
+    def round(self) -> dict[str, Any]:
         entries = list(walk(self.root))
         self._renames(entries)
         seen: set[str] = set()
@@ -713,10 +783,7 @@ class Source:
             seen.add(path)
             self.counts["entries"] += 1
             self._entry(path, info, links)
-            if time.monotonic() - self._last_progress > PROGRESS_EVERY:
-                # Also what keeps the exec's output from a minute of silence (the Docker API's timeout).
-                self._last_progress = time.monotonic()
-                print(f"{PROGRESS} {self.counts['bytes_read']} {total or 0}", flush=True)
+            self.progress()
         self._read_pending()
         for path, meta in self._links:  # once the files they link to are there
             self.send(b"M", packed({**meta, "p": path}))
@@ -758,7 +825,7 @@ class Source:
                 outcome = {"error": "a reader process ended without a word"}
             process.join()
             if "error" in outcome:
-                raise CopyError(outcome["error"])
+                raise (Stalled if outcome.get("stalled") else CopyError)(outcome["error"])
             self.table.update(outcome["table"])
             for key, value in outcome["counts"].items():
                 if key != "readers":
@@ -840,6 +907,7 @@ class Source:
         self.send(b"F", packed({"p": path}))
         try:
             for offset, digest, block in block_digests(full, info.st_size):
+                self.progress()
                 index = offset // BLOCK
                 size = offset + len(block)
                 known = old_pages[index * PAGES : (index + 1) * PAGES]
@@ -883,6 +951,7 @@ class Source:
         """Bytes of the files the next round will read again: changed since this one read them."""
         dirty = 0
         for path, info in walk(self.root):
+            self.progress()
             old = self.table.get(path)
             if stat.S_ISREG(info.st_mode) and (old is None or "link" not in old):
                 if old is None or old.get("s") != stat_key(info) or old.get("racy"):
@@ -893,6 +962,7 @@ class Source:
         """What differs on the source from the table (nothing may, once the application is stopped)."""
         seen = set()
         for path, info in walk(self.root):
+            self.progress()
             seen.add(path)
             known = self.table.get(path)
             if known is None:
@@ -920,15 +990,19 @@ def save_state(path: str, table: dict[str, dict[str, Any]]) -> None:
     os.replace(path + ".new", path)
 
 
-def connect(to: str) -> Wire:
+def connect(to: str, stall: float) -> Wire:
     host, _, port = to.rpartition(":")
     try:
-        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=TIMEOUT)
+        # A connect to a node behind a cut link would wait for TCP's own timeout (over two minutes).
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=stall)
+        watch_liveness(conn, stall)
         conn.sendall(os.environ["FLOCKER_SECRET"].encode())
         wire = Wire(conn)
         kind, body = wire.read()
+        conn.settimeout(max(TIMEOUT, stall))
     except OSError as exc:
-        raise CopyError(f"cannot reach the destination's helper at {to}: {exc}") from exc
+        error = Stalled if stalled(exc) else CopyError
+        raise error(f"cannot reach the destination's helper at {to}: {exc}") from exc
     if kind != b"H" or body.decode() != ALGORITHM:
         raise CopyError(f"the destination hashes with {body.decode(errors='replace')}, this side with {ALGORITHM}")
     return wire
@@ -951,18 +1025,19 @@ def streamed_after(path: str | None) -> int | None:
 
 def run_send(args: argparse.Namespace) -> dict[str, Any]:
     table = load_state(args.state)
-    wire = connect(args.to)
+    wire = connect(args.to, args.stall)
     try:
         if args.armed:
             wait_for_go()
         started = time.monotonic()
-        source = Source(args.root, wire, table or {}, streamed_after(args.streamed) if table is None else None, stable=args.final)
+        streamed = streamed_after(args.streamed) if table is None else None
+        source = Source(args.root, wire, table or {}, streamed, stable=args.final, stall=args.stall, total=args.total)
         source.to = args.to
         if table is None:
             # A copy this program did not write (the first stream, an earlier move's): what
             # the destination holds, hashed there. Its stats are of its own disk, not ours.
             source.table = {path: {**entry, "s": None} for path, entry in source.ask(b"T", timeout=10 * TIMEOUT).items()}
-        answer = source.round(args.total)
+        answer = source.round()
         seconds = time.monotonic() - started
         surveyed = time.monotonic()
         dirty = None if args.final else source.survey()
@@ -979,14 +1054,14 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace) -> dict[str, Any]:
-    wire = connect(args.to)
+    wire = connect(args.to, args.stall)
     try:
         if args.armed:
             wait_for_go()
         table = load_state(args.state)  # after the go: phase 2 has written it meanwhile
         if table is None:
             raise CopyError("nothing was copied by this move yet")
-        source = Source(args.root, wire, table)
+        source = Source(args.root, wire, table, stall=args.stall)
         changed = source.changed_since_last_round()
         if changed:
             raise CopyError(f"the source changed after the last round: {changed}")
@@ -1006,6 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streamed", help="a file with the time (ns) the first copy's tar stream began")
     parser.add_argument("--armed", action="store_true")
     parser.add_argument("--final", action="store_true")
+    parser.add_argument("--stall", type=float, default=STALL, help="seconds the destination may leave a connect or a send unanswered")
     args = parser.parse_args(argv)
     try:
         if args.role == "receive":
@@ -1013,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = run_send(args) if args.role == "send" else run_verify(args)
     except (CopyError, OSError) as exc:
-        print(f"{RESULT} {json.dumps({'error': str(exc)})}", flush=True)
+        print(f"{RESULT} {json.dumps({'error': str(exc), 'stalled': stalled(exc)})}", flush=True)
         return 1
     print(f"{RESULT} {json.dumps(result)}", flush=True)
     return 0
