@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ClusterNode, load_nodes
+from .harness import ClusterNode, Pulumi, load_nodes, ours
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,13 @@ def stack_name() -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def cleanup(nodes: list[ClusterNode], stack_name: str):
+    """Stacks a test made: destroyed after it, and then nothing of the stack may be left on any node."""
+    stacks: list[Pulumi] = []
+    yield stacks
+    for pulumi in stacks:
+        pulumi.destroy()
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)

@@ -29,7 +29,6 @@ from .harness import (
     make,
     move_while_writing,
     node_state,
-    ours,
     process_ended,
     volume_checksums,
     volume_prefix_checksums,
@@ -90,15 +89,6 @@ for name, port in (("alpha", 9201), ("beta", 9202)):
     )
     pulumi.export(name, app.volume.last_move)
 """
-
-
-@pytest.fixture
-def cleanup(nodes: list[ClusterNode], stack_name: str):
-    stacks: list[Pulumi] = []
-    yield stacks
-    for pulumi in stacks:
-        pulumi.destroy()
-    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
 
 
 def test_move_keeps_every_acknowledged_write(nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]) -> None:
