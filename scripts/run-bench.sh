@@ -8,8 +8,9 @@
 # Targets are reported as ratios against baselines measured in the same run, never
 # asserted: the numbers depend on the machine and on whatever else it runs.
 #
-# BENCH_SIZES (e.g. "100M" or "100M,1G") is passed through to the benchmarks for a quick
-# run; BENCH_ONLY (e.g. "move") runs only the named benchmarks.
+# BENCH_SIZES (e.g. "100M" or "100M,1G"), BENCH_PG_SIZES and BENCH_OS_SIZES choose the sizes
+# of the stand-in's, PostgreSQL's and OpenSearch's moves; BENCH_QUICK=1 runs each at its
+# smallest size only (those unset). BENCH_ONLY (e.g. "move") runs only the named benchmarks.
 # The cluster (4 nodes) and images are brought up if needed; the cluster is stopped
 # afterwards only if this script started it.
 set -euo pipefail
@@ -17,6 +18,9 @@ cd "$(dirname "$0")/.."
 repo="$PWD"
 export FLOCKER_NODES_FILE="${FLOCKER_NODES_FILE:-$repo/.cluster/nodes.json}"
 results=bench/results
+if [ "${BENCH_QUICK:-}" = 1 ]; then
+  export BENCH_SIZES="${BENCH_SIZES:-100M}" BENCH_PG_SIZES="${BENCH_PG_SIZES:-250M}" BENCH_OS_SIZES="${BENCH_OS_SIZES:-100M}"
+fi
 
 started_cluster=0
 if [ "$(bash scripts/cluster.sh status 2>/dev/null || true)" = "no cluster" ]; then

@@ -201,6 +201,13 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 5) -> An
         return json.loads(response.read() or b"null")
 
 
+def http_ndjson(url: str, body: str, timeout: float = 300) -> Any:
+    """POST of newline-delimited JSON (OpenSearch's `_bulk`), the answer's JSON."""
+    request = urllib.request.Request(url, data=body.encode(), method="POST", headers={"Content-Type": "application/x-ndjson"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def http_text(url: str, timeout: float = 5) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read().decode()
@@ -253,9 +260,10 @@ class Writer(threading.Thread):
     between two acknowledged writes, whichever endpoint gave them.
     """
 
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, endpoints: list[str], index: str = "acks") -> None:
         super().__init__(daemon=True)
         self.endpoints = endpoints
+        self.index = index
         self.acknowledged: list[int] = []
         self.served: list[float] = []  # time.monotonic() of each acknowledged write
         self.stop = threading.Event()
@@ -265,7 +273,7 @@ class Writer(threading.Thread):
         while not self.stop.is_set():
             for endpoint in self.endpoints:
                 try:
-                    http_json("PUT", f"http://{endpoint}/acks/_doc/{i}", {"n": i}, timeout=2)
+                    http_json("PUT", f"http://{endpoint}/{self.index}/_doc/{i}", {"n": i}, timeout=2)
                 # A store stopping mid-answer cuts the response short (IncompleteRead):
                 # not acknowledged, like a refused connection.
                 except (OSError, urllib.error.URLError, http.client.HTTPException):
@@ -283,6 +291,46 @@ class Writer(threading.Thread):
     def outage(self) -> float:
         """The longest time between two acknowledged writes."""
         return max((b - a for a, b in zip(self.served, self.served[1:], strict=False)), default=0.0)
+
+
+class BulkWriter(threading.Thread):
+    """Indexes documents into OpenSearch in `_bulk` requests of ``batch``, one after another,
+    through ``endpoint`` (``ADDRESS:PORT``), until stopped. A document is acknowledged when its
+    item in the answer says it was created: OpenSearch has fsynced it into its translog then.
+    A request that fails (the store stopping, a held connection timing out) is not retried
+    with the same ids, so what is acknowledged is exactly what a client was told."""
+
+    def __init__(self, endpoint: str, index: str = "acks", batch: int = 50, timeout: float = 150) -> None:
+        super().__init__(daemon=True)
+        self.endpoint, self.index, self.batch, self.timeout = endpoint, index, batch, timeout
+        self.acknowledged: list[int] = []
+        self.failed_requests = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        first = 0
+        while not self.stop.is_set():
+            ids = range(first, first + self.batch)
+            first += self.batch
+            body = "".join(f'{{"index":{{"_id":"{i}"}}}}\n{{"n":{i},"text":"document {i} of {self.index}"}}\n' for i in ids)
+            try:
+                items = http_ndjson(f"http://{self.endpoint}/{self.index}/_bulk", body, timeout=self.timeout)["items"]
+            except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError):
+                self.failed_requests += 1
+                time.sleep(0.2)
+                continue
+            self.acknowledged += [int(item["index"]["_id"]) for item in items if item["index"].get("status") in (200, 201)]
+
+
+def missing_documents(address: str, index: str, ids: list[int]) -> list[int]:
+    """Which of ``ids`` the OpenSearch at ``address`` does not have, asked by id (`_mget` reads
+    the translog too: no refresh needed, and no search window of 10,000 hits)."""
+    missing = []
+    for start in range(0, len(ids), 2000):
+        chunk = ids[start : start + 2000]
+        docs = http_json("POST", f"http://{address}:9200/{index}/_mget", {"ids": [str(i) for i in chunk]}, timeout=60)["docs"]
+        missing += [int(doc["_id"]) for doc in docs if not doc.get("found")]
+    return missing
 
 
 def stop_returned_at(last_move: dict[str, Any]) -> float:

@@ -20,7 +20,21 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .harness import REPO, ClusterNode, Pulumi, by_name, es_count, eventually, http_json, http_text, ours, router_rules, send_lines
+from .harness import (
+    REPO,
+    BulkWriter,
+    ClusterNode,
+    Pulumi,
+    by_name,
+    es_count,
+    eventually,
+    http_json,
+    http_text,
+    missing_documents,
+    ours,
+    router_rules,
+    send_lines,
+)
 from .test_routing import ClientLoop, router_stats, routes
 
 pytestmark = pytest.mark.cluster
@@ -173,22 +187,25 @@ def test_the_store_moves_with_its_documents_and_no_line_or_connection_is_lost(el
     # The store is held for as long as OpenSearch takes to start on node4: a request waits
     # longer than the example's hold (120 s) before it counts as failed.
     client, sender = ClientLoop(node3.address, timeout=150), LineSender(node2.address, f"{elk.stack} during the move", elk.sent)
+    # And a client indexing in bulk straight into the store, through node3 too.
+    bulk = BulkWriter(f"{node3.address}:9200")
     sent_before = len(elk.sent)
-    client.start()
-    sender.start()
-    eventually(lambda: client.ok > 5 and len(elk.sent) > sent_before + 2, what="client loop and sender running")
+    for thread in (client, sender, bulk):
+        thread.start()
+    eventually(lambda: client.ok > 5 and len(elk.sent) > sent_before + 2 and len(bulk.acknowledged) > 200, what="clients running")
     started = time.monotonic()
     elk.pulumi.config({"elasticsearchNode": "node4"})
     moved = elk.pulumi.up()
     took = time.monotonic() - started
     assert "moves from node1 to node4" in moved.stdout, moved.stdout
     # Both go on after the move, then stop.
-    ok_at_move = client.ok
-    eventually(lambda: client.ok > ok_at_move + 5, what="client loop still running after the move")
-    sender.stop.set()
-    client.stop.set()
+    ok_at_move, indexed_at_move = client.ok, len(bulk.acknowledged)
+    eventually(lambda: client.ok > ok_at_move + 5 and len(bulk.acknowledged) > indexed_at_move + 200, what="clients running after the move")
+    for thread in (client, sender, bulk):
+        thread.stop.set()
     sender.join(30)
     client.join(160)
+    bulk.join(160)
     stats = router_stats(node3, elk.stack)
     print(f"move: {took:.1f}s; client loop: {client.ok} requests, slowest {client.slowest:.2f}s; router on node3: {stats}")
     assert sender.errors == [], sender.errors
@@ -203,6 +220,10 @@ def test_the_store_moves_with_its_documents_and_no_line_or_connection_is_lost(el
     assert holds_exactly(node1.address, elk.sent)
     assert elk.pulumi.outputs()["elasticsearch_addresses"] == [f"{node4.address}:9200"]
     assert http_json("GET", f"http://{node4.address}:9200/_cluster/health")["status"] == "green"
+    # Every document the bulk client was told was created, before, during and after the move.
+    print(f"bulk client: {len(bulk.acknowledged)} documents acknowledged, {bulk.failed_requests} requests failed")
+    assert missing_documents(node4.address, "acks", bulk.acknowledged) == []
+    assert http_json("GET", f"http://{node4.address}:9200/_cluster/health/acks")["status"] == "green"
     assert page_listing(node3.address, elk.sent), "lines the page does not list"
 
     # The data kept its owner (OpenSearch's user) on the way: the server would not start otherwise,
