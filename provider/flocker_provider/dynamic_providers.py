@@ -24,7 +24,7 @@ from pulumi.runtime import rpc
 from . import labels as L
 from .containers import container_spec, router_spec
 from .docker_layer import DockerNode, NodeUnreachable, connect, reserved_ports
-from .errors import ProviderError
+from .errors import PlanError, ProviderError
 from .executor import Engines, execute
 from .inputs import (
     ApplicationInputs,
@@ -43,7 +43,7 @@ from .progress import report
 
 # Keys the provider adds to the outputs; everything else in the outputs is an input.
 APPLICATION_OUTPUTS = ("container_id", "addresses", "running")
-VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies")
+VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies", "missing")
 _INTERNAL = ("__provider",)
 # Inputs a volume only reads during a move: a node added to the cluster changes them for
 # every volume, and that alone must not show (or run) an update.
@@ -121,6 +121,7 @@ class ApplicationProvider(ResourceProvider):
 
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_application, props)
+        _require_volume(inputs)
         try:
             outs = _converge_application(inputs, (inputs.node,), (), ())
         except Exception as exc:
@@ -132,6 +133,7 @@ class ApplicationProvider(ResourceProvider):
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
         inputs = _parse_or_raise(parse_application, news)
         old = _parse_or_raise(parse_application, olds)
+        _require_volume(inputs)
         dropped = tuple(n for n in old.routing.nodes if n not in inputs.routing.nodes)
         try:
             outs = _converge_application(inputs, (old.node, inputs.node), old.application.ports, dropped)
@@ -148,11 +150,28 @@ class ApplicationProvider(ResourceProvider):
         except NodeUnreachable as exc:
             return ReadResult(id_, _unread(props, exc, f"application {name}"))
         if found is None:
-            return ReadResult("", {})  # gone: the engine drops it from state, `up` recreates it
+            report(f"found: application {inputs.owner.resource} is gone from {inputs.node.name}: the next `pulumi up` starts it again")
+            return ReadResult("", {})  # the engine drops it from state, `up` creates it
         return ReadResult(id_, {**props, "container_id": found.container_id, "running": found.running})
 
     def delete(self, _id: str, props: dict) -> None:
         _remove_application(_parse_or_raise(parse_application, props))
+
+
+def _require_volume(inputs: ApplicationInputs) -> None:
+    """An application's volume is on its node before its container is made: Docker would
+    create a missing one, empty (and not ours), in its place."""
+    if inputs.volume_name is None:
+        return
+    with connect(inputs.node) as engine:
+        if engine.discover_volume(inputs.volume_name).exists:
+            return
+    raise PlanError(
+        f"application {inputs.owner.resource} mounts volume {inputs.volume_name}, which is missing: "
+        "its container is not made, Docker would create an empty volume in its place",
+        node=inputs.node.name,
+        remedy="restore the volume as its own resource's error says (`pulumi up` shows it first), then run `pulumi up` again",
+    )
 
 
 def _remove_application(inputs: ApplicationInputs) -> None:
@@ -244,14 +263,16 @@ class VolumeProvider(ResourceProvider):
         changed = _changed_keys(olds, news, VOLUME_OUTPUTS + VOLUME_MOVE_SETTINGS)
         if "node" in changed and olds.get("node"):
             print(plan_line(_parse_or_raise(parse_volume, olds), _parse_or_raise(parse_volume, news)), flush=True)
-        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+        # Only a refresh (`read`) says so; the update refuses to make it again empty.
+        missing = olds.get("missing") is True
+        if missing:
+            print(f"flocker: found: {_missing_line(olds)}", flush=True)
+        return DiffResult(changes=bool(changed) or missing, replaces=[], delete_before_replace=False)
 
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_volume, props)
-        with Engines() as engines:
-            discovered = {inputs.node: engines[inputs.node].discover_volume(inputs.name)}
-            execute(plan_volume((inputs.node, inputs.name, _volume_labels(inputs)), discovered), engines)
-        return CreateResult(id_=inputs.name, outs={**props, "volume_name": inputs.name})
+        _converge_volume(inputs, recorded=False)
+        return CreateResult(id_=inputs.name, outs={**props, "volume_name": inputs.name, "missing": False})
 
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
         inputs = _parse_or_raise(parse_volume, news)
@@ -267,8 +288,8 @@ class VolumeProvider(ResourceProvider):
                 with connect(old.node) as engine:
                     engine.remove_volume(old.name)
         else:
-            self.create(news)
-        return UpdateResult(outs={**outs, "retired_copies": retired})
+            _converge_volume(inputs, recorded=True)
+        return UpdateResult(outs={**outs, "retired_copies": retired, "missing": False})
 
     def read(self, id_: str, props: dict) -> ReadResult:
         inputs = _parse_or_raise(parse_volume, props)
@@ -278,14 +299,16 @@ class VolumeProvider(ResourceProvider):
         except NodeUnreachable as exc:
             return ReadResult(id_, _unread(props, exc, f"volume {inputs.name}"))
         if not state.exists:
-            return ReadResult("", {})  # gone: the engine drops it from state, `up` creates it
+            # Kept, and said: dropped from the state, the next `up` would create it empty.
+            report(f"found: {_missing_line(props)}")
+            return ReadResult(id_, {**props, "missing": True})
         if state.retired:
             # Handed over by a move whose `pulumi` was killed before it recorded the new node:
             # kept as recorded, so that the next update moves it and finishes that move (its
             # leftovers included). Dropped, it would be created afresh where the program puts it.
             report(f"volume {inputs.name} on {inputs.node.name} was handed over by an interrupted move: the next update finishes it")
-            return ReadResult(id_, props)
-        return ReadResult(id_, {**props, "volume_name": inputs.name})
+            return ReadResult(id_, {**props, "missing": False})
+        return ReadResult(id_, {**props, "volume_name": inputs.name, "missing": False})
 
     def delete(self, _id: str, props: dict) -> None:
         inputs = _parse_or_raise(parse_volume, props)
@@ -303,6 +326,19 @@ class VolumeProvider(ResourceProvider):
                 )
             )
             execute(plan_volume(None, discovered), engines)
+
+
+def _converge_volume(inputs: VolumeInputs, recorded: bool) -> None:
+    with Engines() as engines:
+        discovered = {inputs.node: engines[inputs.node].discover_volume(inputs.name)}
+        execute(plan_volume((inputs.node, inputs.name, _volume_labels(inputs)), discovered, recorded), engines)
+
+
+def _missing_line(props: dict) -> str:
+    return (
+        f"volume {props.get('name')} is missing on {props.get('node')}: `pulumi up` will not create it again empty "
+        "(its error says how to restore it, or to start over)"
+    )
 
 
 def _unread(props: dict, exc: NodeUnreachable, what: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -91,15 +92,36 @@ def plan_application(
 def plan_volume(
     desired: tuple[Node, str, tuple[tuple[str, str], ...]] | None,
     discovered: Mapping[Node, NodeVolumeState],
+    recorded: bool = False,
 ) -> Plan:
-    """Converge one volume that is not moving (moves are planned by the migration planner)."""
+    """Converge one volume that is not moving (moves are planned by the migration planner).
+
+    A volume the state already has (``recorded``) that is gone from its node is not created
+    again: empty, it would take the place of the data without a word."""
     present = [(node, v) for node, v in sorted(discovered.items(), key=lambda kv: kv[0].name) if v.exists]
     if desired is None:
         return tuple(RemoveVolume(node, v.name) for node, v in present)
     node, name, labels = desired
     if discovered.get(node, NodeVolumeState(name, exists=False)).exists:
         return ()
+    if recorded:
+        raise volume_missing(name, node, labels)
     return (CreateVolume(node, name, labels),)
+
+
+def volume_missing(volume: str, node: Node, labels: tuple[tuple[str, str], ...]) -> PlanError:
+    """A volume the state has, gone from its node (deleted by hand, a node that lost its disk)."""
+    create = shlex.join(["docker", "-H", node.docker_host, "volume", "create", *(f"--label={k}={v}" for k, v in labels), volume])
+    return PlanError(
+        f"volume {volume} is missing, where the last operation left it (deleted outside Pulumi, or the node lost it); "
+        "flocker-pulumi does not create an empty volume in place of one that held data",
+        node=node.name,
+        remedy=(
+            f"restore it on {node.name} (`{create}`, then put its data back in) and run `pulumi up` again; or, to start "
+            "over with an empty volume, remove it from the state with `pulumi state delete <its URN> --target-dependents` "
+            "(`pulumi stack --show-urns` lists them) and run `pulumi up`"
+        ),
+    )
 
 
 def _present(discovered: Mapping[Node, RunningContainer | None]) -> list[tuple[Node, RunningContainer]]:
@@ -141,7 +163,9 @@ def plan_move(
             steps += _route_to(routing, destination, c)
             steps.append(RemoveApplication(source, c.name))
         return tuple(steps)
-    if not state.source_volume.exists or state.source_volume.retired:
+    if not state.source_volume.exists:
+        raise volume_missing(volume, source, labels)
+    if state.source_volume.retired:
         raise PlanError(
             f"volume {volume} has no live copy on {source.name} to move to {destination.name}",
             remedy="run `pulumi refresh` to see where it is, then `pulumi up` again",

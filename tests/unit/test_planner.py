@@ -219,6 +219,20 @@ def test_move_back_to_a_retired_copy_is_a_normal_push() -> None:
 
 def test_nothing_to_move_is_an_error() -> None:
     with pytest.raises(PlanError, match="no live copy on node1"):
+        plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=True, retired=True)), ROUTING)
+
+
+def test_a_recorded_volume_gone_from_its_node_is_never_made_again_empty() -> None:
+    """Deleted by hand (or lost with its node's disk): an update, or a move from there, says
+    what to do instead of creating an empty volume where the data was."""
+    with pytest.raises(PlanError) as missing:
+        plan_volume((N1, "v", LABELS), {N1: NodeVolumeState("v", exists=False)}, recorded=True)
+    message = str(missing.value)
+    assert message.startswith("node node1: volume v is missing") and "does not create an empty volume" in message
+    # How to restore it where it was, with the labels that make it ours again; or to start over.
+    assert "`docker -H tcp://10.0.0.1:2375 volume create --label=io.flocker-pulumi.managed=true v`" in message
+    assert "pulumi state delete" in message
+    with pytest.raises(PlanError, match="volume v is missing"):
         plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=False)), ROUTING)
 
 
