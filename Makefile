@@ -31,8 +31,10 @@ env:
 install:
 	@bash scripts/install.sh
 
+# Nodes added to a cluster whose images were built get them too (seconds, from the cache).
 cluster: install
 	@bash scripts/cluster.sh up $(NODES)
+	@bash scripts/build-images.sh --load-only
 
 cluster-down:
 	@bash scripts/cluster.sh down

@@ -22,6 +22,10 @@
 # right ones is left alone. Builds run with --network none: what an image needs from outside
 # comes from the caches. Environment: FLOCKER_NODES_FILE (node file), FLOCKER_CACHE,
 # FLOCKER_DEBIAN_MIRROR (default: the mirror apt is configured with).
+#
+#   scripts/build-images.sh              # build what is missing, load onto every node that lacks the images
+#   scripts/build-images.sh --load-only  # only load, onto nodes that lack them, images built before (the cached
+#                                        # `docker save` or a node that has them); builds nothing (`make cluster`)
 set -euo pipefail
 
 SUITE=bookworm
@@ -283,6 +287,12 @@ build_on() {   # docker-host
 }
 
 main() {
+  local load_only=""
+  case "${1:-}" in
+    "") ;;
+    --load-only) load_only=1 ;;
+    *) die "unknown argument '$1' (expected nothing or --load-only)" ;;
+  esac
   ensure_packages
   trap 'if [ -n "$CONTEXT" ]; then rm -rf "$CONTEXT"; fi' EXIT
   # One build at a time (parallel test runs); the lock is on this script, so no file is left.
@@ -297,6 +307,10 @@ main() {
   done
   if [ ${#need[@]} -eq 0 ]; then
     log "all ${#hosts[@]} node(s) have images $IMAGES_KEY"
+    return 0
+  fi
+  if [ -n "$load_only" ] && [ ! -f "$images_tar" ] && [ -z "$have" ]; then
+    log "images $IMAGES_KEY are not built yet: \`make images\` builds them and loads them onto every node"
     return 0
   fi
   if [ ! -f "$images_tar" ]; then
