@@ -325,7 +325,7 @@ class Session:
     table knew of it, the pages written with their digests)."""
 
     def __init__(self) -> None:
-        self.open: tuple[str, int, dict[str, Any] | None, list[tuple[int, int]]] | None = None
+        self.open: tuple[str, int, dict[str, Any] | None, list[tuple[int, array.array]]] | None = None
 
 
 class Destination:
@@ -488,9 +488,9 @@ class Destination:
         _, fd, _, written = session.open
         (offset,), (count,) = struct.unpack_from(">Q", payload), struct.unpack_from(">I", payload, len(payload) - 4)
         data = memoryview(payload)[8 : -4 - 8 * count]
-        os.pwrite(fd, data, offset)
-        digests = from_little_endian(payload[-4 - 8 * count : -4])
-        written.extend((offset // PAGE + number, digest) for number, digest in enumerate(digests))
+        if os.pwrite(fd, data, offset) != len(data):
+            raise CopyError(f"a short write at {offset} (is the disk full?)")
+        written.append((offset // PAGE, from_little_endian(payload[-4 - 8 * count : -4])))
         self.stats["bytes_written"] += len(data)
 
     def _end_file(self, entry: dict[str, Any], session: Session) -> None:
@@ -513,27 +513,28 @@ class Destination:
         )
         # What was written is read back from the disk and must be what the source sent (a page
         # whose length changed, the old last one or the new, differs, so it was sent too).
-        for number, digest, read in self._read_pages(full, size, written):
-            if read != digest:
+        for first, digests, read in self._read_pages(full, size, written):
+            if read != digests:
+                number = first + next(n for n, (a, b) in enumerate(zip(read, digests, strict=True)) if a != b)
                 raise CopyError(f"{path}: the page at {number * PAGE} differs from the source's after writing it")
-            pages[number] = read
+            pages[first : first + len(read)] = read
         stored = {key: value for key, value in entry.items() if key != "p"}
         stored["q"] = pages  # from this disk; block digests are made again if the source asks (T)
         stored["s"] = stat_key(os.lstat(full))
         assert self.table is not None
         self.table[path] = stored
 
-    def _read_pages(self, full: str, size: int, written: list[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
-        """(page number, the source's digest, this disk's) of each page written, read back
-        through a mapping (no copy)."""
+    def _read_pages(self, full: str, size: int, written: list[tuple[int, array.array]]) -> Iterator[tuple[int, array.array, array.array]]:
+        """(first page number, the source's digests, this disk's) of each run of pages written,
+        read back through a mapping (no copy)."""
         if not size or not written:
             return
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             with mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED) as mapped, memoryview(mapped) as view:
-                for number, digest in written:
-                    with view[number * PAGE : (number + 1) * PAGE] as page:
-                        yield number, digest, _hash(page)
+                for first, digests in written:
+                    start = first * PAGE
+                    yield first, digests, Digests(_hash(view[o : o + PAGE]) for o in range(start, start + len(digests) * PAGE, PAGE))
         finally:
             os.close(fd)
 
