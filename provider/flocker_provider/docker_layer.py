@@ -178,6 +178,8 @@ def translated(exc: Exception, node: Node | None = None) -> Exception:
         error = NodeUnreachable(f"the Docker engine stopped answering: {_short(exc)}", node=name)
     else:
         return exc
+    for note in getattr(exc, "__notes__", ()):  # what was done after it (errors.told)
+        error.then(note)
     error.__cause__, error.__suppress_context__ = exc, True
     return error
 

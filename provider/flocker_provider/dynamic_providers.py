@@ -7,8 +7,9 @@ plan and hands it to the executor. The engine gives diff/update/delete the old
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pulumi.dynamic import (
     CheckFailure,
@@ -23,8 +24,8 @@ from pulumi.runtime import rpc
 
 from . import labels as L
 from .containers import container_spec, router_spec
-from .docker_layer import DockerNode, NodeUnreachable, connect, reserved_ports
-from .errors import PlanError, ProviderError
+from .docker_layer import DockerNode, NodeUnreachable, connect, reserved_ports, translated
+from .errors import InvalidInput, PlanError, ProviderError, brief, told
 from .executor import Engines, execute
 from .inputs import (
     ApplicationInputs,
@@ -49,6 +50,27 @@ _INTERNAL = ("__provider",)
 # every volume, and that alone must not show (or run) an update.
 VOLUME_MOVE_SETTINGS = ("route_nodes", "hold_seconds", "router_image", "downtime_budget", "stall_timeout")
 T = TypeVar("T")
+Hook = TypeVar("Hook", bound=Callable[..., Any])
+
+
+def _names(kind: str) -> Callable[[Hook], Hook]:
+    """A hook whose failures of ours name its resource (``name`` of its last argument, the
+    properties it works on) and whose Docker errors become ours; a bug passes as it is."""
+
+    def decorate(hook: Hook) -> Hook:
+        @functools.wraps(hook)
+        def named(self: ResourceProvider, *args: Any) -> Any:
+            try:
+                return hook(self, *args)
+            except Exception as exc:
+                failure = translated(exc)
+                if isinstance(failure, ProviderError):
+                    failure.within(resource=f"{kind} {args[-1].get('name')}")
+                raise failure from failure.__cause__
+
+        return cast(Hook, named)
+
+    return decorate
 
 
 def _check(news: dict, parse: Any, conflicts: Any = None) -> CheckResult:
@@ -102,9 +124,11 @@ def _changed_keys(olds: dict, news: dict, outputs: tuple[str, ...]) -> list[str]
 
 
 class ApplicationProvider(ResourceProvider):
+    @_names("application")
     def check(self, _olds: dict, news: dict) -> CheckResult:
         return _check(news, parse_application, _port_conflicts)
 
+    @_names("application")
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
         changed = _changed_keys(olds, news, APPLICATION_OUTPUTS)
         if "node" in changed and olds.get("node"):
@@ -119,6 +143,7 @@ class ApplicationProvider(ResourceProvider):
             print(f"flocker: found: application {news.get('name')} is not running on {olds.get('node')}: the update starts it", flush=True)
         return DiffResult(changes=bool(changed) or stopped, replaces=[], delete_before_replace=False)
 
+    @_names("application")
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_application, props)
         _require_volume(inputs)
@@ -127,9 +152,11 @@ class ApplicationProvider(ResourceProvider):
         except Exception as exc:
             # The engine records nothing of a failed create: what it started would run on
             # outside the stack, holding its ports and its volume, and block `destroy`.
-            raise ProviderError(f"{exc}; {_undo_create(inputs)}") from exc
+            told(exc, _undo_create(inputs, exc))
+            raise
         return CreateResult(id_=L.container_name(inputs.owner), outs={**props, **outs})
 
+    @_names("application")
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
         inputs = _parse_or_raise(parse_application, news)
         old = _parse_or_raise(parse_application, olds)
@@ -138,9 +165,11 @@ class ApplicationProvider(ResourceProvider):
         try:
             outs = _converge_application(inputs, (old.node, inputs.node), old.application.ports, dropped)
         except Exception as exc:
-            raise ProviderError(f"{exc}{_roll_back(old, inputs)}") from exc
+            told(exc, _roll_back(old, inputs))
+            raise
         return UpdateResult(outs={**news, **outs})
 
+    @_names("application")
     def read(self, id_: str, props: dict) -> ReadResult:
         inputs = _parse_or_raise(parse_application, props)
         name = L.container_name(inputs.owner)
@@ -154,6 +183,7 @@ class ApplicationProvider(ResourceProvider):
             return ReadResult("", {})  # the engine drops it from state, `up` creates it
         return ReadResult(id_, {**props, "container_id": found.container_id, "running": found.running})
 
+    @_names("application")
     def delete(self, _id: str, props: dict) -> None:
         _remove_application(_parse_or_raise(parse_application, props))
 
@@ -206,15 +236,16 @@ def _roll_back(old: ApplicationInputs, new: ApplicationInputs) -> str:
     try:
         _converge_application(old, (old.node, new.node), new.application.ports, ())
     except Exception as exc:  # the first failure is the story; this one only adds to it
-        return f"; rolling back to the previous configuration failed too ({exc})"
-    return f"; rolled back: the previous configuration serves again on {old.node.name}"
+        return f"rolling back to the previous configuration failed too ({brief(exc)})"
+    return f"rolled back: the previous configuration serves again on {old.node.name}"
 
 
-def _undo_create(inputs: ApplicationInputs) -> str:
+def _undo_create(inputs: ApplicationInputs, failure: Exception) -> str:
     try:
         _remove_application(inputs)
     except Exception as exc:  # the first failure is the story; this one only adds to it
-        return f"removing what it had started failed too ({exc}); `pulumi up` takes over what is left once the cause is fixed"
+        why = "" if brief(exc) == brief(failure) else f" ({brief(exc)})"
+        return f"removing what it had started failed too{why}; `pulumi up` takes over what is left once the cause is fixed"
     return "what it had started was removed again"
 
 
@@ -256,9 +287,11 @@ def _move_off_host_ports(inputs: ApplicationInputs, externals: list[int], routin
 
 
 class VolumeProvider(ResourceProvider):
+    @_names("volume")
     def check(self, _olds: dict, news: dict) -> CheckResult:
         return _check(news, parse_volume)
 
+    @_names("volume")
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
         changed = _changed_keys(olds, news, VOLUME_OUTPUTS + VOLUME_MOVE_SETTINGS)
         if "node" in changed and olds.get("node"):
@@ -269,11 +302,13 @@ class VolumeProvider(ResourceProvider):
             print(f"flocker: found: {_missing_line(olds)}", flush=True)
         return DiffResult(changes=bool(changed) or missing, replaces=[], delete_before_replace=False)
 
+    @_names("volume")
     def create(self, props: dict) -> CreateResult:
         inputs = _parse_or_raise(parse_volume, props)
         _converge_volume(inputs, recorded=False)
         return CreateResult(id_=inputs.name, outs={**props, "volume_name": inputs.name, "missing": False})
 
+    @_names("volume")
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
         inputs = _parse_or_raise(parse_volume, news)
         old = _parse_or_raise(parse_volume, olds)
@@ -291,6 +326,7 @@ class VolumeProvider(ResourceProvider):
             _converge_volume(inputs, recorded=True)
         return UpdateResult(outs={**outs, "retired_copies": retired, "missing": False})
 
+    @_names("volume")
     def read(self, id_: str, props: dict) -> ReadResult:
         inputs = _parse_or_raise(parse_volume, props)
         try:
@@ -310,6 +346,7 @@ class VolumeProvider(ResourceProvider):
             return ReadResult(id_, {**props, "missing": False})
         return ReadResult(id_, {**props, "volume_name": inputs.name, "missing": False})
 
+    @_names("volume")
     def delete(self, _id: str, props: dict) -> None:
         inputs = _parse_or_raise(parse_volume, props)
         nodes = [inputs.node] + [node_from_props(n) for n in props.get("retired_copies") or []]
@@ -344,7 +381,7 @@ def _missing_line(props: dict) -> str:
 def _unread(props: dict, exc: NodeUnreachable, what: str) -> dict:
     """A refresh that cannot reach a node keeps what the state says, and says so: with
     `refresh: always`, failing instead would block every `up`, moving off that node too."""
-    report(f"warning: {exc}; {what} is left as the last operation recorded it")
+    report(f"warning: {brief(exc)}; {what} is left as the last operation recorded it")
     return props
 
 
@@ -360,7 +397,7 @@ def _left_behind(
             if owned(engines[node]):
                 found[node] = discover(engines[node])
         except NodeUnreachable as exc:
-            report(f"warning: {exc}; {what} left there by an interrupted move stays")
+            report(f"warning: {brief(exc)}; {what} left there by an interrupted move stays")
     return found
 
 
@@ -372,4 +409,4 @@ def _parse_or_raise(parse: Any, props: dict) -> Any:
     try:
         return parse(props)
     except InvalidInputs as exc:
-        raise ProviderError(f"invalid inputs: {exc}") from exc
+        raise InvalidInput(f"invalid inputs: {exc}") from exc

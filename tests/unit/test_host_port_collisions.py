@@ -1,192 +1,30 @@
 """Host ports never collide with routed external ports, whatever external ports users choose.
 
-Each node here is a stand-in Docker engine under the real DockerNode, with one table of TCP
-ports on the node that published host ports and the router's listeners share, as on a real
-node: a container cannot publish a port the router listens on, and a router cannot route a
-port a container publishes.
+Each node here is a stand-in Docker engine (docker_fakes.py) under the real DockerNode.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import itertools
 import json
-import re
-import tarfile
-from collections.abc import Iterator
-from types import SimpleNamespace
 
-import docker.errors
 import pytest
+from docker_fakes import FakeClient, FakeContainer, FakeHost, fake_nodes
 
-from flocker_provider import docker_layer, dynamic_providers, executor
+from flocker_provider import docker_layer
 from flocker_provider.containers import container_spec, router_spec
 from flocker_provider.docker_layer import DockerNode, host_port
 from flocker_provider.dynamic_providers import ApplicationProvider
-from flocker_provider.executor import Engines
 from flocker_provider.inputs import node_props
 from flocker_provider.models import Application, Node, Owner, Port
-from flocker_provider.route_writer import COMMAND
 
 NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2, 3))
 N1 = NODES[0]
 ROUTER = router_spec("p", "sflk", "flocker/base:local")
-_ids = itertools.count()
-
-
-class FakeHost:
-    """A node: its containers and volumes, and who holds each of its TCP ports."""
-
-    def __init__(self) -> None:
-        self.containers: dict[str, FakeContainer] = {}
-        self.volumes: dict[str, dict] = {}
-        self.bound: dict[int, str] = {}
-        self.starts: list[str] = []
-
-    def bind(self, port: int, holder: str) -> bool:
-        if self.bound.setdefault(port, holder) != holder:
-            return False
-        return True
-
-    def release(self, holder: str) -> None:
-        self.bound = {port: who for port, who in self.bound.items() if who != holder}
-
-
-class FakeContainer:
-    def __init__(self, host: FakeHost, name: str, labels: dict, ports: dict | None) -> None:
-        self.host, self.name, self.labels = host, name, dict(labels)
-        self.id = f"{name}-{next(_ids)}"
-        self.status = "created"
-        self.bindings = {key: [{"HostIp": ip, "HostPort": str(port)}] for key, (ip, port) in (ports or {}).items()}
-        self.routes: dict[int, bytes] = {}
-
-    @property
-    def attrs(self) -> dict:
-        running = self.status == "running"
-        return {
-            "HostConfig": {"PortBindings": self.bindings},
-            "NetworkSettings": {"Ports": self.bindings if running else {}},
-            "State": {"StartedAt": self.id},
-            "RestartCount": 0,
-        }
-
-    def start(self) -> None:
-        ports = [int(b["HostPort"]) for bound in self.bindings.values() for b in bound]
-        taken = [port for port in ports if not self.host.bind(port, self.name)]
-        if taken:
-            self.host.release(self.name)
-            raise docker.errors.APIError(f"Bind for 0.0.0.0:{taken[0]} failed: port is already allocated")
-        self.status = "running"
-        self.host.starts.append(self.name)
-
-    def stop(self, timeout: int = 10) -> None:
-        self.status = "exited"
-        self.host.release(self.name)
-
-    def remove(self, force: bool = False) -> None:
-        self.stop()
-        del self.host.containers[self.name]
-
-    def reload(self) -> None:
-        pass
-
-    def logs(self, tail: int | None = None) -> bytes:
-        return b""
-
-    def exec_run(self, cmd: list[str]) -> SimpleNamespace:
-        """The router's route writer: a route is in force once the router listens on its port."""
-        answers = []
-        if cmd[: len(COMMAND)] == COMMAND:
-            for line in cmd[len(COMMAND) :]:
-                port, _, body = line.partition(" ")
-                if self.host.bind(int(port), self.name):
-                    self.routes[int(port)] = body.encode()
-                    answers.append(f"ok {port}")
-                else:
-                    answers.append(f"late {port}")
-        elif cmd[:2] == ["rm", "-f"]:
-            for path in cmd[2:]:
-                port = int(re.search(r"(\d+)\.json$", path).group(1))
-                self.routes.pop(port, None)
-                self.host.bound.pop(port, None)
-        return SimpleNamespace(exit_code=0, output="\n".join(answers).encode())
-
-    def get_archive(self, path: str) -> tuple[list[bytes], dict]:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as archive:
-            for port, body in self.routes.items():
-                member = tarfile.TarInfo(f"ports/{port}.json")
-                member.size = len(body)
-                archive.addfile(member, io.BytesIO(body))
-        return [buffer.getvalue()], {}
-
-
-def lookup(table: dict, name: str, kind: str) -> object:
-    if name not in table:
-        raise docker.errors.NotFound(f"No such {kind}: {name}")
-    return table[name]
-
-
-class FakeContainers:
-    def __init__(self, host: FakeHost) -> None:
-        self.host = host
-
-    def get(self, name: str) -> object:
-        return lookup(self.host.containers, name, "container")
-
-    def list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:
-        wanted = [label.partition("=") for label in (filters or {}).get("label", [])]
-        return [
-            c
-            for c in self.host.containers.values()
-            if (all or c.status == "running") and all_match(c.labels, wanted) and "volume" not in (filters or {})
-        ]
-
-    def create(self, image: str, name: str, ports: dict | None = None, labels: dict | None = None, **_: object) -> FakeContainer:
-        assert name not in self.host.containers, name
-        container = self.host.containers[name] = FakeContainer(self.host, name, labels or {}, ports)
-        return container
-
-    def run(self, image: str, name: str, labels: dict, **_: object) -> FakeContainer:
-        container = self.create(image, name=name, labels=labels)
-        container.start()
-        return container
-
-
-def all_match(labels: dict, wanted: list[tuple[str, str, str]]) -> bool:
-    return all(labels.get(key) == value if sep else key in labels for key, sep, value in wanted)
-
-
-class FakeClient:
-    def __init__(self, host: FakeHost) -> None:
-        self.containers = FakeContainers(host)
-        self.volumes = SimpleNamespace(
-            get=lambda name: SimpleNamespace(attrs={"Labels": lookup(host.volumes, name, "volume")}),
-            create=lambda name, labels: host.volumes.update({name: labels}),
-        )
-        self.images = SimpleNamespace(get=lambda image: SimpleNamespace(attrs={"Config": {}}))
-        self.api = None  # no attached execs: route writes go an exec each
 
 
 @pytest.fixture
 def hosts(monkeypatch: pytest.MonkeyPatch) -> dict[Node, FakeHost]:
-    fakes = {node: FakeHost() for node in NODES}
-
-    @contextlib.contextmanager
-    def connect(node: Node) -> Iterator[DockerNode]:
-        yield DockerNode(node, FakeClient(fakes[node]))  # type: ignore[arg-type]
-
-    monkeypatch.setattr(dynamic_providers, "connect", connect)
-    monkeypatch.setattr(dynamic_providers, "Engines", lambda: Engines(connect))
-    monkeypatch.setattr(executor, "CONFIRM_SECONDS", 0)
-
-    def refused(address: tuple[str, int], timeout: float) -> None:
-        raise ConnectionRefusedError(address)
-
-    # The check's probe for programs outside Docker: none on these nodes.
-    monkeypatch.setattr(docker_layer.socket, "create_connection", refused)
-    return fakes
+    return fake_nodes(monkeypatch, NODES)
 
 
 def props(i: int, external: int | None = None) -> dict:
