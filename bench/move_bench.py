@@ -43,7 +43,7 @@ import docker.errors
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the cluster harness lives with the integration tests
 
-from bench.report import parse_sizes, ratio_table, write_results  # noqa: E402
+from bench.report import client_timeline, parse_sizes, ratio_table, write_results  # noqa: E402
 from flocker_provider.transfer import parse_stream_total  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     STORE,
@@ -217,7 +217,8 @@ def measured_move(store: Pulumi, source: ClusterNode, destination: ClusterNode) 
     The client's downtime is its pause between acknowledged writes around the moment the
     application had stopped (the issue's "last successful request on the source to first
     on the destination"); its longest pause elsewhere in the move (writes are fsynced, and
-    phase 1's copy competes for the disk) is kept beside it.
+    phase 1's copy competes for the disk) is kept beside it, and the client's timeline around
+    the switch-over for bench/plots.py.
     """
     # Through the source's address, as clients would: it keeps serving after the move.
     writer = writer_started(f"{source.address}:{STORE_PORT}")
@@ -237,6 +238,7 @@ def measured_move(store: Pulumi, source: ClusterNode, destination: ClusterNode) 
         "pulumi_up_seconds": round(up_seconds, 3),
         "writes_acknowledged": len(writer.acknowledged),
         "last_move": last_move,
+        "client_timeline": client_timeline(writer.served, last_move),
     }
 
 

@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the cluster harness lives with the integration tests
 
-from bench.report import parse_sizes, ratio_table, write_results  # noqa: E402
+from bench.report import client_timeline, parse_sizes, ratio_table, write_results  # noqa: E402
 from tests.integration.harness import ClusterNode, by_name, eventually, gaps_around, load_nodes, make, stop_returned_at  # noqa: E402
 from tests.integration.postgres_workload import (  # noqa: E402
     Committer,
@@ -150,6 +150,7 @@ def run_case(nodes: list[ClusterNode], label: str, workdir: Path) -> dict[str, A
                 "pulumi_up_seconds": up_seconds,
                 "progress": [line for line in up.stdout.splitlines() if "phase" in line],
                 "steps": last_move["steps"],
+                "client_timeline": client_timeline(committer.served, last_move),
             },
             "restart": restart,
             "commits_acknowledged": len(committer.acknowledged),
