@@ -191,6 +191,18 @@ def test_a_move_whose_copy_fails(hosts: dict[Node, FakeHost], monkeypatch: pytes
     assert "flocker-s-data" not in hosts[N2].volumes
 
 
+def test_a_move_to_a_node_without_the_transfer_image(hosts: dict[Node, FakeHost]) -> None:
+    """errors.ImageUnavailable as issue 13 met it (a node added without the images): before the move changes anything."""
+    VolumeProvider().create(data(N1))
+    hosts[N2].missing_images.add("flocker/base:local")
+    assert shown(lambda: VolumeProvider().update("flocker-s-data", data(N1), data(N2))) == (
+        "volume data: node node2: image flocker/base:local is not on the node and could not be pulled: "
+        "pull access denied for flocker/base, repository does not exist. "
+        f"What to do: {errors.ImageUnavailable.remedy}"
+    )
+    assert hosts[N2].volumes == {} and hosts[N2].containers == {}
+
+
 def test_a_move_whose_copy_takes_too_long(hosts: dict[Node, FakeHost], monkeypatch: pytest.MonkeyPatch) -> None:
     """errors.DeadlinePassed: the volume's move_timeout."""
 
