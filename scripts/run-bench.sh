@@ -4,7 +4,8 @@
 # Convention for a benchmark bench/NAME_bench.py: run as
 #   .venv/bin/python bench/NAME_bench.py --out bench/results/NAME.json
 # it writes its measurements to that JSON file and a short markdown summary beside it
-# (bench/results/NAME.md); this script concatenates the summaries into SUMMARY.md.
+# (bench/results/NAME.md); this script concatenates the summaries into SUMMARY.md, and
+# bench/plots.py writes BENCHMARKS.md at the top and its plots in bench/results/plots/.
 # Targets are reported as ratios against baselines measured in the same run, never
 # asserted: the numbers depend on the machine and on whatever else it runs.
 #
@@ -50,4 +51,6 @@ done
     cat "$summary"
   done
 } >"$results/SUMMARY.md"
-echo "bench: summary in $results/SUMMARY.md (cluster started here: $started_cluster)" >&2
+# From every benchmark's newest results too; one whose JSON is missing is named there.
+.venv/bin/python bench/plots.py --results "$results" --out BENCHMARKS.md --plots "$results/plots"
+echo "bench: summary in $results/SUMMARY.md, at a glance in BENCHMARKS.md (cluster started here: $started_cluster)" >&2

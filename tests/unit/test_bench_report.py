@@ -1,14 +1,19 @@
-"""What the benchmarks record for the report: a client's timeline through a move."""
+"""BENCHMARKS.md and its plots built from small results of the shapes the benchmarks write,
+one benchmark's results missing."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.plots import build
 from bench.report import client_timeline, ratio_table
 
+PNG = b"\x89PNG\r\n\x1a\n"
 STARTED = 1_796_194_527.0
 STEPS = [
     ("phase 1: copy v from node1 to node2", 0.0, 3.0),
@@ -29,6 +34,111 @@ def last_move(phase2_bytes: int) -> dict[str, Any]:
             {"bytes_sent": phase2_bytes, "seconds": 0.05, "final": True},
         ],
     }
+
+
+def timeline() -> dict[str, Any]:
+    # Writes every 10 ms, none from the stop to the end of the start: a pause of 0.2 s.
+    acknowledged = [round(2.0 + i / 100, 3) for i in range(250) if not 3.05 < 2.0 + i / 100 < 3.25]
+    return {"acknowledged_s": acknowledged, "steps": [{"step": s, "start_s": at, "seconds": sec} for s, at, sec in STEPS]}
+
+
+def standin_case(size: int, downtime: float, naive: float | None) -> dict[str, Any]:
+    moves = [
+        {"client_downtime_seconds": downtime, "last_move": last_move(30_000), "client_timeline": timeline()},
+        {"client_downtime_seconds": downtime, "last_move": last_move(5_000)},
+    ]
+    case: dict[str, Any] = {
+        "bytes": size,
+        "downtime_seconds": downtime,
+        "raw_copies": [{"bytes": 100_000_000, "seconds": 1.0}],
+        "moves": moves,
+    }
+    return case | ({"naive": {"downtime_seconds": naive}} if naive else {})
+
+
+def postgres_case(size: int, downtime: float, restart: float) -> dict[str, Any]:
+    move = {"client_downtime_seconds": downtime, "phase2_seconds": 0.5, "phase2_round": {"bytes_sent": 100_000_000}}
+    return {"database_bytes": size, "cat_seconds": 0.25, "move": move, "restart": {"client_downtime_seconds": restart}}
+
+
+def write(results: Path, name: str, document: dict[str, Any]) -> None:
+    (results / f"{name}.json").write_text(json.dumps(document))
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    results.mkdir()
+    measured = {"measured_at": "2026-12-02T06:57:05Z", "cpus": 2}
+    write(
+        results,
+        "move",
+        measured
+        | {
+            "cases": {"100M": standin_case(100 << 20, 0.5, None), "1G": standin_case(1 << 30, 0.6, 12.0)},
+            "ratios": {"downtime_over_naive": 0.05},
+            "targets": {"downtime_over_naive": "<= 0.1"},
+        },
+    )
+    write(
+        results,
+        "postgres",
+        measured
+        | {
+            "cases": {"250M": postgres_case(250_000_000, 1.0, 2.0)},
+            "ratios": {"downtime_over_restart": 0.5, "phase2_over_cat": 2.5},
+            "targets": {"downtime_over_restart": "<= 1.5", "phase2_over_cat": "<= 2.0"},
+        },
+    )
+    paths = {
+        "direct": {"rounds_mib_s": [1000.0, 2000.0, 1000.0], "median_throughput_mib_s": 1000.0},
+        "non_hosting_route": {"rounds_mib_s": [900.0, 1800.0, 800.0], "median_throughput_mib_s": 900.0},
+    }
+    targets = {"routed_over_direct_paired_median": ">= 0.8", "failed_connections_during_move": "<= 0"}
+    write(results, "routing", {"paths": paths, "ratios": {"routed_over_direct_paired_median": 0.9, "extra": 1.0}, "targets": targets})
+    return results
+
+
+def test_report_gives_the_ratios_plots_and_what_is_missing(results: Path, tmp_path: Path) -> None:
+    out, plots = tmp_path / "BENCHMARKS.md", results / "plots"
+    plots.mkdir()
+    (plots / "stale.png").write_bytes(PNG)
+
+    build(results, out, plots)
+
+    report = out.read_text()
+    assert "| downtime_over_naive | 0.050 | met (target <= 0.1) |" in report
+    assert "| phase2_over_cat | 2.500 | MISSED (target <= 2.0) |" in report
+    assert "| extra | 1.000 | context |" in report  # a ratio without a target
+    assert "No results: opensearch.json is not there" in report
+    assert "stand-in: move over naive stop-copy-start ×0.05 at 1.07 GB" in report
+    assert "PostgreSQL: move over docker restart ×0.50 at 0.25 GB" in report
+    assert "phase 2 over one cat of the whole volume: 2.00" in report
+    assert "non_hosting_route: median 0.900 of direct" in report
+    # Only the stand-in recorded a client's timeline; PostgreSQL's absence is said.
+    assert "No client timeline (a move's `client_timeline`) in the results of PostgreSQL yet" in report
+    assert "Measured 2026-12-02T06:57:05Z, on 2 cores." in report
+    assert "Measured at a time not recorded" in report  # routing.json has no date
+    drawn = {p.name for p in plots.glob("*.png")}
+    assert drawn == {"downtime.png", "phase2.png", "timeline.png", "routing.png"}
+    assert all((plots / name).read_bytes().startswith(PNG) for name in drawn)
+    for name in drawn:
+        assert f"](results/plots/{name})" in report
+
+
+def test_results_of_an_unknown_shape_are_named_not_fatal(results: Path, tmp_path: Path) -> None:
+    write(results, "postgres", {"cases": {"250M": {"size": "250M"}}})
+    for name in ("move", "routing"):
+        (results / f"{name}.json").unlink()
+    out = tmp_path / "BENCHMARKS.md"
+
+    build(results, out, tmp_path / "plots")
+
+    report = out.read_text()
+    assert "Not read: postgres.json has a shape bench/plots.py does not know (KeyError" in report
+    assert "No move results to plot." in report
+    assert "No routing results to plot." in report
+    assert not list((tmp_path / "plots").glob("*.png"))
 
 
 def test_client_timeline_keeps_the_switch_over_on_the_steps_clock() -> None:
