@@ -100,6 +100,12 @@ class _NodePorts:
 
 
 _NODE_PORTS: dict[str, _NodePorts] = {}
+# Docker counts disk usage once at a time and refuses a second count meanwhile (409, "a disk
+# usage operation is already running"): ten moves at once from the same nodes failed on it.
+# Ours take turns per engine; another client's count is waited out.
+_DISK_USAGE_LOCKS: dict[str, threading.Lock] = {}
+DISK_USAGE_RETRIES = 40
+DISK_USAGE_RETRY_SECONDS = 0.25
 
 
 def _node_ports(node: Node) -> _NodePorts:
@@ -308,7 +314,18 @@ class DockerNode:
 
     def volume_size(self, name: str) -> int | None:
         """Bytes used, from the engine's own accounting (a read: it creates nothing)."""
-        for volume in self.client.df().get("Volumes") or []:
+        with _ROUTER_LOCKS_GUARD:
+            turn = _DISK_USAGE_LOCKS.setdefault(self.node.docker_host, threading.Lock())
+        with turn:
+            for attempt in range(DISK_USAGE_RETRIES):
+                try:
+                    usage = self.client.df()
+                    break
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409 or attempt == DISK_USAGE_RETRIES - 1:
+                        raise
+                    time.sleep(DISK_USAGE_RETRY_SECONDS)
+        for volume in usage.get("Volumes") or []:
             if volume.get("Name") == name:
                 return (volume.get("UsageData") or {}).get("Size")
         return None
