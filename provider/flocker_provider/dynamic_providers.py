@@ -84,14 +84,29 @@ def _check(news: dict, parse: Any, conflicts: Any = None) -> CheckResult:
     return CheckResult(news, conflicts(inputs) if conflicts else [])
 
 
-def _port_conflicts(inputs: ApplicationInputs) -> list[CheckFailure]:
-    """External ports that something else already holds on a node (a read: nothing changes)."""
+def _routed_before(olds: dict) -> set[tuple[str, int]]:
+    """(node, external port) pairs the last operation routed to this application: our router
+    holds them, so nothing else can have taken them since."""
+    try:
+        old = parse_application(olds)
+    except InvalidInputs:  # a create: nothing before
+        return set()
+    return {(node.name, port.external) for node in old.routing.nodes for port in old.application.ports}
+
+
+def _port_conflicts(inputs: ApplicationInputs, routed: set[tuple[str, int]]) -> list[CheckFailure]:
+    """External ports that something else already holds on a node (a read: nothing changes).
+    Only ports new on a node are asked about: a no-change preview or `up` of 50 applications
+    spent 38 s on 200 connections and their reads, where Pulumi's own floor is ~4 s."""
     failures = []
     router = _routing(inputs.owner, inputs.routing).router
     for node in inputs.routing.nodes:
+        new = [(i, port) for i, port in enumerate(inputs.application.ports) if (node.name, port.external) not in routed]
+        if not new:
+            continue
         try:
             with connect(node) as engine:
-                for i, port in enumerate(inputs.application.ports):
+                for i, port in new:
                     user = engine.port_user(port.external, router)
                     if user is not None:
                         failures.append(
@@ -125,8 +140,8 @@ def _changed_keys(olds: dict, news: dict, outputs: tuple[str, ...]) -> list[str]
 
 class ApplicationProvider(ResourceProvider):
     @_names("application")
-    def check(self, _olds: dict, news: dict) -> CheckResult:
-        return _check(news, parse_application, _port_conflicts)
+    def check(self, olds: dict, news: dict) -> CheckResult:
+        return _check(news, parse_application, lambda inputs: _port_conflicts(inputs, _routed_before(olds)))
 
     @_names("application")
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:

@@ -128,3 +128,24 @@ def test_host_ports_skip_what_to_avoid_and_each_other() -> None:
     assert host_ports("c", [80], 1, {first}) == {80: host_port("c", 80, 2)}
     chosen = host_ports("c", [80, 81, 82], 0, {first})
     assert len(set(chosen.values())) == 3 and first not in chosen.values()
+
+
+def test_check_asks_the_engines_only_about_ports_new_on_a_node(hosts: dict[Node, FakeHost], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A no-change preview or `up` reads nothing from the engines in `check`: a port the last
+    operation routed is held by our router. A new port, or a node new to the routes, is asked about."""
+    up([1])
+    asked: list[tuple[str, int]] = []
+    port_user = DockerNode.port_user
+
+    def counted(self: DockerNode, port: int, router: object) -> str | None:
+        asked.append((self.node.name, port))
+        return port_user(self, port, router)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DockerNode, "port_user", counted)
+    provider = ApplicationProvider()
+    assert provider.check(props(1), props(1)).failures == [] and asked == []
+    assert provider.check(props(1), props(1, external=31001)).failures == []
+    assert sorted(asked) == [(n.name, 31001) for n in NODES]
+    asked.clear()
+    fewer = {**props(1), "route_nodes": [node_props(n) for n in NODES[:2]]}
+    assert provider.check(fewer, props(1)).failures == [] and asked == [("node3", 30001)]
