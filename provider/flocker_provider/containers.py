@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,15 +60,25 @@ class ContainerSpec:
         return environment, {link.alias: address for link in self.links}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The spec as its label records it, the environment by its names only: any value may be
+        a secret, and labels are shown wherever containers are listed (``docker ps``, the list
+        API), where the container's own environment is not. The values are read back from it
+        (``from_json``). The config hash is of the values too: whoever may read a label may
+        ``docker inspect`` the environment itself, so it tells them nothing more."""
+        body = asdict(self)
+        body["environment"] = [name for name, _ in self.environment]
+        return json.dumps(body, sort_keys=True)
 
     @staticmethod
-    def from_json(text: str) -> ContainerSpec:
+    def from_json(text: str, container_env: Sequence[str] = ()) -> ContainerSpec:
+        """The spec of a container, from its label and its ``Config.Env`` (``NAME=value`` each)."""
         raw = json.loads(text)
+        values = dict(entry.split("=", 1) for entry in container_env if "=" in entry)
         return ContainerSpec(
             name=raw["name"],
             image=raw["image"],
-            environment=tuple(tuple(kv) for kv in raw["environment"]),
+            # Containers labelled before recorded the values too.
+            environment=tuple((entry, values[entry]) if isinstance(entry, str) else tuple(entry) for entry in raw["environment"]),
             ports=tuple(Port(**p) for p in raw["ports"]),
             volume_name=raw["volume_name"],
             mountpoint=raw["mountpoint"],

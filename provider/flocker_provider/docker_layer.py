@@ -271,8 +271,7 @@ class DockerNode:
         for container in self._mounting(volume):
             if is_staged(container.name):  # not the application yet: it waits for this very copy
                 continue
-            spec = ContainerSpec.from_json(container.labels[L.SPEC])
-            found.append(MountedContainer(container.name, spec, container.status == "running"))
+            found.append(MountedContainer(container.name, _spec(container), container.status == "running"))
         return tuple(sorted(found, key=lambda c: c.name))
 
     def _mounting(self, volume: str) -> list[docker.models.containers.Container]:
@@ -342,7 +341,7 @@ class DockerNode:
         stack = dict(router.labels)
         wanted = [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}", f"{L.PROJECT}={stack[L.PROJECT]}", f"{L.STACK}={stack[L.STACK]}"]
         found = [
-            MountedContainer(container.name, ContainerSpec.from_json(container.labels[L.SPEC]), True)
+            MountedContainer(container.name, _spec(container), True)
             for container in self.client.containers.list(filters={"label": wanted})
             # A staged container is a move's, which starts it under the application's name.
             if not is_staged(container.name) and _host_ports(container) & set(ports)
@@ -821,6 +820,11 @@ def _health(container: docker.models.containers.Container) -> str:
 
 def _nanoseconds(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
+
+
+def _spec(container: docker.models.containers.Container) -> ContainerSpec:
+    """The spec ``container`` was started from: its label, and its environment's values."""
+    return ContainerSpec.from_json(container.labels[L.SPEC], (container.attrs.get("Config") or {}).get("Env") or ())
 
 
 def _restart_policy(spec: ContainerSpec) -> dict:

@@ -41,11 +41,17 @@ from .migration import move_volume, plan_line
 from .models import Node, Owner, Port, RunningContainer
 from .planner import Routing, plan_application, plan_volume
 from .progress import report
+from .secret_values import SECRET_PATHS, learn, redacted, sealed
 
 # Keys the provider adds to the outputs; everything else in the outputs is an input.
 APPLICATION_OUTPUTS = ("container_id", "addresses", "running")
 VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies", "missing")
-_INTERNAL = ("__provider",)
+_INTERNAL = ("__provider", SECRET_PATHS)
+# Outputs made of inputs under other names: secret when one of those is (secret_values.py).
+APPLICATION_DERIVED = {"addresses": ("node", "node_address", "ports")}
+VOLUME_DERIVED = {key: ("node", "node_address", "docker_host", "tls") for key in ("last_move", "retired_copies")}
+# Inputs the SDK derives from `node` (the inventory's entry): unknown with it during preview.
+NODE_DERIVED = ("node_address", "docker_host", "tls", "node_error")
 # Inputs a volume only reads during a move: a node added to the cluster changes them for
 # every volume, and that alone must not show (or run) an update.
 VOLUME_MOVE_SETTINGS = ("route_nodes", "hold_seconds", "router_image", "downtime_budget", "stall_timeout")
@@ -60,6 +66,9 @@ def _names(kind: str) -> Callable[[Hook], Hook]:
     def decorate(hook: Hook) -> Hook:
         @functools.wraps(hook)
         def named(self: ResourceProvider, *args: Any) -> Any:
+            for props in args:
+                if isinstance(props, dict):
+                    learn(props)
             try:
                 return hook(self, *args)
             except Exception as exc:
@@ -80,8 +89,8 @@ def _check(news: dict, parse: Any, conflicts: Any = None) -> CheckResult:
     try:
         inputs = parse(news)
     except InvalidInputs as exc:
-        return CheckResult(news, [CheckFailure(p, r) for p, r in exc.failures])
-    return CheckResult(news, conflicts(inputs) if conflicts else [])
+        return CheckResult(news, [CheckFailure(p, redacted(r)) for p, r in exc.failures])
+    return CheckResult(news, [CheckFailure(f.property, redacted(f.reason)) for f in conflicts(inputs)] if conflicts else [])
 
 
 def _routed_before(olds: dict) -> set[tuple[str, int]]:
@@ -133,6 +142,14 @@ def _has_unknown(value: Any) -> bool:
     return value == rpc.UNKNOWN
 
 
+def _unknown_line(kind: str, news: dict) -> bool:
+    """Says which inputs preview cannot know yet (Outputs of resources not made yet); whether any."""
+    keys = sorted({"node" if k in NODE_DERIVED else k for k, v in news.items() if k not in _INTERNAL and _has_unknown(v)})
+    if keys:
+        report(f"plan: {kind} {news.get('name')}: {', '.join(keys)} not known until apply")
+    return bool(keys)
+
+
 def _changed_keys(olds: dict, news: dict, outputs: tuple[str, ...]) -> list[str]:
     keys = (set(olds) | set(news)) - set(outputs) - set(_INTERNAL)
     return sorted(k for k in keys if olds.get(k) != news.get(k))
@@ -146,16 +163,17 @@ class ApplicationProvider(ResourceProvider):
     @_names("application")
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
         changed = _changed_keys(olds, news, APPLICATION_OUTPUTS)
-        if "node" in changed and olds.get("node"):
+        unknown = _unknown_line("application", news)
+        if "node" in changed and olds.get("node") and not unknown:
             # A node change is a move (an update), never a replace: a replace would delete
             # the old container before anything is ready on the new node.
-            print(f"flocker: plan: application {news.get('name')} moves from {olds['node']} to {news['node']}", flush=True)
+            report(f"plan: application {news.get('name')} moves from {olds['node']} to {news['node']}")
         # Only a refresh (`read`) says False: the container stopped since the last
         # operation (a node restarted, a crash its restart policy did not cover).
         stopped = olds.get("running") is False
         if stopped:
             # Also shown by a refresh, whose diff does not know of a node change to come.
-            print(f"flocker: found: application {news.get('name')} is not running on {olds.get('node')}: the update starts it", flush=True)
+            report(f"found: application {news.get('name')} is not running on {olds.get('node')}: the update starts it")
         return DiffResult(changes=bool(changed) or stopped, replaces=[], delete_before_replace=False)
 
     @_names("application")
@@ -169,7 +187,7 @@ class ApplicationProvider(ResourceProvider):
             # outside the stack, holding its ports and its volume, and block `destroy`.
             told(exc, _undo_create(inputs, exc))
             raise
-        return CreateResult(id_=L.container_name(inputs.owner), outs={**props, **outs})
+        return CreateResult(id_=L.container_name(inputs.owner), outs=sealed({**props, **outs}, props, APPLICATION_DERIVED))
 
     @_names("application")
     def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
@@ -182,7 +200,7 @@ class ApplicationProvider(ResourceProvider):
         except Exception as exc:
             told(exc, _roll_back(old, inputs))
             raise
-        return UpdateResult(outs={**news, **outs})
+        return UpdateResult(outs=sealed({**news, **outs}, news, APPLICATION_DERIVED))
 
     @_names("application")
     def read(self, id_: str, props: dict) -> ReadResult:
@@ -192,11 +210,11 @@ class ApplicationProvider(ResourceProvider):
             with connect(inputs.node) as engine:
                 found = engine.discover_application(name)
         except NodeUnreachable as exc:
-            return ReadResult(id_, _unread(props, exc, f"application {name}"))
+            return ReadResult(id_, sealed(_unread(props, exc, f"application {name}"), props, APPLICATION_DERIVED))
         if found is None:
             report(f"found: application {inputs.owner.resource} is gone from {inputs.node.name}: the next `pulumi up` starts it again")
             return ReadResult("", {})  # the engine drops it from state, `up` creates it
-        return ReadResult(id_, {**props, "container_id": found.container_id, "running": found.running})
+        return ReadResult(id_, sealed({**props, "container_id": found.container_id, "running": found.running}, props, APPLICATION_DERIVED))
 
     @_names("application")
     def delete(self, _id: str, props: dict) -> None:
@@ -309,12 +327,13 @@ class VolumeProvider(ResourceProvider):
     @_names("volume")
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
         changed = _changed_keys(olds, news, VOLUME_OUTPUTS + VOLUME_MOVE_SETTINGS)
-        if "node" in changed and olds.get("node"):
-            print(plan_line(_parse_or_raise(parse_volume, olds), _parse_or_raise(parse_volume, news)), flush=True)
+        unknown = _unknown_line("volume", news)
+        if "node" in changed and olds.get("node") and not unknown:
+            report(plan_line(_parse_or_raise(parse_volume, olds), _parse_or_raise(parse_volume, news)))
         # Only a refresh (`read`) says so; the update refuses to make it again empty.
         missing = olds.get("missing") is True
         if missing:
-            print(f"flocker: found: {_missing_line(olds)}", flush=True)
+            report(f"found: {_missing_line(olds)}")
         return DiffResult(changes=bool(changed) or missing, replaces=[], delete_before_replace=False)
 
     @_names("volume")
@@ -339,7 +358,7 @@ class VolumeProvider(ResourceProvider):
                     engine.remove_volume(old.name)
         else:
             _converge_volume(inputs, recorded=True)
-        return UpdateResult(outs={**outs, "retired_copies": retired, "missing": False})
+        return UpdateResult(outs=sealed({**outs, "retired_copies": retired, "missing": False}, news, VOLUME_DERIVED))
 
     @_names("volume")
     def read(self, id_: str, props: dict) -> ReadResult:
@@ -348,18 +367,18 @@ class VolumeProvider(ResourceProvider):
             with connect(inputs.node) as engine:
                 state = engine.discover_volume(inputs.name)
         except NodeUnreachable as exc:
-            return ReadResult(id_, _unread(props, exc, f"volume {inputs.name}"))
+            return ReadResult(id_, sealed(_unread(props, exc, f"volume {inputs.name}"), props, VOLUME_DERIVED))
         if not state.exists:
             # Kept, and said: dropped from the state, the next `up` would create it empty.
             report(f"found: {_missing_line(props)}")
-            return ReadResult(id_, {**props, "missing": True})
+            return ReadResult(id_, sealed({**props, "missing": True}, props, VOLUME_DERIVED))
         if state.retired:
             # Handed over by a move whose `pulumi` was killed before it recorded the new node:
             # kept as recorded, so that the next update moves it and finishes that move (its
             # leftovers included). Dropped, it would be created afresh where the program puts it.
             report(f"volume {inputs.name} on {inputs.node.name} was handed over by an interrupted move: the next update finishes it")
-            return ReadResult(id_, {**props, "missing": False})
-        return ReadResult(id_, {**props, "volume_name": inputs.name, "missing": False})
+            return ReadResult(id_, sealed({**props, "missing": False}, props, VOLUME_DERIVED))
+        return ReadResult(id_, sealed({**props, "volume_name": inputs.name, "missing": False}, props, VOLUME_DERIVED))
 
     @_names("volume")
     def delete(self, _id: str, props: dict) -> None:

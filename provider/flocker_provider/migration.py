@@ -117,7 +117,7 @@ def plan_line(old: VolumeInputs, new: VolumeInputs) -> str:
     except NodeUnreachable as exc:
         size, apps = f"size unknown: {brief(exc)}", []
     with_apps = f", with application {', '.join(apps)}" if apps else ""
-    return f"flocker: plan: volume {new.owner.resource} moves from {old.node.name} to {new.node.name} ({size}){with_apps}"
+    return f"plan: volume {new.owner.resource} moves from {old.node.name} to {new.node.name} ({size}){with_apps}"
 
 
 def discover_move(engines: Engines, old: VolumeInputs, new: VolumeInputs) -> MoveState:

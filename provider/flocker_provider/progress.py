@@ -9,9 +9,11 @@ from __future__ import annotations
 import sys
 import threading
 
+from .secret_values import redacted
+
 _lock = threading.Lock()
 
 
 def report(line: str) -> None:
     with _lock:
-        print(f"flocker: {line}", file=sys.stdout, flush=True)
+        print(redacted(f"flocker: {line}"), file=sys.stdout, flush=True)

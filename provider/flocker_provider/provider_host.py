@@ -13,14 +13,16 @@ import traceback
 
 from .engine_watch import end_with_engine
 from .errors import ProviderError
+from .secret_values import redacted
 
 _TRACEBACK = traceback.format_exc
 
 
 def format_exc(limit: int | None = None, chain: bool = True) -> str:
-    """What a failed hook shows the user (Pulumi's host calls it with the failure being handled)."""
+    """What a failed hook shows the user (Pulumi's host calls it with the failure being handled),
+    without the secrets of any input: a bug's traceback may quote them too."""
     exc = sys.exc_info()[1]
-    return str(exc) if isinstance(exc, ProviderError) else _TRACEBACK(limit, chain)
+    return redacted(str(exc) if isinstance(exc, ProviderError) else _TRACEBACK(limit, chain))
 
 
 def main() -> None:

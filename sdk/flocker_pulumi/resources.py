@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Any
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import pulumi
 import pulumi.dynamic
@@ -14,8 +15,59 @@ from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvid
 from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_IMAGE, node_props
 from flocker_provider.models import Owner
 from flocker_provider.nodes import Inventory, NodeFileError, inventory_from_settings
+from flocker_provider.secret_values import SECRET_PATHS
 
 from .flocker_config import parse_size
+
+T = TypeVar("T")
+U = TypeVar("U")
+# The inputs the SDK makes of `node` (how to reach it, from the inventory).
+NODE_KEYS = ("node", "node_address", "docker_host", "tls", "node_error")
+
+
+def _is_later(value: object) -> bool:
+    """An Output (of another resource, a secret, unknown during preview) or another awaitable."""
+    return isinstance(value, pulumi.Output) or inspect.isawaitable(value)
+
+
+def _then(value: pulumi.Input[T], make: Callable[[T], U]) -> U | pulumi.Output[U]:
+    """``make`` of ``value``: now when it is a plain value (its errors raised as the program
+    runs, before anything changes), once it is known when it is an Output (secret if it is,
+    unknown in preview while it is). Only the top level waits: Outputs inside stay as they are,
+    each keeping its own secretness."""
+    return pulumi.Output.from_input(value).apply(make) if _is_later(value) else make(value)  # type: ignore[arg-type]
+
+
+def _known_now(value: object, what: str, why: str) -> None:
+    if _is_later(value):
+        raise pulumi.RunError(f"{what} must be known as the program runs, not an Output: {why}")
+
+
+async def _secret_paths(props: Mapping[str, Any]) -> list[list[str | int]]:
+    """Where the secrets among ``props`` are (paths, never values): the provider, handed every
+    input in plain text, keeps them out of what it prints, raises and records (secret_values.py)."""
+    found: list[list[str | int]] = []
+
+    async def walk(value: Any, path: list[str | int]) -> None:
+        if isinstance(value, pulumi.Output):
+            if await value.is_secret():
+                found.append(path)
+                return
+            value = await value.future()
+        if isinstance(value, Mapping):
+            for key in value:
+                await walk(value[key], [*path, key])
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                await walk(item, [*path, i])
+
+    for key, value in props.items():
+        await walk(value, [key])
+    return found
+
+
+def _with_secret_paths(props: dict[str, Any]) -> dict[str, Any]:
+    return {**props, SECRET_PATHS: _secret_paths(dict(props))}
 
 
 @functools.cache
@@ -35,19 +87,34 @@ def node_inputs(node: str) -> dict[str, Any]:
         return {"node": node, "node_address": "", "docker_host": "", "tls": None, "node_error": str(exc)}
 
 
-def routing_inputs(hold_seconds: float | None) -> dict[str, Any]:
+def _node_inputs(node: pulumi.Input[str]) -> dict[str, Any]:
+    """``node_inputs``, each an Output of its own when ``node`` is one (secret with it)."""
+    resolved = _then(node, node_inputs)
+    if isinstance(resolved, pulumi.Output):
+        return {key: resolved.apply(lambda found, key=key: found[key]) for key in NODE_KEYS}
+    return resolved
+
+
+def _hold(hold_seconds: float | None) -> float:
+    hold = hold_seconds if hold_seconds is not None else pulumi.Config("flocker").get_float("holdSeconds")
+    return hold if hold is not None else DEFAULT_HOLD_SECONDS
+
+
+def _transfer_image(image: str | None) -> str:
+    return image or pulumi.Config("flocker").get("transferImage") or DEFAULT_TRANSFER_IMAGE
+
+
+def routing_inputs(hold_seconds: pulumi.Input[float] | None) -> dict[str, Any]:
     """Every node of the inventory routes every application's external ports.
 
     Sorted by name, so that only a node really added or removed changes these inputs.
     """
-    config = pulumi.Config("flocker")
     nodes = sorted(_inventory().nodes, key=lambda n: n.name)
-    hold = hold_seconds if hold_seconds is not None else config.get_float("holdSeconds")
     return {
         "route_nodes": [node_props(n) for n in nodes],
-        "hold_seconds": hold if hold is not None else DEFAULT_HOLD_SECONDS,
+        "hold_seconds": _then(hold_seconds, _hold),
         # The router runs in the transfer image (python3): one image to provide per cluster.
-        "router_image": config.get("transferImage") or DEFAULT_TRANSFER_IMAGE,
+        "router_image": _transfer_image(None),
     }
 
 
@@ -73,6 +140,8 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
     the application is stopped once the prediction fits, or once the rounds stop shrinking it.
     ``stall_timeout``: seconds a move's copy may go without progress (a cut link between the
     nodes) before the move fails, the application still serving on the source.
+
+    Every argument may be an Output (of another resource, a secret, unknown during preview).
     """
 
     volume_name: pulumi.Output[str]
@@ -83,33 +152,33 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
     def __init__(
         self,
         resource_name: str,
-        node: str,
-        maximum_size: int | str | None = None,
-        keep_retired: bool = True,
-        move_timeout: float = 3600,
-        transfer_image: str | None = None,
-        hold_seconds: float | None = None,
-        downtime_budget: float = 0.3,
-        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        node: pulumi.Input[str],
+        maximum_size: pulumi.Input[int | str] | None = None,
+        keep_retired: pulumi.Input[bool] = True,
+        move_timeout: pulumi.Input[float] = 3600,
+        transfer_image: pulumi.Input[str] | None = None,
+        hold_seconds: pulumi.Input[float] | None = None,
+        downtime_budget: pulumi.Input[float] = 0.3,
+        stall_timeout: pulumi.Input[float] = DEFAULT_STALL_TIMEOUT,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
             "name": resource_name,
             "project": pulumi.get_project(),
             "stack": pulumi.get_stack(),
-            **node_inputs(node),
-            "maximum_size": _size(resource_name, maximum_size),
+            **_node_inputs(node),
+            "maximum_size": _then(maximum_size, functools.partial(_size, resource_name)),
             "keep_retired": keep_retired,
             "move_timeout": move_timeout,
             "downtime_budget": downtime_budget,
             "stall_timeout": stall_timeout,
             **routing_inputs(hold_seconds),
-            "transfer_image": transfer_image or pulumi.Config("flocker").get("transferImage") or DEFAULT_TRANSFER_IMAGE,
+            "transfer_image": _then(transfer_image, _transfer_image),
             "volume_name": None,
             "last_move": None,
             "retired_copies": None,
         }
-        super().__init__(VolumeProvider(), resource_name, props, opts)
+        super().__init__(VolumeProvider(), resource_name, _with_secret_paths(props), opts)
         # Known at construction (not an output), so applications can use it in preview.
         self.docker_volume_name = L.volume_name(_owner(resource_name))
         # Resolved, as the application's own node is: an address and its node-file name
@@ -131,6 +200,13 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
     ``health_check`` is ``{"command": "shell line" or [program, args...], "interval": 1,
     "timeout": 5, "retries": 3, "start_period": 0}`` (seconds): Docker runs it in the
     container, and the application counts as up, and gets traffic, once it succeeds.
+
+    Every argument may be an Output (of another resource, a secret, unknown during preview), or
+    hold Outputs, except what the program needs as it runs: the ``ports`` list and each entry,
+    whose ``external`` port must be a plain number (links find their target by it, and every
+    node routes it to one application), ``links`` and each entry's ``remote_port`` (for the
+    same reason), and the ``volume`` mapping (it decides whether a volume is created). Their
+    other values may be Outputs.
     """
 
     container_id: pulumi.Output[str]
@@ -141,22 +217,26 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
     def __init__(
         self,
         resource_name: str,
-        image: str,
-        node: str,
-        ports: Sequence[Mapping[str, int]] | None = None,
-        environment: Mapping[str, str] | None = None,
+        image: pulumi.Input[str],
+        node: pulumi.Input[str],
+        ports: Sequence[Mapping[str, pulumi.Input[int]]] | None = None,
+        environment: pulumi.Input[Mapping[str, pulumi.Input[str]]] | None = None,
         volume: Mapping[str, Any] | None = None,
-        links: Sequence[Mapping[str, Any]] | None = None,
-        mem_limit: int | None = None,
-        cpu_shares: int | None = None,
-        restart_policy: Mapping[str, Any] | None = None,
-        command: Sequence[str] | None = None,
-        health_check: Mapping[str, Any] | None = None,
-        wait_timeout: float = 120,
-        hold_seconds: float | None = None,
+        links: Sequence[Mapping[str, pulumi.Input[Any]]] | None = None,
+        mem_limit: pulumi.Input[int] | None = None,
+        cpu_shares: pulumi.Input[int] | None = None,
+        restart_policy: pulumi.Input[Mapping[str, pulumi.Input[Any]]] | None = None,
+        command: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
+        health_check: pulumi.Input[Mapping[str, pulumi.Input[Any]]] | None = None,
+        wait_timeout: pulumi.Input[float] = 120,
+        hold_seconds: pulumi.Input[float] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         opts = opts or pulumi.ResourceOptions()
+        what = f"application {resource_name}"
+        _known_now(ports, f"{what}: ports", "give a list; its entries' internal ports may be Outputs")
+        _known_now(links, f"{what}: links", "give a list; its entries' alias and local_port may be Outputs")
+        _known_now(volume, f"{what}: volume", "give a mapping, it decides whether a volume is created; its values may be Outputs")
         volume_props, volume_resource = _volume(resource_name, node, volume, opts, hold_seconds)
         _claim_ports(resource_name, ports or [])
         # Targets first: a link's port is routed once its target exists.
@@ -164,29 +244,28 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
         depends = [r for r in [volume_resource, *targets] if r is not None]
         if depends:
             opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=depends))
-        node_settings = node_inputs(node)
         props = {
             "name": resource_name,
             "project": pulumi.get_project(),
             "stack": pulumi.get_stack(),
-            **node_settings,
+            **_node_inputs(node),
             "image": image,
             "ports": [dict(p) for p in ports or []],
-            "environment": dict(environment or {}),
+            "environment": _then(environment, lambda env: dict(env or {})),
             "volume": volume_props,
             "links": [dict(link) for link in links or []],
             "mem_limit": mem_limit,
             "cpu_shares": cpu_shares,
-            "restart_policy": dict(restart_policy) if restart_policy else None,
-            "command": list(command) if command else None,
-            "health_check": dict(health_check) if health_check else None,
+            "restart_policy": _then(restart_policy, lambda policy: dict(policy) if policy else None),
+            "command": _then(command, lambda args: list(args) if args else None),
+            "health_check": _then(health_check, lambda check: dict(check) if check else None),
             "wait_timeout": wait_timeout,
             **routing_inputs(hold_seconds),
             "container_id": None,
             "addresses": None,
             "running": None,
         }
-        super().__init__(ApplicationProvider(), resource_name, props, opts)
+        super().__init__(ApplicationProvider(), resource_name, _with_secret_paths(props), opts)
         self.volume = volume_resource
         for port in ports or []:
             _published[int(port["external"])] = (resource_name, self)
@@ -198,9 +277,15 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
 _published: dict[int, tuple[str, FlockerApplication]] = {}
 
 
-def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, int]]) -> None:
-    for port in ports:
+def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, pulumi.Input[int]]]) -> None:
+    for i, port in enumerate(ports):
+        _known_now(port, f"application {resource_name}: ports[{i}]", "give a mapping; its internal port may be an Output")
         external = port.get("external")
+        _known_now(
+            external,
+            f"application {resource_name}: ports[{i}].external",
+            "links find their target by it, and every node routes it to one application; its internal port may be an Output",
+        )
         holder = _published.get(int(external)) if isinstance(external, (int, float)) else None
         # The same name again is the same resource (a program run twice in one process).
         if holder is not None and holder[0] != resource_name:
@@ -210,8 +295,10 @@ def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, int]]) -> None
             )
 
 
-def _link_target(resource_name: str, link: Mapping[str, Any]) -> FlockerApplication:
+def _link_target(resource_name: str, link: Mapping[str, pulumi.Input[Any]]) -> FlockerApplication:
+    _known_now(link, f"application {resource_name}: a link", "give a mapping; its alias and local_port may be Outputs")
     remote = link.get("remote_port")
+    _known_now(remote, f"application {resource_name}: a link's remote_port", "the link finds its target application by it")
     target = _published.get(int(remote)) if isinstance(remote, (int, float)) else None
     if target is None:
         raise pulumi.RunError(
@@ -222,7 +309,11 @@ def _link_target(resource_name: str, link: Mapping[str, Any]) -> FlockerApplicat
 
 
 def _volume(
-    resource_name: str, node: str, volume: Mapping[str, Any] | None, opts: pulumi.ResourceOptions, hold_seconds: float | None
+    resource_name: str,
+    node: pulumi.Input[str],
+    volume: Mapping[str, Any] | None,
+    opts: pulumi.ResourceOptions,
+    hold_seconds: pulumi.Input[float] | None,
 ) -> tuple[dict[str, Any] | None, FlockerVolume | None]:
     if not volume:
         return None, None

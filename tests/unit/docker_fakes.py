@@ -46,8 +46,9 @@ class FakeHost:
 
 
 class FakeContainer:
-    def __init__(self, host: FakeHost, name: str, labels: dict, ports: dict | None) -> None:
+    def __init__(self, host: FakeHost, name: str, labels: dict, ports: dict | None, environment: dict | None = None) -> None:
         self.host, self.name, self.labels = host, name, dict(labels)
+        self.environment = dict(environment or {})
         self.id = f"{name}-{next(_ids)}"
         self.status = "created"
         self.bindings = {key: [{"HostIp": ip, "HostPort": str(port)}] for key, (ip, port) in (ports or {}).items()}
@@ -57,6 +58,7 @@ class FakeContainer:
     def attrs(self) -> dict:
         running = self.status == "running"
         return {
+            "Config": {"Env": [f"{name}={value}" for name, value in self.environment.items()]},
             "HostConfig": {"PortBindings": self.bindings},
             "NetworkSettings": {"Ports": self.bindings if running else {}},
             "State": {"StartedAt": self.id},
@@ -104,6 +106,9 @@ class FakeContainer:
                 self.host.bound.pop(port, None)
         return SimpleNamespace(exit_code=0, output="\n".join(answers).encode())
 
+    def put_archive(self, path: str, data: bytes) -> bool:
+        return True
+
     def get_archive(self, path: str) -> tuple[list[bytes], dict]:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -135,9 +140,11 @@ class FakeContainers:
             if (all or c.status == "running") and all_match(c.labels, wanted) and "volume" not in (filters or {})
         ]
 
-    def create(self, image: str, name: str, ports: dict | None = None, labels: dict | None = None, **_: object) -> FakeContainer:
+    def create(
+        self, image: str, name: str, ports: dict | None = None, labels: dict | None = None, environment: dict | None = None, **_: object
+    ) -> FakeContainer:
         assert name not in self.host.containers, name
-        container = self.host.containers[name] = FakeContainer(self.host, name, labels or {}, ports)
+        container = self.host.containers[name] = FakeContainer(self.host, name, labels or {}, ports, environment)
         return container
 
     def run(self, image: str, name: str, labels: dict, **_: object) -> FakeContainer:
