@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from . import labels as L
-from . import router_program
+from . import on_node
 from .models import Application, HealthCheck, Link, Owner, Port, RestartPolicy
 
 
@@ -112,14 +110,8 @@ class RouterSpec:
         return f"{self.name}.old"
 
     def program_hash(self) -> str:
-        """Changes with the router's source or image, so an upgraded provider replaces old routers."""
-        body = json.dumps([self.image, router_source()])
-        return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-@functools.cache
-def router_source() -> str:
-    return Path(router_program.__file__).read_text(encoding="utf-8")
+        """Changes with the router's modules or image, so an upgraded provider replaces old routers."""
+        return hashlib.sha256(self.image.encode() + b"\0" + on_node.archive(on_node.ROUTER)).hexdigest()[:16]
 
 
 def router_spec(project: str, stack: str, image: str) -> RouterSpec:

@@ -31,7 +31,7 @@ import urllib3.exceptions
 from . import labels as L
 from . import on_node, ssh_tunnel
 from .attached_exec import ExitWatch
-from .containers import ContainerSpec, MountedContainer, RouterSpec, router_source
+from .containers import ContainerSpec, MountedContainer, RouterSpec
 from .errors import (
     ContainerFailed,
     DeadlinePassed,
@@ -44,8 +44,8 @@ from .errors import (
     RoutingFailed,
 )
 from .models import Node, NodeVolumeState, Owner, RunningContainer
+from .on_node.router import TAKEOVER_FILE
 from .route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
-from .router_program import TAKEOVER_FILE
 from .staging import (
     GATE_ENTRYPOINT,
     HELD_LINE,
@@ -478,7 +478,7 @@ class DockerNode:
 
     def _take_over(self, router: RouterSpec, old: docker.models.containers.Container, wanted: str) -> docker.models.containers.Container:
         """An older router replaced without refusing connections (see ``--take-over`` in
-        router_program.py): the new one starts beside it, reads the routes and holds new
+        on_node/router.py): the new one starts beside it, reads the routes and holds new
         connections at their SYN; then the old one goes (SIGKILL: its iptables rules, marked
         like the new one's, are the new one's now) and the new one binds its ports."""
         old.rename(router.predecessor)
@@ -504,12 +504,12 @@ class DockerNode:
         self.create_volume(router.volume, dict(router.labels))
         # --kernel-forwarding: the router DNATs routes to other nodes with iptables (see
         # docs/architecture.md); with the tag its rules are told apart from everyone else's.
-        command = ["python3", "-c", router_source(), "--routes-dir", ROUTES_DIR, "--kernel-forwarding", "--rule-tag", router.name]
-        return self.client.containers.run(
+        command = on_node.command("router", "--routes-dir", ROUTES_DIR, "--kernel-forwarding", "--rule-tag", router.name)
+        return self._started_with(
+            on_node.ROUTER,
             router.image,
             command=[*command, "--take-over", take_over] if take_over else command,
             name=router.name,
-            detach=True,
             # The host network: the router listens on the node's own addresses.
             network_mode="host",
             # iptables in the node's network namespace. Without it (some hosts do not grant it)
@@ -532,8 +532,9 @@ class DockerNode:
         read_only: bool = False,
     ) -> docker.models.containers.Container:
         """A move's helper: the volume at the transfer mountpoint, the programs that run on the
-        nodes in its own layer (put there before it starts), ``port`` published on an ephemeral one."""
-        container = self.client.containers.create(
+        nodes in its own layer, ``port`` published on an ephemeral one."""
+        return self._started_with(
+            on_node.MOVE_HELPERS,
             image,
             command=command,
             name=name,
@@ -542,7 +543,12 @@ class DockerNode:
             volumes={volume: {"bind": MOUNT, "mode": "ro" if read_only else "rw"}},
             ports={f"{port}/tcp": None} if port else {},
         )
-        container.put_archive("/", on_node.archive())
+
+    def _started_with(self, modules: tuple[str, ...], image: str, **config: object) -> docker.models.containers.Container:
+        """A container that runs a program of ``on_node``: its modules are put into the
+        container's own layer before it starts, where they outlive its restarts."""
+        container = self.client.containers.create(image, **config)
+        container.put_archive("/", on_node.archive(modules))
         container.start()
         return container
 

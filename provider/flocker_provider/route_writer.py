@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from .attached_exec import AttachedExec
-from .router_program import WAKE_FILE
+from .on_node.router import WAKE_FILE
 
 ROUTES_DIR = "/routes/ports"
 ACK_SECONDS = 10

@@ -22,7 +22,7 @@ import docker
 
 from flocker_provider.containers import RouterSpec
 from flocker_provider.docker_layer import DockerNode
-from flocker_provider.router_program import rule_names
+from flocker_provider.on_node.kernel_forwarding import rule_names
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

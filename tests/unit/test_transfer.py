@@ -28,14 +28,16 @@ from flocker_provider.transfer import (
 
 def test_the_programs_run_from_the_files_put_into_the_helper() -> None:
     command = stream_receiver_command()
-    assert command[:2] == ["python3", f"{on_node.DIRECTORY}/stream_receive.py"]
-    names = subprocess.run(["tar", "-t"], input=on_node.archive(), capture_output=True, check=True).stdout.decode().split()
-    assert sorted(names) == [f"{on_node.DIRECTORY.lstrip('/')}/{name}.py" for name in ("delta_copy", "stream_receive")]
+    assert command[:5] == ["env", f"PYTHONPATH={on_node.DIRECTORY}", "python3", "-m", "on_node.stream_receive"]
+    archive = on_node.archive(on_node.MOVE_HELPERS)
+    names = subprocess.run(["tar", "-t"], input=archive, capture_output=True, check=True).stdout.decode().split()
+    package = f"{on_node.DIRECTORY.lstrip('/')}/on_node"
+    assert sorted(names) == [f"{package}/{name}.py" for name in ("__init__", "delta_copy", "stream_receive")]
 
 
 def test_an_armed_phase_2_round_says_so() -> None:
     command = delta_send_command("10.0.0.2", 31337, 2**30, final=True, armed=True, stall=32.0)
-    assert command[2:] == [
+    assert command[5:] == [
         "send",
         "--root",
         "/data",

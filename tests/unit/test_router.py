@@ -1,23 +1,30 @@
-"""The per-node TCP router, run as the container runs it (a subprocess), against echo servers on loopback."""
+"""The per-node TCP router (on_node/router.py), run as the container runs it (a subprocess, from the files its
+container gets), and in this process, against echo servers on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from iptables_fake import FakeIptables
 
-from flocker_provider import route_writer, router_program
+from flocker_provider import on_node, route_writer
+from flocker_provider.containers import router_spec
+from flocker_provider.on_node.kernel_forwarding import KernelForwarding, rule_names
+from flocker_provider.on_node.router import WAKE_FILE, Router
 
-ROUTER = Path(__file__).resolve().parents[2] / "provider" / "flocker_provider" / "router_program.py"
 LOOPBACK = "127.0.0.1"
 
 
@@ -76,15 +83,34 @@ class EchoServer:
         self.listener.close()
 
 
+def unpack_router(root: Path) -> Path:
+    """The router's modules as its container gets them, unpacked under ``root``; the directory to import them from."""
+    with tarfile.open(fileobj=io.BytesIO(on_node.archive(on_node.ROUTER))) as tar:
+        tar.extractall(root, filter="data")
+    return root / on_node.DIRECTORY.lstrip("/")
+
+
 class RouterProcess:
-    def __init__(self, state: Path, extra_args: list[str]) -> None:
+    def __init__(self, state: Path, layer: Path, extra_args: list[str]) -> None:
         self.routes = state / "routes"
         self.routes.mkdir()
         self.stats_path = state / "router-stats.json"
         self.lines: list[str] = []
         self._changed = threading.Condition()
+        # -S: no site-packages, so the project is not importable: the shipped modules must need nothing else.
         self.process = subprocess.Popen(
-            [sys.executable, str(ROUTER), "--routes-dir", str(self.routes), "--listen-address", LOOPBACK, *extra_args],
+            [
+                sys.executable,
+                "-S",
+                "-m",
+                f"{on_node.PACKAGE}.router",
+                "--routes-dir",
+                str(self.routes),
+                "--listen-address",
+                LOOPBACK,
+                *extra_args,
+            ],
+            env={**os.environ, "PYTHONPATH": str(layer)},
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -143,11 +169,12 @@ class RouterProcess:
 @pytest.fixture
 def start_router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     routers: list[RouterProcess] = []
+    layer = unpack_router(tmp_path / "layer")
 
     def start(*extra_args: str) -> RouterProcess:
         state = tmp_path / f"node{len(routers)}"
         state.mkdir()
-        routers.append(RouterProcess(state, list(extra_args)))
+        routers.append(RouterProcess(state, layer, list(extra_args)))
         routers[-1].wait_log("watching")
         return routers[-1]
 
@@ -355,200 +382,10 @@ def test_hundreds_of_held_connections_are_all_released(router: RouterProcess, se
     assert stats["held_timed_out"] == 0
 
 
-# Kernel forwarding: the iptables rules the router computes, and what it runs, with a fake runner
-# (the router must never touch this machine's own iptables in unit tests).
+# The router with kernel forwarding, in this process, its iptables faked.
 
 TAG = "flocker-unit.router"
-NAMES = router_program.rule_names(TAG)
-MARK = f'-m comment --comment "{NAMES.comment}"'
-
-
-class FakeIptables:
-    """Answers the router's iptables commands from a table of prefixes; records every call."""
-
-    def __init__(self, answers: dict[tuple[str, ...], tuple[int, str]] | None = None) -> None:
-        self.answers = {
-            ("iptables-nft-save",): (0, "*filter\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n"),
-            ("iptables-legacy-save",): (0, ""),
-            **(answers or {}),
-        }
-        self.calls: list[tuple[list[str], str | None]] = []
-
-    def __call__(self, args: list[str], stdin: str | None) -> tuple[int, str]:
-        self.calls.append((args, stdin))
-        # The longest matching prefix, ignoring the lock wait option.
-        words = tuple(w for i, w in enumerate(args) if w != "-w" and (i == 0 or args[i - 1] != "-w"))
-        for length in range(len(words), 0, -1):
-            if words[:length] in self.answers:
-                return self.answers[words[:length]]
-        return 0, ""
-
-    def restores(self) -> list[str]:
-        return [stdin for args, stdin in self.calls if args[0].endswith("-restore") and stdin is not None]
-
-    def commands(self) -> list[list[str]]:
-        """Every call's arguments (restores too), without the lock wait option."""
-        return [[w for i, w in enumerate(args) if w != "-w" and args[i - 1] != "-w"] for args, _ in self.calls]
-
-
-def test_chain_names_fit_iptables_and_tell_stacks_apart() -> None:
-    other = router_program.rule_names("flocker-another-stack-with-a-very-long-name.router")
-    for names in (NAMES, other):
-        assert all(len(chain) <= 28 and chain.startswith("FLKR-") for chain in (names.dnat, names.snat, names.accept))
-    assert {NAMES.dnat, NAMES.snat, NAMES.accept}.isdisjoint({other.dnat, other.snat, other.accept})
-    assert NAMES.comment == f"flocker-router:{TAG}"
-    assert " " not in router_program.rule_names("a stack; with spaces").comment
-
-
-def test_restore_input_swaps_our_chains_and_dnats_only_the_forwarded_ports() -> None:
-    text = router_program.restore_input(NAMES, {8701: ("10.0.0.2", 32768)}, [8702, 8701])
-    lines = text.splitlines()
-    # Declaring the chains flushes them: the restore replaces everything of ours at once.
-    assert lines[:3] == ["*nat", f":{NAMES.dnat} - [0:0]", f":{NAMES.snat} - [0:0]"]
-    assert f"-A {NAMES.dnat} -p tcp --dport 8701 -m comment --comment {NAMES.comment} -j DNAT --to-destination 10.0.0.2:32768" in lines
-    assert sum("-j DNAT" in line for line in lines) == 1
-    # MASQUERADE and ACCEPT for every routed port: connections forwarded before a change keep working.
-    for port in (8701, 8702):
-        dnatted = f"-p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} -m comment --comment {NAMES.comment}"
-        assert f"-A {NAMES.snat} {dnatted} -j MASQUERADE" in lines
-        assert f"-A {NAMES.accept} {dnatted} -j ACCEPT" in lines
-    assert lines[lines.index("*filter") + 1] == f":{NAMES.accept} - [0:0]"
-    assert lines.count("COMMIT") == 2
-    assert not any(line.startswith("-I ") for line in lines)
-
-
-def test_restore_input_at_start_inserts_the_jumps_first() -> None:
-    lines = router_program.restore_input(NAMES, {}, [], jumps_into="DOCKER-USER").splitlines()
-    assert f"-I PREROUTING 1 -m addrtype --dst-type LOCAL -m comment --comment {NAMES.comment} -j {NAMES.dnat}" in lines
-    assert f"-I POSTROUTING 1 -m comment --comment {NAMES.comment} -j {NAMES.snat}" in lines
-    assert f"-I DOCKER-USER 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}" in lines
-    # Each jump in the table its chain is in.
-    assert lines.index("*filter") < lines.index(f"-I DOCKER-USER 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}")
-
-
-def test_only_rules_with_our_exact_comment_are_deleted() -> None:
-    ours = f"-A PREROUTING -m addrtype --dst-type LOCAL {MARK} -j {NAMES.dnat}"
-    assert router_program.deletion_of(ours, NAMES.comment) == [
-        "-D",
-        "PREROUTING",
-        *["-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", NAMES.comment, "-j", NAMES.dnat],
-    ]
-    for line in (
-        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-        f'-A PREROUTING -m comment --comment "{NAMES.comment}-other" -j X',  # another stack whose name starts like ours
-        f"-N {NAMES.dnat}",
-        "-P FORWARD DROP",
-        '-A FORWARD -m comment --comment "unbalanced',
-    ):
-        assert router_program.deletion_of(line, NAMES.comment) is None, line
-
-
-@pytest.mark.parametrize(
-    ("nft", "legacy", "chosen"),
-    [
-        ((0, "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN"), (0, ""), "iptables-nft"),
-        ((0, ""), (0, "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN"), "iptables-legacy"),
-        ((0, ""), (0, ""), "iptables-nft"),
-        ((1, "Permission denied (you must be root)"), (127, "not found"), None),
-        ((127, "not found"), (127, "not found"), None),
-    ],
-    ids=["nft", "legacy", "tie", "no-permission", "missing"],
-)
-def test_the_backend_with_dockers_rules_is_chosen(nft: tuple[int, str], legacy: tuple[int, str], chosen: str | None) -> None:
-    fake = FakeIptables({("iptables-nft-save",): nft, ("iptables-legacy-save",): legacy})
-    assert router_program.choose_backend(fake) == chosen
-
-
-def test_start_removes_stale_rules_of_ours_only_then_installs_the_jumps() -> None:
-    stale = f"-A PREROUTING -m addrtype --dst-type LOCAL {MARK} -j {NAMES.dnat}"
-    fake = FakeIptables(
-        {
-            ("iptables-nft", "-t", "nat", "-S", "PREROUTING"): (
-                0,
-                f"-P PREROUTING ACCEPT\n{stale}\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-            ),
-            ("iptables-nft", "-t", "nat", "-S", NAMES.dnat): (0, f"-N {NAMES.dnat}"),
-            ("iptables-nft", "-t", "nat", "-S", NAMES.snat): (1, "No chain/target/match by that name."),
-            ("iptables-nft", "-t", "filter", "-S", NAMES.accept): (1, "No chain/target/match by that name."),
-        }
-    )
-    kernel = router_program.KernelForwarding(TAG, runner=fake)
-    assert kernel.start()
-    assert kernel.enabled and kernel.backend == "iptables-nft" and kernel.forward_chain == "DOCKER-USER"
-    commands = fake.commands()
-    deletions = [c for c in commands if "-D" in c]
-    # The quotes iptables -S prints are gone: the comment is one argument again.
-    jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", NAMES.comment, "-j", NAMES.dnat]
-    assert deletions == [["iptables-nft", "-t", "nat", "-D", "PREROUTING", *jump]]
-    assert ["iptables-nft", "-t", "nat", "-F", NAMES.dnat] in commands
-    assert ["iptables-nft", "-t", "nat", "-X", NAMES.dnat] in commands
-    assert ["iptables-nft", "-t", "nat", "-X", NAMES.snat] not in commands  # not there: nothing to delete
-    (restore,) = fake.restores()
-    assert f"-I DOCKER-USER 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}" in restore
-    assert fake.calls[-1][0][:3] == ["iptables-nft-restore", "-w", "10"] and "--noflush" in fake.calls[-1][0]
-
-
-def test_a_take_over_drops_syns_to_its_ports_and_takes_exactly_those_rules_away() -> None:
-    ours = f"-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m multiport --dports 80,9200 {MARK} -j DROP"
-    listing = f"-P INPUT ACCEPT\n{ours}\n-A INPUT -p tcp --dport 22 -j ACCEPT"
-    fake = FakeIptables({("iptables-nft", "-t", "filter", "-S", "INPUT"): (0, listing)})
-    kernel = router_program.KernelForwarding(TAG, runner=fake)
-    assert kernel.start()
-    ports = list(range(9000, 9017))  # 17 ports: two rules, multiport takes 15
-    assert kernel.drop_syns(ports)
-    inserted = [c for c in fake.commands() if c[3:5] == ["-I", "INPUT"]]
-    assert [c[c.index("--dports") + 1] for c in inserted] == [",".join(map(str, range(9000, 9015))), "9015,9016"]
-    assert all(c[-2:] == ["-j", "DROP"] and "--syn" in c and NAMES.comment in c for c in inserted)
-    kernel.release_syns()
-    deletions = [c for c in fake.commands() if "-D" in c and "INPUT" in c]
-    assert deletions[-1][3:5] == ["-D", "INPUT"] and "22" not in deletions[-1]
-    # A router killed while taking over: the next one's start removes its drops too.
-    assert any(c[3:5] == ["-D", "INPUT"] for c in fake.commands()[: fake.commands().index(inserted[0])])
-
-
-def test_without_dockers_chain_the_accepts_go_into_forward() -> None:
-    fake = FakeIptables({("iptables-nft", "-t", "filter", "-S", "DOCKER-USER"): (1, "No chain/target/match by that name.")})
-    kernel = router_program.KernelForwarding(TAG, runner=fake)
-    assert kernel.start()
-    assert f"-I FORWARD 1 -m comment --comment {NAMES.comment} -j {NAMES.accept}" in fake.restores()[0]
-
-
-def test_apply_restores_only_changes_and_a_failure_turns_kernel_forwarding_off() -> None:
-    fake = FakeIptables()
-    kernel = router_program.KernelForwarding(TAG, runner=fake)
-    assert kernel.start()
-    assert kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])
-    assert kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])  # unchanged: no second restore
-    assert len(fake.restores()) == 2
-    assert kernel.applied == ({8701: ("10.0.0.2", 32768)}, frozenset({8701}))
-
-    fake.answers[("iptables-nft-restore",)] = (1, "iptables-nft-restore: line 3 failed")
-    assert not kernel.apply({}, [8701])
-    assert not kernel.enabled
-    # Turning off removes our rules, so no DNAT is left to a target that may go away.
-    assert ["iptables-nft", "-t", "nat", "-S", NAMES.dnat] in fake.commands()
-    assert not kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])
-
-
-def test_no_iptables_means_proxy_only() -> None:
-    fake = FakeIptables({("iptables-nft-save",): (127, "not found"), ("iptables-legacy-save",): (127, "not found")})
-    kernel = router_program.KernelForwarding(TAG, runner=fake)
-    assert not kernel.start()
-    assert not kernel.enabled
-    assert not kernel.apply({8701: ("10.0.0.2", 32768)}, [8701])
-    kernel.stop()
-    assert [args[0] for args, _ in fake.calls] == ["iptables-nft-save", "iptables-legacy-save"]
-
-
-def test_only_ipv4_targets_on_other_nodes_are_forwarded_by_the_kernel() -> None:
-    kernel = router_program.KernelForwarding(TAG, runner=FakeIptables(), is_local=lambda host: host == "10.0.0.1")
-    assert kernel.can_forward_to(("10.0.0.2", 32768))
-    assert not kernel.can_forward_to(("10.0.0.1", 32768))  # this node: the proxy
-    assert not kernel.can_forward_to(None)
-    assert not kernel.can_forward_to(("fd00::2", 32768))
-    assert not kernel.can_forward_to(("node2.example", 32768))
-    assert router_program.is_local_address("127.0.0.1")
-    assert not router_program.is_local_address("192.0.2.123")  # TEST-NET-1: nobody's address
+NAMES = rule_names(TAG)
 
 
 def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path: Path, servers: Callable[..., EchoServer]) -> None:
@@ -558,7 +395,7 @@ def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path
     routes.mkdir()
     fake = FakeIptables()
     # Loopback stands in for another node's address.
-    kernel = router_program.KernelForwarding(TAG, runner=fake, is_local=lambda host: False)
+    kernel = KernelForwarding(TAG, runner=fake, is_local=lambda host: False)
     port = free_port()
 
     def write(target: str | None) -> None:
@@ -573,7 +410,7 @@ def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path
         return time.monotonic() - started
 
     async def scenario() -> None:
-        router = router_program.Router(routes, LOOPBACK, kernel=kernel)
+        router = Router(routes, LOOPBACK, kernel=kernel)
         stop = asyncio.Event()
         running = asyncio.create_task(router.run(stop))
         await until(lambda: kernel.enabled)
@@ -629,7 +466,7 @@ def while_a_router_runs(routes: Path, check: Callable[[], Awaitable[None]]) -> N
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        running = asyncio.create_task(router_program.Router(routes, LOOPBACK).run(stop))
+        running = asyncio.create_task(Router(routes, LOOPBACK).run(stop))
         try:
             await check()
         finally:
@@ -678,7 +515,7 @@ def test_a_route_is_acknowledged_only_once_its_port_is_listened_on(tmp_path: Pat
 
 def test_a_route_writer_wakes_the_router_instead_of_waiting_for_its_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer (as run in the router container, its paths moved here) against a router that would poll once a minute."""
-    monkeypatch.setattr(router_program, "POLL_INTERVAL", 60.0)
+    monkeypatch.setattr("flocker_provider.on_node.router.POLL_INTERVAL", 60.0)
     routes = tmp_path / "routes" / "ports"
     routes.mkdir(parents=True)
     program = route_writer.PROGRAM.replace(route_writer.ROUTES_DIR, str(routes))
@@ -687,13 +524,13 @@ def test_a_route_writer_wakes_the_router_instead_of_waiting_for_its_poll(tmp_pat
 
     async def check() -> None:
         await asyncio.sleep(0.1)  # the router's first poll, before the route file exists
-        assert (routes.parent / router_program.WAKE_FILE).read_text() == f"{os.getpid()}\n"
+        assert (routes.parent / WAKE_FILE).read_text() == f"{os.getpid()}\n"
         writer = await asyncio.create_subprocess_exec(sys.executable, "-c", program, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         answer, _ = await asyncio.wait_for(writer.communicate(line.encode()), 5)
         assert answer.decode() == f"ok {port}\n"
 
     while_a_router_runs(routes, check)
-    assert not (routes.parent / router_program.WAKE_FILE).exists()  # a stopped router takes no signal
+    assert not (routes.parent / WAKE_FILE).exists()  # a stopped router takes no signal
 
 
 def test_a_route_writer_without_a_wake_file_says_nothing_of_it(tmp_path: Path) -> None:
@@ -714,3 +551,23 @@ def test_a_route_writer_without_a_wake_file_says_nothing_of_it(tmp_path: Path) -
         timeout=10,
     )
     assert (late.stdout, late.stderr) == ("ok 9200\nlate 80\n", "")
+
+
+def test_a_routers_hash_changes_with_its_modules_and_not_with_the_move_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed router replaces the running ones (a take-over each); a changed move helper must not."""
+    package = tmp_path / on_node.PACKAGE
+    shutil.copytree(Path(on_node.__file__).parent, package)
+    monkeypatch.setattr(on_node, "_HERE", package)
+    spec = router_spec("p", "s", "flocker/base:local")
+
+    def hash_after_changing(module: str) -> str:
+        (package / f"{module}.py").write_text((package / f"{module}.py").read_text() + "# changed\n")
+        on_node.archive.cache_clear()
+        return spec.program_hash()
+
+    try:
+        before = hash_after_changing("stream_receive")
+        assert hash_after_changing("delta_copy") == before
+        assert hash_after_changing("splicing") != before
+    finally:
+        on_node.archive.cache_clear()  # of the copy: the next test ships the real modules
