@@ -150,6 +150,12 @@ def _unknown_line(kind: str, news: dict) -> bool:
     return bool(keys)
 
 
+def _resealed(olds: dict, news: dict) -> bool:
+    """An input made a secret, or no longer one, its value the same: only an update records the
+    outputs again, as secret as the inputs now are (the engine keeps the old ones otherwise)."""
+    return (olds.get(SECRET_PATHS) or []) != (news.get(SECRET_PATHS) or [])
+
+
 def _changed_keys(olds: dict, news: dict, outputs: tuple[str, ...]) -> list[str]:
     keys = (set(olds) | set(news)) - set(outputs) - set(_INTERNAL)
     return sorted(k for k in keys if olds.get(k) != news.get(k))
@@ -174,7 +180,7 @@ class ApplicationProvider(ResourceProvider):
         if stopped:
             # Also shown by a refresh, whose diff does not know of a node change to come.
             report(f"found: application {news.get('name')} is not running on {olds.get('node')}: the update starts it")
-        return DiffResult(changes=bool(changed) or stopped, replaces=[], delete_before_replace=False)
+        return DiffResult(changes=bool(changed) or stopped or _resealed(olds, news), replaces=[], delete_before_replace=False)
 
     @_names("application")
     def create(self, props: dict) -> CreateResult:
@@ -334,7 +340,7 @@ class VolumeProvider(ResourceProvider):
         missing = olds.get("missing") is True
         if missing:
             report(f"found: {_missing_line(olds)}")
-        return DiffResult(changes=bool(changed) or missing, replaces=[], delete_before_replace=False)
+        return DiffResult(changes=bool(changed) or missing or _resealed(olds, news), replaces=[], delete_before_replace=False)
 
     @_names("volume")
     def create(self, props: dict) -> CreateResult:

@@ -200,3 +200,13 @@ def test_outputs_made_of_a_secret_input_are_secrets() -> None:
     # Same-named outputs the engine keeps secret itself; the rest stays as it is.
     assert outs["node"] == "secret-node-Q7"
     assert sealed({"addresses": ["a"]}, app(), {"addresses": ("node",)}) == {"addresses": ["a"]}
+
+
+def test_an_input_made_a_secret_with_its_value_unchanged_is_an_update_that_records_it_sealed() -> None:
+    props = app(ports=[{"internal": 80, "external": 80}])
+    secret = {**props, SECRET_PATHS: [["node"]]}
+    assert ApplicationProvider().diff("id", props, secret).changes
+    assert VolumeProvider().diff("id", secret, props).changes
+    # A stack recorded before secret_inputs existed has none: no update for that alone.
+    recorded_before = {k: v for k, v in props.items() if k != SECRET_PATHS}
+    assert not ApplicationProvider().diff("id", recorded_before, props).changes
