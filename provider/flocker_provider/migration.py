@@ -273,27 +273,32 @@ def _run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: M
         failure = translated(exc)
         if isinstance(failure, ProviderError):
             failure.within(step=describe(step))
-        told(failure, _unreachable(engines, channel))
+        down = _unreachable(engines, channel)
+        told(failure, f"{', '.join(n.name for n in down)}: Docker engine not answering" if down else "")
         if handed_over:
             raise told(failure, "the volume was handed over already: run `pulumi up` again to finish the move") from failure.__cause__
         with contextlib.suppress(Exception):  # a stop that failed is started again like the others
             stops.settle()
-        restarted = _restart(stops.stopped, engines) + _route_back(held, engines, channel.source) + _unstage(staged, engines)
+        restarted = _restart(stops.stopped, engines, channel.source in down)
+        restarted += _route_back(held, engines, channel.source) + _unstage(staged, engines)
         raise told(failure, f"nothing was lost: {restarted}{channel.discard_partial_copy()}") from failure.__cause__
 
 
-def _unreachable(engines: Engines, channel: TransferChannel) -> str:
-    """Name the node whose engine stopped answering: the likeliest cause of a failed step."""
+def _unreachable(engines: Engines, channel: TransferChannel) -> list[Node]:
+    """The nodes of the move whose engine stopped answering: the likeliest cause of a failed step."""
     down = []
     for node in (channel.source, channel.destination):
         try:
             engines[node].client.ping()
         except Exception:  # any failure to answer means the same thing here
-            down.append(node.name)
-    return f"{', '.join(down)}: Docker engine not answering" if down else ""
+            down.append(node)
+    return down
 
 
-def _restart(stopped: list[StopApplication], engines: Engines) -> str:
+def _restart(stopped: list[StopApplication], engines: Engines, source_down: bool) -> str:
+    if not stopped and source_down:
+        # Its data is as the application left it: the next `up` moves it from there.
+        return "the application went down with the source's engine and was not moved"
     if not stopped:
         return "the application kept running on the source"
     problems = []

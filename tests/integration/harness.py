@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -13,13 +14,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
 
+from flocker_provider import labels as L
 from flocker_provider.containers import RouterSpec
 from flocker_provider.docker_layer import DockerNode
 from flocker_provider.on_node.kernel_forwarding import rule_names
@@ -403,3 +405,44 @@ def children(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue  # ended meanwhile
     return found
+
+
+class Sampler(threading.Thread):
+    """How many nodes run ``container``'s process at once, sampled every half second: never more
+    than one. By its process, not by Docker's status: a stopped container whose processes are
+    gone is "running" until Docker has also taken its network down, while the move starts the
+    destination's (every node's processes are this machine's)."""
+
+    def __init__(self, nodes: list[ClusterNode], container: str) -> None:
+        super().__init__(daemon=True)
+        self.nodes, self.container = nodes, container
+        self.most = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            running = 0
+            for node in self.nodes:
+                with contextlib.suppress(Exception):  # an engine busy for a moment: the next sample counts
+                    found = node.client().containers.list(filters={"name": self.container, "status": "running"})
+                    pids = [c.attrs["State"]["Pid"] for c in found if c.name == self.container]
+                    running += any(pid and not process_ended(pid) for pid in pids)
+            self.most = max(self.most, running)
+
+
+def in_namespace(node: ClusterNode, *command: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", node.netns, *command], check=True, capture_output=True, text=True).stdout
+
+
+@contextlib.contextmanager
+def slowed(node: ClusterNode) -> Iterator[None]:
+    """``node``'s traffic out at 200 Mbit/s, so that a copy from it takes seconds to cut into."""
+    in_namespace(node, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "200mbit", "burst", "64kb", "latency", "100ms")
+    try:
+        yield
+    finally:
+        in_namespace(node, "tc", "qdisc", "del", "dev", "eth0", "root")
+
+
+def transfer_helpers(nodes: list[ClusterNode]) -> list[str]:
+    return [c.name for n in nodes for c in n.client().containers.list(all=True, filters={"label": f"{L.KIND}={L.KIND_TRANSFER}"})]

@@ -5,27 +5,26 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from flocker_provider import labels as L
-
 from .harness import (
     STORE,
     ClusterNode,
     Pulumi,
+    Sampler,
     Writer,
     by_name,
     eventually,
     http_json,
+    in_namespace,
     lost_writes,
     make,
-    process_ended,
+    slowed,
+    transfer_helpers,
     volume_prefix_checksums,
 )
 
@@ -36,10 +35,6 @@ STALL_SECONDS = 5
 MOUNT = '"mountpoint": "/var/lib/elasticsearch"'
 STALLING_STORE = STORE.replace(f"volume={{{MOUNT}}}", f'volume={{{MOUNT}, "stall_timeout": {STALL_SECONDS}}}')
 BLOB_MIB = 512
-
-
-def in_namespace(node: ClusterNode, *command: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", node.netns, *command], check=True, capture_output=True, text=True).stdout
 
 
 @contextlib.contextmanager
@@ -58,43 +53,6 @@ def link_cut(node: ClusterNode, peer: ClusterNode, tag: str) -> Iterator[None]:
         for rule in in_namespace(node, "iptables", "-t", "raw", "-S").splitlines():
             if f"--comment {tag}" in rule:
                 in_namespace(node, "iptables", "-t", "raw", "-D", *rule.split()[1:])
-
-
-@contextlib.contextmanager
-def slowed(node: ClusterNode) -> Iterator[None]:
-    """``node``'s traffic out at 200 Mbit/s, so that a copy from it takes seconds to cut into."""
-    in_namespace(node, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "200mbit", "burst", "64kb", "latency", "100ms")
-    try:
-        yield
-    finally:
-        in_namespace(node, "tc", "qdisc", "del", "dev", "eth0", "root")
-
-
-class Sampler(threading.Thread):
-    """How many nodes run ``container``'s process at once, sampled every half second: never more
-    than one. By its process, not by Docker's status: a stopped container whose processes are
-    gone is "running" until Docker has also taken its network down, while the move starts the
-    destination's (every node's processes are this machine's)."""
-
-    def __init__(self, nodes: list[ClusterNode], container: str) -> None:
-        super().__init__(daemon=True)
-        self.nodes, self.container = nodes, container
-        self.most = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.5):
-            running = 0
-            for node in self.nodes:
-                with contextlib.suppress(Exception):  # an engine busy for a moment: the next sample counts
-                    found = node.client().containers.list(filters={"name": self.container, "status": "running"})
-                    pids = [c.attrs["State"]["Pid"] for c in found if c.name == self.container]
-                    running += any(pid and not process_ended(pid) for pid in pids)
-            self.most = max(self.most, running)
-
-
-def transfer_helpers(nodes: list[ClusterNode]) -> list[str]:
-    return [c.name for n in nodes for c in n.client().containers.list(all=True, filters={"label": f"{L.KIND}={L.KIND_TRANSFER}"})]
 
 
 @pytest.mark.parametrize("cut", ["before the stream connects", "mid-stream", "in a delta round"])

@@ -182,6 +182,27 @@ def test_standalone_volume_moves_without_applications() -> None:
     )
 
 
+def test_applications_down_on_the_source_move_with_their_volume_unstarted() -> None:
+    """Down with the source's engine during an earlier try and not started by its return (restart
+    policy never): their data is as they left it, so nothing is held, stopped or staged; the
+    stopped container goes from the source, and the application's own update starts it on the
+    destination and routes to it there (`plan_application`)."""
+    state = move_state(source_containers=(MountedContainer(SPEC.name, SPEC, running=False),))
+    assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
+        PushVolume(N1, N2, "v", final=False),
+        PushVolume(N1, N2, "v", final=True),
+        VerifyVolume(N1, N2, "v"),
+        HandoffVolume(N1, N2, "v", LABELS),
+        RemoveApplication(N1, SPEC.name),
+    )
+    assert plan((N2, SPEC), {N1: None, N2: None}) == (
+        StartApplication(N2, SPEC),
+        WaitForApplication(N2, SPEC.name),
+        *route(N2),
+        ConfirmApplication(N2, SPEC.name),
+    )
+
+
 def test_rerun_after_handoff_only_finishes_the_move() -> None:
     state = move_state(
         source_volume=NodeVolumeState("v", exists=True, retired=True),
