@@ -13,6 +13,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)   # the TLS test makes its certificates
+command -v curl >/dev/null || need+=(curl)         # a Go toolchain, when one must be fetched
 command -v iptables >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v ssh >/dev/null || need+=(openssh-client)   # ssh:// nodes
