@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,9 @@ STACK_ENV = "FLOCKER_DEPLOY_STACK"
 STATE_ENV = "FLOCKER_DEPLOY_STATE"
 DEFAULT_STACK = "flocker"
 DEFAULT_STATE_DIR = "~/.flocker-deploy/state"
+# In the state directory: the passphrase of the stacks' secrets, when the user gives none.
+PASSPHRASE_FILE = "passphrase"
+PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 # The stack output the "what runs where" table is read from.
 OUTPUT = "applications"
 
@@ -120,6 +124,36 @@ def make_program(configuration: Configuration | None) -> Callable[[], None]:
     return program
 
 
+def passphrase_env(state_dir: str, work_dir: str, stack: str) -> dict[str, str]:
+    """How the engine gets the passphrase that encrypts the stack's secrets in its state: the
+    user's own (PULUMI_CONFIG_PASSPHRASE or _FILE, when set), else one made once at random
+    and kept, 0600, beside the state it opens; said where when it is made. A stack made
+    before, with the empty passphrase of old, keeps it (another would not open it), said so."""
+    for variable in PASSPHRASE_ENV:
+        if variable in os.environ:
+            return {variable: os.environ[variable]}
+    path = os.path.join(state_dir, PASSPHRASE_FILE)
+    if not os.path.exists(path):
+        if os.path.exists(os.path.join(work_dir, f"Pulumi.{stack}.yaml")):
+            print(
+                f"flocker-deploy: stack {stack} was made with an empty passphrase, which anyone can use to read its secrets: "
+                f"`pulumi stack change-secrets-provider passphrase` (in {work_dir}) gives it one",
+                file=sys.stderr,
+                flush=True,
+            )
+            return {"PULUMI_CONFIG_PASSPHRASE": ""}
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+        print(
+            f"flocker-deploy: the stack's secrets are encrypted with a passphrase made now in {path} (mode 0600): "
+            "keep it with the state, which cannot be decrypted without it; PULUMI_CONFIG_PASSPHRASE(_FILE) gives your own",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {"PULUMI_CONFIG_PASSPHRASE_FILE": path}
+
+
 def open_stack(args: argparse.Namespace, configuration: Configuration | None) -> auto.Stack:
     os.makedirs(args.state_dir, exist_ok=True)
     # A fixed work directory keeps each stack's settings (the passphrase salt among them)
@@ -130,10 +164,7 @@ def open_stack(args: argparse.Namespace, configuration: Configuration | None) ->
     options = auto.LocalWorkspaceOptions(
         work_dir=work_dir,
         project_settings=auto.ProjectSettings(name=PROJECT, runtime="python", backend=auto.ProjectBackend(url=backend)),
-        env_vars={
-            "PULUMI_BACKEND_URL": backend,
-            "PULUMI_CONFIG_PASSPHRASE": os.environ.get("PULUMI_CONFIG_PASSPHRASE", ""),
-        },
+        env_vars={"PULUMI_BACKEND_URL": backend, **passphrase_env(args.state_dir, work_dir, args.stack)},
     )
     stack = auto.create_or_select_stack(args.stack, project_name=PROJECT, program=make_program(configuration), opts=options)
     settings = stack_config(args)
