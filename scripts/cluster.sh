@@ -20,6 +20,11 @@
 # FLOCKER_CLUSTER=K (1..9) makes a separate cluster K beside the default one (0): its own
 # bridge, subnet 172.16.(255-K).0/24, namespaces, daemons and directories, so several
 # clones can run their integration tests on one machine at once without meeting.
+#
+# FLOCKER_NODE<I>_DISK_MB=M (at the `up` that makes node I) puts that node's Docker volumes
+# on a filesystem of M MB of their own, so that a test can fill the disk a copy writes to
+# (images stay on the shared disk: they would not fit). The node file says so
+# ("volumes_mb"); it stays that way for the node's life, until `down`.
 set -euo pipefail
 
 CLUSTER="${FLOCKER_CLUSTER:-0}"
@@ -204,6 +209,30 @@ ensure_netns() {   # i
 
 # ---------------------------------------------------------------------------- engines
 
+volumes_image() { echo "$(node_lib "$1")/volumes.img"; }
+
+# A loop-mounted ext4 image, not a tmpfs: the volumes outlive `stop-node`, as on a real disk.
+mount_small_disk() {   # i; before its dockerd starts
+  local i="$1" var="FLOCKER_NODE${1}_DISK_MB" mb image dir
+  image="$(volumes_image "$i")"; dir="$(node_lib "$i")/docker/volumes"; mb="${!var:-}"
+  if [ ! -e "$image" ]; then
+    [ -n "$mb" ] || return 0
+    [[ "$mb" =~ ^[0-9]+$ ]] && [ "$mb" -ge 16 ] || die "$var must be a size in MB, 16 or more, got '$mb'"
+    # Over volumes already there it would hide them, as a disk swapped under a running node would.
+    [ -z "$(ls -A "$dir" 2>/dev/null)" ] || die "node$i has volumes already: $var applies to a node that does not exist yet"
+    truncate -s "${mb}M" "$image"
+    mkfs.ext4 -q -F -m 0 "$image"
+  fi
+  mkdir -p "$dir"
+  mountpoint -q "$dir" && return 0
+  # dockerd binds a data root that is no mount point onto itself (to make it shared), and
+  # that bind would hide the small disk beneath: a bind of its own first, dockerd keeps it.
+  mountpoint -q "$(node_lib "$i")/docker" || mount --bind "$(node_lib "$i")/docker" "$(node_lib "$i")/docker"
+  mount -o loop "$image" "$dir"
+  # Docker takes every directory there for a volume.
+  rmdir "$dir/lost+found" 2>/dev/null || true
+}
+
 start_engine() {   # i
   local i="$1" ns run lib addr logf pid deadline
   ns="$(ns_name "$i")"; run="$(node_run "$i")"; lib="$(node_lib "$i")"; addr="$(node_addr "$i")"
@@ -249,6 +278,7 @@ EOF
   fi
 
   if ! dockerd_pid "$run" >/dev/null; then
+    mount_small_disk "$i"
     rm -f "$run/docker.pid"   # dockerd refuses to start while a (stale) pidfile names a live pid
     # Our own daemon config, so a host /etc/docker/daemon.json cannot change the nodes.
     # deprecated-key-path exists in 20.10's config file only (not as a flag).
@@ -337,10 +367,13 @@ write_nodes_file() {
     for i in $(existing_nodes); do
       [ $first = 1 ] || printf ', '
       first=0
-      # engine_socket and netns are not read by the provider: the SSH test reaches the
-      # engine through the one, the registry test runs a registry in the other.
-      printf '{"name": "node%s", "address": "%s", "docker_host": "tcp://%s:2375", "engine_socket": "%s/docker.sock", "netns": "%s"}' \
+      # engine_socket, netns and volumes_mb are not read by the provider: the SSH test reaches
+      # the engine through the first, the registry test runs a registry in the second, the
+      # full-disk test looks for the third.
+      printf '{"name": "node%s", "address": "%s", "docker_host": "tcp://%s:2375", "engine_socket": "%s/docker.sock", "netns": "%s"' \
         "$i" "$(node_addr "$i")" "$(node_addr "$i")" "$(node_run "$i")" "$(ns_name "$i")"
+      [ -e "$(volumes_image "$i")" ] && printf ', "volumes_mb": %s' "$(( $(stat -c %s "$(volumes_image "$i")") >> 20 ))"
+      printf '}'
     done
     printf ']}\n'
   } >"$tmp"
@@ -386,7 +419,7 @@ cmd_down() {
     [ -d "$(node_lib "$i")" ] || continue
     umount_under "$(node_lib "$i")"
     rm -rf "$(node_lib "$i")/containerd"
-    [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$(node_lib "$i")/docker"
+    [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$(node_lib "$i")/docker" "$(volumes_image "$i")"
     rmdir "$(node_lib "$i")" 2>/dev/null || true
   done
   rmdir "$LIB" 2>/dev/null || true

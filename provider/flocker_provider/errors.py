@@ -153,5 +153,14 @@ class MoveFailed(ProviderError):
     remedy = "the helpers' words above say why; fix that, then run `pulumi up` again: the move starts over from what was copied"
 
 
+class DiskFull(MoveFailed):
+    """The destination's disk filled up during a move's copy."""
+
+    remedy = (
+        "make room on the node's disk that holds Docker's volumes (or give it a bigger one), or move the volume to a node "
+        "with room for it, then run `pulumi up` again"
+    )
+
+
 class PlanError(ProviderError):
     """What the nodes hold cannot be made what the program asks for."""

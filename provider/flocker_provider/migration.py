@@ -24,7 +24,7 @@ from . import labels as L
 from .attached_exec import ArmedExec, ExitWatch
 from .containers import RouterSpec
 from .docker_layer import connect, translated
-from .errors import DeadlinePassed, MoveFailed, NodeUnreachable, ProviderError, brief, told
+from .errors import DeadlinePassed, DiskFull, MoveFailed, NodeUnreachable, ProviderError, brief, told
 from .executor import Engines, run_step
 from .inputs import VolumeInputs
 from .models import Node
@@ -78,6 +78,8 @@ STALL_POLL = 0.5
 # application's processes may take to be seen before the plain stop is waited for.
 STOP_SECONDS = 10
 STOP_MARGIN = 20
+# How the copy programs on the destination (tar, delta_copy.py) say that a write found its disk full.
+NO_SPACE = ("No space left on device", "is the disk full?")
 
 
 @dataclass
@@ -508,6 +510,13 @@ class TransferChannel:
             ),
         )
 
+    def _check_space(self, *said: str) -> None:
+        """A copy that failed because the destination's disk is full says so, and not in tar's words."""
+        if any(mark in words for words in said for mark in NO_SPACE):
+            size = f" ({human_bytes(self.total)})" if self.total is not None else ""
+            problem = f"disk full: no space left for the copy of {self.volume}{size} from {self.source.name}"
+            raise DiskFull(problem, node=self.destination.name)
+
     def _delta(self, final: bool, timeout: float, phase: str) -> dict:
         """One delta round (on_node/delta_copy.py); phase 2's was armed at the end of phase 1."""
         started = time.monotonic()
@@ -529,6 +538,7 @@ class TransferChannel:
         except DeltaFailed as exc:
             if exc.stalled:
                 raise self._stalled(phase) from exc
+            self._check_space(str(exc))
             raise MoveFailed(f"{phase} from {self.source.name} to {self.destination.name} failed: {exc}") from exc
 
     def arm(self) -> None:
@@ -570,6 +580,7 @@ class TransferChannel:
         code, output = self._run_on_source(what, command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress)
         if code != 0 or not stream_received(output):
             logs = receiver.logs(tail=3).decode(errors="replace")
+            self._check_space(output, logs)
             where = f"{self.source.name} to {self.destination.name}"
             raise MoveFailed(f"stream from {where} failed: {last_lines(output)} / {last_lines(logs)}")
         size = parse_stream_total(output)

@@ -57,6 +57,7 @@ class ClusterNode:
     docker_host: str
     engine_socket: str = ""  # the engine's unix socket on this machine
     netns: str = ""  # the node's network namespace
+    volumes_mb: int = 0  # the size of a filesystem of its own under its volumes (FLOCKER_NODE<I>_DISK_MB), if any
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.docker_host, timeout=60)
@@ -67,7 +68,10 @@ def load_nodes() -> list[ClusterNode] | None:
     if not path or not Path(path).exists():
         return None
     data = json.loads(Path(path).read_text())
-    return [ClusterNode(n["name"], n["address"], n["docker_host"], n.get("engine_socket", ""), n.get("netns", "")) for n in data["nodes"]]
+    return [
+        ClusterNode(n["name"], n["address"], n["docker_host"], n.get("engine_socket", ""), n.get("netns", ""), n.get("volumes_mb", 0))
+        for n in data["nodes"]
+    ]
 
 
 class Pulumi:

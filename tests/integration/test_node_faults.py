@@ -1,5 +1,5 @@
-"""Faults of the nodes themselves during a move (an engine stopped), on the real cluster,
-under a client that writes and checks its acknowledgements."""
+"""Faults of the nodes themselves during a move (an engine stopped, a disk full), on the real
+cluster, under a client that writes and checks its acknowledgements."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -239,3 +240,31 @@ def test_the_sources_engine_stopped_during_phase_1_loses_nothing_and_the_next_up
     assert store.outputs()["node"] == "node2"
     finished(writer, sampler, node2)
     assert transfer_helpers(nodes) == []
+
+
+def test_a_move_to_a_node_whose_disk_fills_fails_naming_it_and_removes_the_partial_copy(
+    nodes: list[ClusterNode], workdir: Path, stack_name: str, cleanup: list[Pulumi]
+) -> None:
+    """A volume twice the size of the filesystem that holds the destination's volumes
+    (a node made with FLOCKER_NODE<I>_DISK_MB): the copy fills it. The step fails saying so
+    and naming the node; the store serves on node1 with every acknowledged write, and the
+    partial copy is gone from the destination."""
+    small = next((n for n in nodes if n.volumes_mb), None)
+    if small is None:
+        pytest.skip("no node with a small disk (FLOCKER_NODE5_DISK_MB=64 scripts/cluster.sh up 5)")
+    node1 = by_name(nodes, "node1")
+    store = serving_store(nodes, workdir, stack_name, cleanup, 2 * small.volumes_mb)
+    container = f"flocker-{stack_name}-store"
+    writer, sampler = writing(nodes, container, node1)
+    store.config({"node": small.name})
+    failed = store.up(check=False)
+    failed_at = time.monotonic()
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "Traceback" not in output, output
+    assert re.search(rf"{small.name}: .*(no space left|disk full)", output, re.IGNORECASE), output
+    assert "nothing was lost" in output and f"the partial copy on {small.name} was removed" in output, output
+    assert container not in [v.name for v in small.client().volumes.list()]
+    assert transfer_helpers(nodes) == []
+    assert node1.client().containers.get(container).status == "running"
+    eventually(lambda: writer.served_since(failed_at), what="writes acknowledged after the failure")
+    finished(writer, sampler, node1)

@@ -191,6 +191,28 @@ def test_a_move_whose_copy_fails(hosts: dict[Node, FakeHost], monkeypatch: pytes
     assert "flocker-s-data" not in hosts[N2].volumes
 
 
+def test_a_move_whose_destination_fills_up(hosts: dict[Node, FakeHost], monkeypatch: pytest.MonkeyPatch) -> None:
+    """errors.DiskFull: tar's words on the destination become the node and "disk full", with a remedy of its own."""
+
+    sizes = []
+
+    def fill(channel: migration.TransferChannel, final: bool, timeout: float) -> list[dict]:
+        sizes.append(f" ({migration.human_bytes(channel.total)})" if channel.total is not None else "")
+        channel._check_space("flocker-received 2", "tar: ./blob: Wrote only 512 of 10240 bytes: No space left on device")
+        raise AssertionError("a full disk was not seen")
+
+    monkeypatch.setattr(migration.TransferChannel, "push", fill)
+    VolumeProvider().create(data(N1))
+    text = shown(lambda: VolumeProvider().update("flocker-s-data", data(N1), data(N2)))
+    assert text == (
+        "volume data: step 'phase 1: copy flocker-s-data from node1 to node2' failed: node node2: disk full: no space left "
+        f"for the copy of flocker-s-data{sizes[0]} from node1; "
+        "nothing was lost: the application kept running on the source; the partial copy on node2 was removed. "
+        f"What to do: {errors.DiskFull.remedy}"
+    )
+    assert "flocker-s-data" not in hosts[N2].volumes
+
+
 def test_a_move_to_a_node_without_the_transfer_image(hosts: dict[Node, FakeHost]) -> None:
     """errors.ImageUnavailable as issue 13 met it (a node added without the images): before the move changes anything."""
     VolumeProvider().create(data(N1))
