@@ -20,7 +20,7 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
-from pulumi.runtime import rpc
+from pulumi.output import Unknown
 
 from . import labels as L
 from .containers import container_spec, router_spec
@@ -135,11 +135,13 @@ def _routing(owner: Owner, inputs: RoutingInputs) -> Routing:
 
 
 def _has_unknown(value: Any) -> bool:
+    """Whether preview left part of ``value`` unknown: the dynamic provider host hands such
+    parts over as ``Unknown`` objects (not the wire's sentinel string)."""
     if isinstance(value, dict):
         return any(_has_unknown(v) for v in value.values())
     if isinstance(value, list):
         return any(_has_unknown(v) for v in value)
-    return value == rpc.UNKNOWN
+    return isinstance(value, Unknown)
 
 
 def _unknown_line(kind: str, news: dict) -> bool:

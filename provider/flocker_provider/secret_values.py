@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
 SECRET_PATHS = "secret_inputs"
@@ -30,7 +31,7 @@ def _leaves(value: Any) -> Iterator[str]:
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _leaves(item)
-    elif value is not None and not isinstance(value, bool) and value != rpc.UNKNOWN:
+    elif value is not None and not isinstance(value, bool | Unknown):
         text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
         if text:
             yield text

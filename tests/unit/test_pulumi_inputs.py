@@ -16,10 +16,11 @@ from typing import Any
 
 import pulumi
 import pytest
+from pulumi.output import Unknown
 from pulumi.runtime import rpc
 from pulumi_mocks import node_file, record
 
-from flocker_provider import provider_host
+from flocker_provider import provider_host, secret_values
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.errors import InvalidInput
 from flocker_provider.progress import report
@@ -33,6 +34,12 @@ SECRET = "hunter2-Zq81x"
 @pytest.fixture(autouse=True)
 def nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield from node_file(tmp_path, monkeypatch, NODES)
+
+
+@pytest.fixture(autouse=True)
+def secrets_of_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider process remembers every secret it was given; a test's are its own."""
+    monkeypatch.setattr(secret_values, "_known", set())
 
 
 def later(value: Any) -> pulumi.Output[Any]:
@@ -164,7 +171,8 @@ def app(**changes: Any) -> dict[str, Any]:
 
 
 def test_preview_with_unknown_inputs_checks_later_and_says_what_is_not_known(capsys: pytest.CaptureFixture[str]) -> None:
-    news = app(image=rpc.UNKNOWN, node=rpc.UNKNOWN, node_address=rpc.UNKNOWN, docker_host=rpc.UNKNOWN)
+    # As the dynamic provider host hands them over (deserialize_properties keeping unknowns).
+    news = app(image=Unknown(), node=Unknown(), node_address=Unknown(), docker_host=Unknown(), tls=Unknown())
     assert ApplicationProvider().check({}, news).failures == []
     assert ApplicationProvider().diff("id", app(), news).changes
     assert "flocker: plan: application store: image, node not known until apply" in capsys.readouterr().out
