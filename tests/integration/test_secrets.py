@@ -1,5 +1,6 @@
-"""A secret from stack config and an image from another resource's Output, on the real cluster:
-the secret is nowhere in plain text but in the container's own environment."""
+"""A secret from stack config, and an image, node, port and variable from another resource's
+Outputs (unknown in a preview), on the real cluster: the secret is nowhere in plain text but in
+the container's own environment."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from .harness import STACK_LABEL, ClusterNode, Pulumi, eventually, http_json, ou
 pytestmark = pytest.mark.cluster
 
 # The image is the output of a resource of the program's own (a stand-in for one that builds or
-# pushes it), so FlockerApplication gets it as an Output, as from pulumi-docker's Image.
+# pushes it), so FlockerApplication gets it as an Output, as from pulumi-docker's Image. A new
+# revision replaces it: its outputs, and all made of them (the node, an internal port, a
+# variable here), are unknown in that preview.
 PROGRAM = """
 import pulumi
 import pulumi.dynamic
@@ -23,24 +26,31 @@ from flocker_pulumi import FlockerApplication
 
 class _Built(pulumi.dynamic.ResourceProvider):
     def create(self, props):
-        return pulumi.dynamic.CreateResult(id_=props["image"], outs=props)
+        return pulumi.dynamic.CreateResult(id_=f"{props['image']}-{props['revision']}", outs={**props, "ref": props["image"]})
+
+    def diff(self, _id, olds, news):
+        replaced = olds.get("revision") != news.get("revision")
+        return pulumi.dynamic.DiffResult(changes=replaced, replaces=["revision"] if replaced else [])
 
 
 class BuiltImage(pulumi.dynamic.Resource):
-    image: pulumi.Output[str]
+    ref: pulumi.Output[str]
+    revision: pulumi.Output[str]
 
-    def __init__(self, name, image):
-        super().__init__(_Built(), name, {"image": image})
+    def __init__(self, name, image, revision):
+        # Not an input: known once made, as a pushed image's digest.
+        super().__init__(_Built(), name, {"image": image, "revision": revision, "ref": None})
 
 
 config = pulumi.Config()
-built = BuiltImage("store-image", "flocker/elasticsearch:local")
+built_level = config.get("level") or "info"
+built = BuiltImage("store-image", "flocker/elasticsearch:local", built_level)
 store = FlockerApplication(
     "store",
-    image=built.image,
-    node=config.require("node"),
-    ports=[{"internal": 9200, "external": 9311}],
-    environment={"DB_PASSWORD": config.require_secret("dbPassword"), "LEVEL": config.get("level") or "info"},
+    image=built.ref,
+    node=built.ref.apply(lambda _: config.require("node")),
+    ports=[{"internal": built.ref.apply(lambda _: 9200), "external": 9311}],
+    environment={"DB_PASSWORD": config.require_secret("dbPassword"), "LEVEL": built.ref.apply(lambda _: built_level)},
     volume={"mountpoint": "/var/lib/elasticsearch"},
 )
 pulumi.export("addresses", store.addresses)
@@ -82,12 +92,16 @@ def test_a_secret_is_in_the_containers_environment_and_nowhere_else(nodes: list[
 
         # A change shown by preview, and a move: the destination starts from the spec found on the source.
         pulumi.config({"level": "debug", "node": nodes[1].name})
-        for run in (pulumi.run("preview", "--diff"), pulumi.up()):
+        preview = pulumi.run("preview", "--diff")
+        said = preview.stdout + preview.stderr
+        assert "flocker: plan: application store: environment, image, node, ports, volume not known until apply" in said
+        assert "flocker: plan: volume store: node not known until apply" in said
+        for run in (preview, pulumi.up()):
             printed += [run.stdout, run.stderr]
         outputs = pulumi.outputs()
         assert outputs["node"] == nodes[1].name
         eventually(lambda: http_json("GET", f"http://{nodes[1].address}:9311/"), what="the moved store answers")
-        assert f"DB_PASSWORD={password}" in environment_of(nodes[1], outputs["container_id"])
+        assert {f"DB_PASSWORD={password}", "LEVEL=debug"} <= set(environment_of(nodes[1], outputs["container_id"]))
 
         exported = pulumi.run("stack", "export").stdout
         shown = pulumi.run("stack", "output", "--json", "--show-secrets=false").stdout
