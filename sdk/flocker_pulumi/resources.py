@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +16,7 @@ from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvid
 from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_IMAGE, node_props
 from flocker_provider.models import Owner
 from flocker_provider.nodes import Inventory, NodeFileError, inventory_from_settings
-from flocker_provider.secret_values import SECRET_PATHS
+from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS
 
 from .flocker_config import parse_size
 
@@ -35,7 +36,17 @@ def _then(value: pulumi.Input[T], make: Callable[[T], U]) -> U | pulumi.Output[U
     runs, before anything changes), once it is known when it is an Output (secret if it is,
     unknown in preview while it is). Only the top level waits: Outputs inside stay as they are,
     each keeping its own secretness."""
-    return pulumi.Output.from_input(value).apply(make) if _is_later(value) else make(value)  # type: ignore[arg-type]
+    if not _is_later(value):
+        return make(value)  # type: ignore[arg-type]
+
+    def made(known: T) -> U:
+        try:
+            return make(known)
+        except pulumi.RunError as exc:
+            # The value may be a secret: the message names the resource and key without it.
+            raise pulumi.RunError(str(exc).replace(str(known), SHOWN_AS)) from None
+
+    return pulumi.Output.from_input(value).apply(made)
 
 
 def _known_now(value: object, what: str, why: str) -> None:
@@ -67,7 +78,8 @@ async def _secret_paths(props: Mapping[str, Any]) -> list[list[str | int]]:
 
 
 def _with_secret_paths(props: dict[str, Any]) -> dict[str, Any]:
-    return {**props, SECRET_PATHS: _secret_paths(dict(props))}
+    # A task, not a bare coroutine: a resource whose registration fails never awaits it.
+    return {**props, SECRET_PATHS: asyncio.ensure_future(_secret_paths(dict(props)))}
 
 
 @functools.cache
@@ -91,7 +103,11 @@ def _node_inputs(node: pulumi.Input[str]) -> dict[str, Any]:
     """``node_inputs``, each an Output of its own when ``node`` is one (secret with it)."""
     resolved = _then(node, node_inputs)
     if isinstance(resolved, pulumi.Output):
-        return {key: resolved.apply(lambda found, key=key: found[key]) for key in NODE_KEYS}
+        found = {key: resolved.apply(lambda entry, key=key: entry[key]) for key in NODE_KEYS}
+        # Set only when the check fails, which records nothing; secret, the provider would
+        # blank the whole sentence where it blanks only the node's name in it.
+        found["node_error"] = pulumi.Output.unsecret(found["node_error"])
+        return found
     return resolved
 
 

@@ -8,6 +8,7 @@ with every input in plain text and the SDK's ``secret_inputs`` beside them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from flocker_provider.errors import InvalidInput
 from flocker_provider.progress import report
 from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS, learn, sealed
 from flocker_pulumi import FlockerApplication, FlockerVolume
+from flocker_pulumi import resources as resources_module
 
 NODES = [{"name": f"node{i}", "address": f"10.9.0.{i}", "docker_host": f"tcp://10.9.0.{i}:2375"} for i in (1, 2)]
 SECRET = "hunter2-Zq81x"
@@ -218,3 +220,25 @@ def test_an_input_made_a_secret_with_its_value_unchanged_is_an_update_that_recor
     # A stack recorded before secret_inputs existed has none: no update for that alone.
     recorded_before = {k: v for k, v in props.items() if k != SECRET_PATHS}
     assert not ApplicationProvider().diff("id", recorded_before, props).changes
+
+
+def test_an_error_of_the_program_about_a_value_given_as_an_output_names_the_key_without_it() -> None:
+    async def size_of_a_secret() -> object:
+        return await resources_module._then(pulumi.Output.secret(SECRET), functools.partial(resources_module._size, "data")).future()
+
+    with pytest.raises(pulumi.RunError, match=r"volume data: maximum_size: '\[secret\]' is not a size") as error:
+        asyncio.run(size_of_a_secret())
+    assert SECRET not in str(error.value)
+
+
+def test_an_unknown_secret_node_is_a_check_failure_that_blanks_only_the_name() -> None:
+    def declare() -> None:
+        FlockerApplication("store", image="store:1", node=pulumi.Output.secret("node-Zq81"))
+
+    (_, _, recorded), *_ = record(declare, "p").resources
+    # As the engine hands them to a provider that cannot accept secrets: in plain text.
+    props = {key: rpc.unwrap_rpc_secret(value) for key, value in recorded.items()}
+    assert ["node_error"] not in props[SECRET_PATHS]
+    failures = ApplicationProvider().check({}, props).failures
+    assert [f.property for f in failures] == ["node"]
+    assert "node-Zq81" not in failures[0].reason and failures[0].reason.startswith(f"unknown node '{SHOWN_AS}'")
