@@ -119,3 +119,29 @@ def test_a_secret_is_in_the_containers_environment_and_nowhere_else(nodes: list[
     finally:
         pulumi.destroy()
     assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
+
+
+def test_a_secret_in_an_input_that_fails_its_check_is_not_in_the_error(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
+    password = f"pw-{secrets.token_hex(8)}"
+    pulumi = Pulumi(workdir, stack_name)
+    pulumi.write_program(
+        """
+import pulumi
+from flocker_pulumi import FlockerApplication
+
+config = pulumi.Config()
+# A secret where a number belongs: the check failure would quote it.
+FlockerApplication("store", image="flocker/elasticsearch:local", node="node1", hold_seconds=config.require_secret("dbPassword"))
+"""
+    )
+    pulumi.init()
+    pulumi.run("config", "set", "--secret", "dbPassword", password)
+    try:
+        failed = pulumi.run("up", "--yes", check=False)
+        assert failed.returncode != 0
+        said = failed.stdout + failed.stderr
+        assert "hold_seconds" in said and "expected seconds between 0 and 3600" in said, said
+        assert password not in said, said
+    finally:
+        pulumi.destroy()
+    assert all(not items for items in ours(nodes, stack_name).values()), ours(nodes, stack_name)
