@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from flocker_provider import labels as L
+from flocker_provider.errors import MoveFailed
 from flocker_provider.executor import Engines
 from flocker_provider.inputs import parse_volume
 from flocker_provider.migration import TransferChannel
@@ -37,10 +38,10 @@ def test_verification_finds_a_difference_the_copy_did_not_fix(nodes: list[Cluste
                 channel.verify(timeout=60)  # identical: passes
                 # Something writes on the destination behind the copy's back.
                 channel.receiver.exec_run(["sh", "-c", "echo three > /data/sub/a"])
-                with pytest.raises(RuntimeError) as failed:
+                with pytest.raises(MoveFailed) as failed:
                     channel.verify(timeout=60)
-            expected = f"destination copy on {destination.node.name} differs from the source: different or only on the source: sub/a"
-            assert str(failed.value) == expected
+            assert failed.value.node == destination.node.name
+            assert "the copy differs from the source: different or only on the source: sub/a" in str(failed.value)
         finally:
             for volume in (source, destination):
                 engines[volume.node].remove_volume(volume.name)
