@@ -263,8 +263,12 @@ class Writer(threading.Thread):
 
     ``endpoints`` are ``ADDRESS:PORT``. With routing, the store's old address keeps serving
     after a move (held, then forwarded), so the outage of a move is the longest time
-    between two acknowledged writes, whichever endpoint gave them.
+    between two acknowledged writes, whichever endpoint gave them. Document ``i`` goes into
+    index ``{index}-{i // PAGE}``: a search returns at most 10,000 hits, and a writer on a
+    fast day acknowledges more than that (CI's did, and its writes past 10,000 read as lost).
     """
+
+    PAGE = 10_000
 
     def __init__(self, endpoints: list[str], index: str = "acks") -> None:
         super().__init__(daemon=True)
@@ -279,7 +283,7 @@ class Writer(threading.Thread):
         while not self.stop.is_set():
             for endpoint in self.endpoints:
                 try:
-                    http_json("PUT", f"http://{endpoint}/{self.index}/_doc/{i}", {"n": i}, timeout=2)
+                    http_json("PUT", f"http://{endpoint}/{self.index}-{i // self.PAGE}/_doc/{i}", {"n": i}, timeout=2)
                 # A store stopping mid-answer cuts the response short (IncompleteRead):
                 # not acknowledged, like a refused connection.
                 except (OSError, urllib.error.URLError, http.client.HTTPException):
@@ -373,7 +377,14 @@ def move_while_writing(
 
 def lost_writes(store_node: ClusterNode, writer: Writer) -> list[int]:
     """The writer's acknowledged writes that the store on ``store_node`` does not have."""
-    found = {hit["_source"]["n"] for hit in http_json("GET", f"http://{store_node.address}:9200/acks/_search?size=10000")["hits"]["hits"]}
+    found: set[int] = set()
+    for page in sorted({i // writer.PAGE for i in writer.acknowledged}):
+        search = f"http://{store_node.address}:9200/{writer.index}-{page}/_search?size={writer.PAGE}"
+        try:
+            found |= {hit["_source"]["n"] for hit in http_json("GET", search)["hits"]["hits"]}
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:  # no such index: none of that page's writes are there
+                raise
     return sorted(set(writer.acknowledged) - found)
 
 

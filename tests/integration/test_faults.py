@@ -127,7 +127,7 @@ def test_a_link_cut_during_phase_1_fails_the_step_within_the_stall_timeout_and_t
     kept = [v.name for v in destination.client().volumes.list()]
     assert (container in kept) == (cut == "in a delta round"), kept
 
-    # Writing again (the same ids, so that all of them fit in one search's 10,000 hits).
+    # Writing again, the same ids: each writer's acknowledgements are checked on their own.
     again = Writer(writer.endpoints)
     again.start()
     store.up()
