@@ -183,7 +183,8 @@ class Stops:
     def watch(self, plan: Plan) -> None:
         """Watch the applications the plan stops, from now on (an exec's start, 40-100 ms, is not downtime yet)."""
         for step in plan:
-            if isinstance(step, StopApplication):
+            # A second pre-copy (after a before_stop command) finds them watched already.
+            if isinstance(step, StopApplication) and (step.node, step.container) not in self._watches:
                 self._watches[(step.node, step.container)] = self._engines[step.node].watch_exit(step.container)
 
     def stop(self, step: StopApplication) -> None:
@@ -597,6 +598,10 @@ class TransferChannel:
         """Phase 1 (pre-copy rounds until the predicted phase 2 fits the budget or stops
         shrinking) or phase 2 (one round, the application stopped)."""
         rounds: list[dict] = []
+        if not final:
+            # Rounds converge anew after a before_stop command, whose writes make the next
+            # round bigger than the last one was.
+            self.predicted = None
         if not final and self.fresh:
             rounds.append(self._stream(timeout))
             self.fresh, self.rounds = False, 1

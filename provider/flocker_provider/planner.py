@@ -20,6 +20,7 @@ from .steps import (
     RemoveApplication,
     RemoveRoutes,
     RemoveVolume,
+    RunBeforeStop,
     StageApplication,
     StartApplication,
     StopApplication,
@@ -174,6 +175,9 @@ def plan_move(
     steps = [PushVolume(source, destination, volume, final=False)]
     for c in running:
         steps += [*_stale(destination, c, state.destination_containers), StageApplication(destination, c.spec)]
+    flushing = [RunBeforeStop(source, c.name, c.spec.before_stop) for c in running if c.spec.before_stop]
+    if flushing:
+        steps += [*flushing, PushVolume(source, destination, volume, final=False)]
     for c in running:
         steps += _route_to(routing, None, c)
     steps += [StopApplication(source, c.name) for c in running]

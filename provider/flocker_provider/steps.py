@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from .containers import ContainerSpec, RouterSpec
@@ -59,6 +60,20 @@ class StopApplication:
 
     node: Node
     container: str
+
+
+@dataclass(frozen=True)
+class RunBeforeStop:
+    """Run an application's ``before_stop`` command in its container near the end of a move's
+    phase 1, while it still serves. A database writes its dirty pages then (PostgreSQL's
+    CHECKPOINT, as Patroni does before a switchover): a pre-copy round after it carries them
+    while the application serves, and its shutdown, in phase 2's downtime, has little left
+    to write. A command that fails or outlasts its time is reported, and the move goes on:
+    it only makes phase 2 shorter."""
+
+    node: Node
+    container: str
+    command: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ Step = (
     | WaitForApplication
     | ConfirmApplication
     | StopApplication
+    | RunBeforeStop
     | RemoveApplication
     | PushVolume
     | VerifyVolume
@@ -169,6 +185,8 @@ def describe(step: Step) -> str:
             return f"confirm {container} stays up on {node.name}"
         case StopApplication(node, container):
             return f"stop {container} on {node.name}"
+        case RunBeforeStop(node, container, command):
+            return f"run {shlex.join(command)} in {container} on {node.name} before it stops"
         case RemoveApplication(node, container):
             return f"remove {container} from {node.name}"
         case PushVolume(source, destination, volume, final):
