@@ -678,12 +678,6 @@ class DockerNode:
                         return ""
                     self._start(container)
                     return container.id
-                except docker.errors.NotFound:
-                    # Seen once in CI, two applications starting at once: the engine answered
-                    # the start of the container it had just created with "No such container".
-                    # The cause was not found; nothing of it is left to remove, so it is
-                    # created again, on the next candidate port.
-                    continue
                 except (docker.errors.APIError, PortTaken) as exc:
                     # Created but not started: make room for the next candidate.
                     container.remove(force=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import docker.errors
 import pytest
 from docker_fakes import FakeClient, FakeContainer, FakeHost, fake_nodes
 
@@ -150,25 +149,3 @@ def test_check_asks_the_engines_only_about_ports_new_on_a_node(hosts: dict[Node,
     asked.clear()
     fewer = {**props(1), "route_nodes": [node_props(n) for n in NODES[:2]]}
     assert provider.check(fewer, props(1)).failures == [] and asked == [("node3", 30001)]
-
-
-def test_a_container_the_engine_lost_between_create_and_start_is_created_again(
-    hosts: dict[Node, FakeHost], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Seen in CI: the engine answered the start of a container it had just created with
-    "No such container". The start is not a failure of the application's: it is created again."""
-    spec = container_spec(Application("a1", "app:1", ports=(Port(8000, 30001),)), Owner("p", "sflk", "a1"), None)
-    start = FakeContainer.start
-    lost: list[str] = []
-
-    def once_lost(self: FakeContainer) -> None:
-        if not lost:
-            lost.append(self.id)
-            del self.host.containers[self.name]
-            raise docker.errors.NotFound(f"No such container: {self.id}")
-        start(self)
-
-    monkeypatch.setattr(FakeContainer, "start", once_lost)
-    engine = DockerNode(N1, FakeClient(hosts[N1]))  # type: ignore[arg-type]
-    started = engine.start_container(spec)
-    assert lost and started != lost[0] and hosts[N1].containers[spec.name].status == "running"
