@@ -219,6 +219,12 @@ class DockerNode:
 
     # -- discovery ---------------------------------------------------------------------
 
+    def _containers(self, all: bool = False, filters: dict | None = None) -> list[docker.models.containers.Container]:
+        # docker-py lists, then inspects each container: one removed in between (another
+        # stack's router going, a helper ending) would fail the whole step with "No such
+        # container" (seen in CI, starting an application beside another stack's teardown).
+        return self.client.containers.list(all=all, filters=filters, ignore_removed=True)
+
     def find_container(self, name: str) -> docker.models.containers.Container | None:
         try:
             container = self.client.containers.get(name)
@@ -275,15 +281,13 @@ class DockerNode:
         return tuple(sorted(found, key=lambda c: c.name))
 
     def _mounting(self, volume: str) -> list[docker.models.containers.Container]:
-        return self.client.containers.list(
-            all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}"], "volume": volume}
-        )
+        return self._containers(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}"], "volume": volume})
 
     # A retired copy is marked by a never-started container that mounts it: Docker volume
     # labels cannot change after creation, and the holder also keeps `docker volume prune`
     # from deleting the copy.
     def _holder(self, volume: str) -> docker.models.containers.Container | None:
-        holders = self.client.containers.list(all=True, filters={"label": [f"{L.RETIRED}=true", f"{L.VOLUME}={volume}"]})
+        holders = self._containers(all=True, filters={"label": [f"{L.RETIRED}=true", f"{L.VOLUME}={volume}"]})
         return holders[0] if holders else None
 
     def retire_volume(self, volume: str, image: str, labels: dict[str, str]) -> None:
@@ -298,7 +302,7 @@ class DockerNode:
 
     def remove_transfer_containers(self, volume: str) -> None:
         """The helpers of ``volume``'s moves on this node (receivers, senders)."""
-        for container in self.client.containers.list(all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}):
+        for container in self._containers(all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}):
             container.remove(force=True)
 
     def unretire_volume(self, volume: str) -> None:
@@ -331,7 +335,7 @@ class DockerNode:
 
     def published_port_owner(self, port: int) -> str | None:
         """Name of a container (ours or not) publishing ``port`` on this node, if any."""
-        for container in self.client.containers.list():
+        for container in self._containers():
             if port in _host_ports(container):
                 return container.name
         return None
@@ -342,7 +346,7 @@ class DockerNode:
         wanted = [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}", f"{L.PROJECT}={stack[L.PROJECT]}", f"{L.STACK}={stack[L.STACK]}"]
         found = [
             MountedContainer(container.name, _spec(container), True)
-            for container in self.client.containers.list(filters={"label": wanted})
+            for container in self._containers(filters={"label": wanted})
             # A staged container is a move's, which starts it under the application's name.
             if not is_staged(container.name) and _host_ports(container) & set(ports)
         ]
@@ -698,7 +702,7 @@ class DockerNode:
 
     def _routed_ports(self) -> set[int]:
         """The external ports of every stack's router on this node (routers bind them all)."""
-        routers = self.client.containers.list(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_ROUTER}"]})
+        routers = self._containers(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_ROUTER}"]})
         return {port for router in routers for port in self._route_files(router)}
 
     def node_bind_address(self) -> str:

@@ -53,6 +53,7 @@ class FakeContainer:
         self.status = "created"
         self.bindings = {key: [{"HostIp": ip, "HostPort": str(port)}] for key, (ip, port) in (ports or {}).items()}
         self.routes: dict[int, bytes] = {}
+        self.vanishing = False  # removed by someone else between a list and its inspect
 
     @property
     def attrs(self) -> dict:
@@ -132,13 +133,18 @@ class FakeContainers:
     def get(self, name: str) -> object:
         return lookup(self.host.containers, name, "container")
 
-    def list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:
+    def list(self, all: bool = False, filters: dict | None = None, ignore_removed: bool = False) -> list[FakeContainer]:
         wanted = [label.partition("=") for label in (filters or {}).get("label", [])]
-        return [
+        found = [
             c
             for c in self.host.containers.values()
             if (all or c.status == "running") and all_match(c.labels, wanted) and "volume" not in (filters or {})
         ]
+        # As docker-py: it lists, then inspects each; one removed in between is NotFound, unless ignored.
+        for c in found:
+            if c.vanishing and not ignore_removed:
+                raise docker.errors.NotFound(f"No such container: {c.id}")
+        return [c for c in found if not c.vanishing]
 
     def create(
         self, image: str, name: str, ports: dict | None = None, labels: dict | None = None, environment: dict | None = None, **_: object

@@ -149,3 +149,14 @@ def test_check_asks_the_engines_only_about_ports_new_on_a_node(hosts: dict[Node,
     asked.clear()
     fewer = {**props(1), "route_nodes": [node_props(n) for n in NODES[:2]]}
     assert provider.check(fewer, props(1)).failures == [] and asked == [("node3", 30001)]
+
+
+def test_a_container_removed_while_the_node_is_listed_does_not_fail_a_start(hosts: dict[Node, FakeHost]) -> None:
+    """Seen in CI: an application's start failed with "No such container", naming a container
+    that docker-py had listed and that was gone by its inspect (another stack's router going)."""
+    theirs = router_spec("p", "other", "flocker/base:local")
+    going = hosts[N1].containers[theirs.name] = FakeContainer(hosts[N1], theirs.name, dict(theirs.labels), None)
+    going.vanishing = True
+    spec = container_spec(Application("a1", "app:1", ports=(Port(8000, 30001),)), Owner("p", "sflk", "a1"), None)
+    DockerNode(N1, FakeClient(hosts[N1])).start_container(spec)  # type: ignore[arg-type]
+    assert hosts[N1].containers[spec.name].status == "running"
