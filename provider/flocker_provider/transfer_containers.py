@@ -63,15 +63,14 @@ class TransferContainers:
             container = self.client.containers.get(helper)
             bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
             if container.status != "running":
-                logs = container.logs(tail=5).decode(errors="replace")
-                raise MoveFailed(f"{role} helper stopped: {logs}", node=self.node.name)
+                raise MoveFailed(f"{role} helper stopped: {self.helper_logs(helper, tail=5)}", node=self.node.name)
             if bindings and ready in container.logs():
                 return int(bindings[0]["HostPort"])
             time.sleep(HELPER_POLL)
         raise DeadlinePassed(f"{role} helper did not start within {HELPER_START_SECONDS}s", node=self.node.name)
 
     def helper_logs(self, helper: str, tail: int) -> str:
-        return self.client.containers.get(helper).logs(tail=tail).decode(errors="replace")
+        return self.client.api.logs(helper, tail=tail).decode(errors="replace")
 
     def exec_in_helper(self, helper: str, command: list[str], environment: dict[str, str]) -> StreamedExec:
         return StreamedExec(self.client.api, helper, command, environment)
@@ -83,7 +82,7 @@ class TransferContainers:
     def remove_helper(self, helper: str) -> None:
         """Ends ``helper`` and whatever runs in it (an exec cannot be killed on its own)."""
         with contextlib.suppress(docker.errors.APIError):  # gone already
-            self.client.containers.get(helper).remove(force=True)
+            self.client.api.remove_container(helper, force=True)
 
     def remove_transfer_containers(self, volume: str) -> None:
         """The helpers of ``volume``'s moves on this node (receivers, senders)."""
