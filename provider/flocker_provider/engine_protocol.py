@@ -1,7 +1,8 @@
 """What the executor, the moves and the providers ask of one node's engine.
 
-``DockerNode`` (docker_layer.py) is the engine; nothing outside the Docker layer sees
-docker-py, only these methods and the errors of errors.py. The contract suite
+``DockerNode`` (docker_layer.py) is the engine; nothing outside the Docker layer imports
+docker-py: it sees these methods, the errors of errors.py, and docker-py's own failures only
+as ``docker_layer.translated`` turns them into those. The contract suite
 (tests/contract/engine_contract.py) holds a fake and the real engine to the same behaviour.
 """
 
