@@ -1,4 +1,5 @@
-"""Execs whose stdin we keep: started ahead of the moment they are needed.
+"""Execs, a part of the Docker layer (given docker-py's API client by it): mostly ones whose
+stdin we keep, started ahead of the moment they are needed.
 
 Starting an exec (runc joining the container) costs 40-100 ms on a busy node. A route
 session pays it once for a whole operation; an armed exec pays it before a move stops its
@@ -21,13 +22,33 @@ _ARMED = 'read -r go || exit 125; exec "$@"'
 _KILLED = 137
 
 
-class AttachedExec:
+class Exec:
+    """An exec created in a container: what it exits with, once it has."""
+
+    def __init__(self, api: Any, container_id: str, command: list[str], environment: dict[str, str] | None, stdin: bool) -> None:
+        self._api = api
+        self.exec_id = api.exec_create(container_id, command, stdin=stdin, environment=environment)["Id"]
+
+    def exit_code(self) -> int | None:
+        return self._api.exec_inspect(self.exec_id)["ExitCode"]
+
+
+class StreamedExec(Exec):
+    """A command without stdin, run by ``fire``, its output streamed as it comes."""
+
+    def __init__(self, api: Any, container_id: str, command: list[str], environment: dict[str, str] | None = None) -> None:
+        super().__init__(api, container_id, command, environment, stdin=False)
+
+    def fire(self) -> Iterator[bytes]:
+        yield from self._api.exec_start(self.exec_id, stream=True)
+
+
+class AttachedExec(Exec):
     """An exec started with its stdin attached; its output comes in Docker's multiplexed
     frames (8-byte header: stream, size)."""
 
     def __init__(self, api: Any, container_id: str, command: list[str], environment: dict[str, str] | None = None) -> None:
-        self._api = api
-        self.exec_id = api.exec_create(container_id, command, stdin=True, environment=environment)["Id"]
+        super().__init__(api, container_id, command, environment, stdin=True)
         self._response = api.exec_start(self.exec_id, socket=True)
         # docker-py hands back a SocketIO over plain TCP, the socket itself otherwise.
         self.socket = getattr(self._response, "_sock", self._response)
@@ -49,9 +70,6 @@ class AttachedExec:
     def frames(self) -> Iterator[bytes]:
         while (payload := self.frame()) is not None:
             yield payload
-
-    def exit_code(self) -> int | None:
-        return self._api.exec_inspect(self.exec_id)["ExitCode"]
 
     def _exactly(self, size: int) -> bytes | None:
         data = b""
@@ -116,4 +134,4 @@ class ExitWatch(AttachedExec):
                 self.socket.settimeout(max(deadline - time.monotonic(), 0.001))
         except OSError:  # timed out, or the connection broke: nothing to tell
             return False
-        return self._api.exec_inspect(self.exec_id)["ExitCode"] == _KILLED
+        return self.exit_code() == _KILLED

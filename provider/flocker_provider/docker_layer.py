@@ -57,7 +57,7 @@ from .staging import (
     is_staged,
     staged_name,
 )
-from .transfer import MOUNT
+from .transfer_containers import TransferContainers
 
 API_TIMEOUT = 60
 # Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over
@@ -203,7 +203,7 @@ def _short(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
-class DockerNode:
+class DockerNode(TransferContainers):
     def __init__(self, node: Node, client: docker.DockerClient) -> None:
         self.node = node
         self.client = client
@@ -216,6 +216,10 @@ class DockerNode:
     def close(self) -> None:
         for session in (self._route_sessions or {}).values():
             session.close()
+
+    def ping(self) -> None:
+        """Returns when the engine answers; raises otherwise."""
+        self.client.ping()
 
     # -- discovery ---------------------------------------------------------------------
 
@@ -299,11 +303,6 @@ class DockerNode:
                 labels={**labels, L.KIND: "retired-copy", L.RETIRED: "true", L.VOLUME: volume},
                 volumes={volume: {"bind": "/retired", "mode": "ro"}},
             )
-
-    def remove_transfer_containers(self, volume: str) -> None:
-        """The helpers of ``volume``'s moves on this node (receivers, senders)."""
-        for container in self._containers(all=True, filters={"label": [f"{L.KIND}={L.KIND_TRANSFER}", f"{L.VOLUME}={volume}"]}):
-            container.remove(force=True)
 
     def unretire_volume(self, volume: str) -> None:
         holder = self._holder(volume)
@@ -522,30 +521,6 @@ class DockerNode:
             labels={**dict(router.labels), L.CONFIG_HASH: wanted},
             volumes={router.volume: {"bind": "/routes", "mode": "rw"}},
             restart_policy={"Name": "always"},
-        )
-
-    def run_helper(
-        self,
-        image: str,
-        name: str,
-        command: list[str],
-        labels: dict[str, str],
-        volume: str,
-        environment: dict[str, str] | None = None,
-        port: int | None = None,
-        read_only: bool = False,
-    ) -> docker.models.containers.Container:
-        """A move's helper: the volume at the transfer mountpoint, the programs that run on the
-        nodes in its own layer, ``port`` published on an ephemeral one."""
-        return self._started_with(
-            on_node.MOVE_HELPERS,
-            image,
-            command=command,
-            name=name,
-            environment=environment or {},
-            labels=labels,
-            volumes={volume: {"bind": MOUNT, "mode": "ro" if read_only else "rw"}},
-            ports={f"{port}/tcp": None} if port else {},
         )
 
     def _started_with(self, modules: tuple[str, ...], image: str, **config: object) -> docker.models.containers.Container:

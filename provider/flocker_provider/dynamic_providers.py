@@ -24,7 +24,8 @@ from pulumi.output import Unknown
 
 from . import labels as L
 from .containers import container_spec, router_spec
-from .docker_layer import DockerNode, NodeUnreachable, connect, reserved_ports, translated
+from .docker_layer import NodeUnreachable, connect, reserved_ports, translated
+from .engine_protocol import Engine
 from .errors import InvalidInput, PlanError, ProviderError, brief, told
 from .executor import Engines, execute
 from .inputs import (
@@ -428,7 +429,7 @@ def _unread(props: dict, exc: NodeUnreachable, what: str) -> dict:
 
 
 def _left_behind(
-    engines: Engines, nodes: list[Node], what: str, owned: Callable[[DockerNode], bool], discover: Callable[[DockerNode], T]
+    engines: Engines, nodes: list[Node], what: str, owned: Callable[[Engine], bool], discover: Callable[[Engine], T]
 ) -> dict[Node, T]:
     """What a resource being deleted has on the other nodes of the inventory, which the
     state does not know of (left by an interrupted move). Only the resource's own (``owned``);

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .docker_layer import DockerNode, connect, translated
+from .docker_layer import connect, translated
+from .engine_protocol import Engine
 from .errors import ContainerFailed, NodeUnreachable, ProviderError, RoutingFailed, brief
 from .models import Node
 from .progress import report
@@ -40,14 +41,14 @@ BEFORE_STOP_SECONDS = 120.0
 class Engines:
     """Docker connections opened on first use and closed together."""
 
-    def __init__(self, opener: Callable[[Node], contextlib.AbstractContextManager[DockerNode]] = connect) -> None:
+    def __init__(self, opener: Callable[[Node], contextlib.AbstractContextManager[Engine]] = connect) -> None:
         self._opener = opener
         self._stack = contextlib.ExitStack()
-        self._open: dict[Node, DockerNode] = {}
+        self._open: dict[Node, Engine] = {}
         # Route steps use several nodes' engines from threads at once.
         self._lock = threading.Lock()
 
-    def __getitem__(self, node: Node) -> DockerNode:
+    def __getitem__(self, node: Node) -> Engine:
         with self._lock:
             if node not in self._open:
                 self._open[node] = self._stack.enter_context(self._opener(node))
@@ -78,7 +79,7 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
         raise failure from failure.__cause__
 
 
-def _run_on(engine: DockerNode, step: Step, wait_timeout: float) -> None:
+def _run_on(engine: Engine, step: Step, wait_timeout: float) -> None:
     match step:
         case CreateVolume(_, volume, labels):
             engine.create_volume(volume, dict(labels))

@@ -17,13 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import docker.errors
-from docker.models.containers import Container
-
 from . import labels as L
-from .attached_exec import ArmedExec, ExitWatch
 from .containers import RouterSpec
 from .docker_layer import connect, translated
+from .engine_protocol import ArmedCommand, ExitWatcher
 from .errors import DeadlinePassed, DiskFull, MoveFailed, NodeUnreachable, ProviderError, brief, told
 from .executor import Engines, run_step
 from .inputs import VolumeInputs
@@ -175,7 +172,7 @@ class Stops:
 
     def __init__(self, engines: Engines) -> None:
         self._engines = engines
-        self._watches: dict[tuple[Node, str], ExitWatch | None] = {}
+        self._watches: dict[tuple[Node, str], ExitWatcher | None] = {}
         self._pool = ThreadPoolExecutor(max_workers=4)
         self._pending: list[Future[None]] = []
         self.stopped: list[StopApplication] = []
@@ -292,7 +289,7 @@ def _unreachable(engines: Engines, channel: TransferChannel) -> list[Node]:
     down = []
     for node in (channel.source, channel.destination):
         try:
-            engines[node].client.ping()
+            engines[node].ping()
         except Exception:  # any failure to answer means the same thing here
             down.append(node)
     return down
@@ -357,11 +354,12 @@ class TransferChannel:
         self.budget = new.downtime_budget
         self.stall = new.stall_timeout
         self.port: int | None = None
-        self.receiver: Container | None = None
-        self.sender: Container | None = None
+        # The helpers' container ids.
+        self.receiver: str | None = None
+        self.sender: str | None = None
         # Phase 2's round and the verification, started at the end of phase 1 and run when
         # their time comes (see ``arm``).
-        self._armed: dict[str, ArmedExec] = {}
+        self._armed: dict[str, ArmedCommand] = {}
         self.fresh = False
         self.created = False
         self.rounds = 0
@@ -401,31 +399,19 @@ class TransferChannel:
             return f"; the partial copy on {self.destination.name} is left and will be reused by the next move"
         return f"; the partial copy on {self.destination.name} was removed"
 
-    def _start_receiver(self, role: str, command: list[str], port: int, ready: bytes) -> tuple[Container, int]:
+    def _start_receiver(self, role: str, command: list[str], port: int, ready: bytes) -> tuple[str, int]:
         """A helper on the destination, published on an ephemeral port, once it listens."""
         engine = self.engines[self.destination]
         environment = {"FLOCKER_SECRET": self.credentials.password, "FLOCKER_ALLOWED": self.source.address}
-        container = engine.run_helper(
-            self.image, f"{self.volume}-{role}-{self.move_id}", command, self.labels, self.volume, environment, port
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            container.reload()
-            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
-            if container.status != "running":
-                logs = container.logs(tail=5).decode(errors="replace")
-                raise MoveFailed(f"{role} helper stopped: {logs}", node=self.destination.name)
-            if bindings and ready in container.logs():
-                return container, int(bindings[0]["HostPort"])
-            time.sleep(0.05)
-        raise DeadlinePassed(f"{role} helper did not start within 30s", node=self.destination.name)
+        helper = engine.run_helper(self.image, f"{self.volume}-{role}-{self.move_id}", command, self.labels, self.volume, environment, port)
+        return helper, engine.wait_for_helper_port(helper, port, ready, role)
 
     def _delta_port(self) -> int:
         if self.port is None:
             self.receiver, self.port = self._start_receiver("receive", delta_receiver_command(), DELTA_PORT, b"flocker-delta listening")
         return self.port
 
-    def _source_helper(self) -> Container:
+    def _source_helper(self) -> str:
         """One helper on the source for the whole move, mounting the volume read-only.
 
         Every copy round and the verification run in it as an exec: starting a container
@@ -450,20 +436,20 @@ class TransferChannel:
         env: dict[str, str],
         timeout: float,
         progress: Callable[[str], str | None],
-        armed: ArmedExec | None = None,
+        armed: ArmedCommand | None = None,
     ) -> tuple[int, str]:
         """Run a sending command on the source (or fire the ``armed`` one) until it exits,
         reporting progress as it goes; one that shows no progress for the stall timeout is
         ended, and so is one that failed after that long without any."""
-        api = self.engines[self.source].client.api
+        engine = self.engines[self.source]
         helper = self._source_helper()
-        exec_id = armed.exec_id if armed else api.exec_create(helper.id, heartbeat(command), environment=env)["Id"]
+        running = armed or engine.exec_in_helper(helper, heartbeat(command), env)
         chunks: list[bytes] = []
         failed: list[BaseException] = []
 
         def read() -> None:
             try:
-                chunks.extend(armed.fire() if armed else api.exec_start(exec_id, stream=True))
+                chunks.extend(running.fire())
             except Exception as exc:  # handed to the waiting thread, which raises it
                 failed.append(exc)
 
@@ -480,8 +466,7 @@ class TransferChannel:
             now = time.monotonic()
             watch.saw(b"".join(chunks).decode(errors="replace"), now)
             if now > deadline or watch.stalled(now):
-                with contextlib.suppress(docker.errors.APIError):
-                    helper.remove(force=True)  # an exec cannot be killed on its own
+                engine.remove_helper(helper)
                 self.sender = None
                 if watch.stalled(now):
                     raise self._stalled(what)
@@ -493,7 +478,7 @@ class TransferChannel:
                     report(f"move {self.label}: {line}")
         if failed:
             raise failed[0]
-        code = api.exec_inspect(exec_id)["ExitCode"]
+        code = running.exit_code()
         # Given up by its own limit on the node (a little longer than the stall timeout).
         if code != 0 and watch.stalled(time.monotonic()):
             raise self._stalled(what)
@@ -549,15 +534,14 @@ class TransferChannel:
         hijack a connection runs them as plain execs then."""
         self._disarm()
         port = self._delta_port()
-        api, helper = self.engines[self.source].client.api, self._source_helper()
+        engine, helper = self.engines[self.source], self._source_helper()
         env = {"FLOCKER_SECRET": self.credentials.password}
         address, stall = self.destination.address, node_stall(self.stall)
         try:
-            self._armed["phase 2"] = ArmedExec(
-                api, helper.id, delta_send_command(address, port, self.total, True, armed=True, stall=stall), env, waits=True
-            )
+            phase2 = delta_send_command(address, port, self.total, True, armed=True, stall=stall)
+            self._armed["phase 2"] = engine.arm_in_helper(helper, phase2, env)
             verify = delta_verify_command(address, port, armed=True, stall=stall)
-            self._armed["verify"] = ArmedExec(api, helper.id, verify, env, waits=True)
+            self._armed["verify"] = engine.arm_in_helper(helper, verify, env)
         except Exception:  # any failure to hijack a connection means the same: plain execs
             self._disarm()
 
@@ -580,7 +564,7 @@ class TransferChannel:
         what = "phase 1 round 1 (stream)"
         code, output = self._run_on_source(what, command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress)
         if code != 0 or not stream_received(output):
-            logs = receiver.logs(tail=3).decode(errors="replace")
+            logs = self.engines[self.destination].helper_logs(receiver, tail=3)
             self._check_space(output, logs)
             where = f"{self.source.name} to {self.destination.name}"
             raise MoveFailed(f"stream from {where} failed: {last_lines(output)} / {last_lines(logs)}")

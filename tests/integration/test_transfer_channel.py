@@ -1,8 +1,9 @@
 """The transfer channel of a move admits only the move's source, with the move's secret (issue 14).
 
-The destination's helper is started as a move starts it (`DockerNode.run_helper`, the delta
-receiver, published on an ephemeral port); clients in containers on the nodes then connect to
-it over the cluster's network, as the source's sender does.
+The destination's helper is started as a move starts it (`DockerNode.run_helper` and
+`wait_for_helper_port`: the delta receiver, published on an ephemeral port); clients in
+containers on the nodes then connect to it over the cluster's network, as the source's
+sender does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flocker_provider.docker_layer import connect
 from flocker_provider.models import Node
 from flocker_provider.transfer import DELTA_PORT, delta_receiver_command
 
-from .harness import ClusterNode, by_name, eventually
+from .harness import ClusterNode, by_name
 
 pytestmark = pytest.mark.cluster
 
@@ -42,25 +43,20 @@ def receiver(nodes: list[ClusterNode]) -> Iterator[tuple[int, object]]:
     source, destination = by_name(nodes, "node1"), by_name(nodes, "node2")
     name = f"flocker-channel-{uuid.uuid4().hex[:8]}"
     labels = {LABEL: "true"}
-    with connect(Node(destination.name, destination.address, destination.docker_host)) as engine:
-        engine.create_volume(name, labels)
-        container = engine.run_helper(
-            "flocker/base:local",
-            f"{name}-receive",
-            delta_receiver_command(),
-            labels,
-            name,
-            {"FLOCKER_SECRET": SECRET, "FLOCKER_ALLOWED": source.address},
-            DELTA_PORT,
-        )
     try:
-
-        def port() -> int | None:
-            container.reload()
-            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{DELTA_PORT}/tcp") or []
-            return int(bindings[0]["HostPort"]) if bindings and b"listening" in container.logs() else None
-
-        yield eventually(port, timeout=30, interval=0.1, what="the receiver listening"), container
+        with connect(Node(destination.name, destination.address, destination.docker_host)) as engine:
+            engine.create_volume(name, labels)
+            helper = engine.run_helper(
+                "flocker/base:local",
+                f"{name}-receive",
+                delta_receiver_command(),
+                labels,
+                name,
+                {"FLOCKER_SECRET": SECRET, "FLOCKER_ALLOWED": source.address},
+                DELTA_PORT,
+            )
+            port = engine.wait_for_helper_port(helper, DELTA_PORT, b"flocker-delta listening", "receive")
+        yield port, destination.client().containers.get(helper)
     finally:
         client = destination.client()
         for item in client.containers.list(all=True, filters={"label": LABEL}):

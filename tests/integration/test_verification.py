@@ -37,7 +37,8 @@ def test_verification_finds_a_difference_the_copy_did_not_fix(nodes: list[Cluste
                 channel.push(final=True, timeout=60)
                 channel.verify(timeout=60)  # identical: passes
                 # Something writes on the destination behind the copy's back.
-                channel.receiver.exec_run(["sh", "-c", "echo three > /data/sub/a"])
+                assert channel.receiver is not None
+                nodes[1].client().containers.get(channel.receiver).exec_run(["sh", "-c", "echo three > /data/sub/a"])
                 with pytest.raises(MoveFailed) as failed:
                     channel.verify(timeout=60)
             assert failed.value.node == destination.node.name

@@ -5,8 +5,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from fake_engine import FakeEngine
 
-from flocker_provider.containers import router_spec
+from flocker_provider import labels as L
+from flocker_provider.containers import ContainerSpec, RouterSpec, router_spec
 from flocker_provider.errors import NodeUnreachable, ProviderError, RoutingFailed
 from flocker_provider.executor import Engines, execute
 from flocker_provider.models import Node, Port
@@ -16,27 +18,30 @@ NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in
 N1, N2, N3 = NODES
 ROUTER = router_spec("p", "dev", "flocker/base:local")
 PORTS = (Port(9200, 9200),)
+ES = ContainerSpec("flocker-dev-es", "es:1", ports=PORTS, labels=((L.MANAGED, "true"),))
 
 
-class FakeEngine:
-    """Records route writes; each waits at a barrier, so writes made one after another would never pass it."""
+class AtOnce(FakeEngine):
+    """Each route write waits at a barrier, so writes made one after another would never pass it."""
 
-    def __init__(self, node: Node, barrier: threading.Barrier | None, fail: bool = False, published: dict | None = None) -> None:
-        self.node = node
+    def __init__(self, node: Node, barrier: threading.Barrier) -> None:
+        super().__init__(node)
         self.barrier = barrier
-        self.fail = fail
-        self.published = {9200: 32768} if published is None else published
-        self.routes: dict[int, dict] = {}
 
-    def published_ports(self, container: str) -> dict[int, int]:
-        return self.published
+    def point_routes(self, router: RouterSpec, routes: dict[int, dict]) -> None:
+        self.barrier.wait(timeout=5)
+        super().point_routes(router, routes)
 
-    def point_routes(self, router: object, routes: dict[int, dict]) -> None:
-        if self.barrier is not None:
-            self.barrier.wait(timeout=5)
-        if self.fail:
-            raise RoutingFailed("writing routes failed")
-        self.routes = routes
+
+class Refusing(FakeEngine):
+    def point_routes(self, router: RouterSpec, routes: dict[int, dict]) -> None:
+        raise RoutingFailed("writing routes failed")
+
+
+def running_es(fakes: dict[Node, FakeEngine], node: Node) -> int:
+    """Starts the application on ``node``; the host port it publishes 9200 on."""
+    fakes[node].start_container(ES)
+    return fakes[node].published_ports(ES.name)[9200]
 
 
 def engines_of(fakes: dict[Node, FakeEngine], down: tuple[Node, ...] = ()) -> Engines:
@@ -51,16 +56,18 @@ def engines_of(fakes: dict[Node, FakeEngine], down: tuple[Node, ...] = ()) -> En
 
 def test_routes_are_written_on_every_node_at_once() -> None:
     barrier = threading.Barrier(len(NODES))
-    fakes = {n: FakeEngine(n, barrier) for n in NODES}
+    fakes: dict[Node, FakeEngine] = {n: AtOnce(n, barrier) for n in NODES}
+    port = running_es(fakes, N2)
     step = PointRoutes(NODES, ROUTER, "es", PORTS, N2, "flocker-dev-es", 30.0)
     with engines_of(fakes) as engines:
         execute((step,), engines)
-    expected = {9200: {"target": "10.0.0.2:32768", "hold_seconds": 30.0, "application": "es"}}
+    expected = {9200: {"target": f"10.0.0.2:{port}", "hold_seconds": 30.0, "application": "es"}}
     assert [fakes[n].routes for n in NODES] == [expected] * 3
 
 
 def test_a_node_that_does_not_answer_is_skipped_unless_it_runs_the_application(capsys: pytest.CaptureFixture[str]) -> None:
-    fakes = {n: FakeEngine(n, None) for n in NODES}
+    fakes = {n: FakeEngine(n) for n in NODES}
+    running_es(fakes, N1)
     with engines_of(fakes, down=(N3,)) as engines:
         execute((PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0),), engines)
     assert fakes[N2].routes
@@ -70,7 +77,8 @@ def test_a_node_that_does_not_answer_is_skipped_unless_it_runs_the_application(c
 
 
 def test_a_failed_write_names_its_node_after_the_other_nodes_are_written() -> None:
-    fakes = {n: FakeEngine(n, None, fail=n == N2) for n in NODES}
+    fakes = {n: Refusing(n) if n == N2 else FakeEngine(n) for n in NODES}
+    running_es(fakes, N1)
     step = PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0)
     with engines_of(fakes) as engines, pytest.raises(ProviderError) as failed:
         execute((step,), engines)
@@ -81,7 +89,9 @@ def test_a_failed_write_names_its_node_after_the_other_nodes_are_written() -> No
 
 def test_a_backend_that_publishes_no_port_is_not_routed_to() -> None:
     """Between two restarts of a crash loop Docker lists no binding: the step says so, and writes nothing."""
-    fakes = {n: FakeEngine(n, None, published={} if n == N1 else None) for n in NODES}
+    fakes = {n: FakeEngine(n) for n in NODES}
+    running_es(fakes, N1)
+    fakes[N1].stop_container(ES.name)
     step = PointRoutes(NODES, ROUTER, "es", PORTS, N1, "flocker-dev-es", 30.0)
     with engines_of(fakes) as engines, pytest.raises(ProviderError) as failed:
         execute((step,), engines)
