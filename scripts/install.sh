@@ -35,6 +35,11 @@ stamp=$venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut 
 if [ ! -f "$stamp" ]; then
   echo "install: Python packages into .venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  # pip only adds: a package the lock dropped would stay in a venv made before (pulumi-docker,
+  # whose plugin manifest has Pulumi's own language host ask the engine for its plugin).
+  extra=$("$venv/bin/pip" freeze -q --disable-pip-version-check --exclude-editable | grep -vixF -f requirements.lock || true)
+  # shellcheck disable=SC2086  # one argument a package
+  [ -z "$extra" ] || "$venv/bin/pip" uninstall -q -y --disable-pip-version-check $extra
   "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.lock
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e .
   rm -f "$venv"/.installed-*

@@ -1,6 +1,6 @@
 """flocker-pulumi: Flocker's applications and movable volumes as Pulumi resources."""
 
-from .declare import declare_configuration
+from .component import FilesError, FlockerDeployment
 from .resources import FlockerApplication, FlockerVolume
 
-__all__ = ["FlockerApplication", "FlockerVolume", "declare_configuration"]
+__all__ = ["FilesError", "FlockerApplication", "FlockerDeployment", "FlockerVolume"]

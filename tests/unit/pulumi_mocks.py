@@ -13,15 +13,37 @@ from typing import Any
 
 import pulumi
 import pytest
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 
 from flocker_pulumi import resources as resources_module
 
 
+class Monitor(MockMonitor):
+    """What the mocks are not told, by URN: each resource's registration (its parent, its
+    aliases) and the outputs each component registers."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.requests: dict[str, Any] = {}
+        self.outputs: dict[str, dict[str, Any]] = {}
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        self.requests[response.urn] = request
+        return response
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:
+        self.outputs[request.urn] = rpc.deserialize_properties(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+
 class Recorder(pulumi.runtime.Mocks):
-    """Each declared resource as (type, name, inputs)."""
+    """Each declared resource as (type, name, inputs); the rest of what was registered in ``monitor``."""
 
     def __init__(self) -> None:
         self.resources: list[tuple[str, str, dict[str, Any]]] = []
+        self.monitor = Monitor(self)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
         self.resources.append((args.typ, args.name, {key: value for key, value in args.inputs.items() if key != "__provider"}))
@@ -34,7 +56,7 @@ class Recorder(pulumi.runtime.Mocks):
 def record(program: Callable[[], Any], project: str) -> Recorder:
     """``program`` run under mocks as a stack of ``project``; what it declared."""
     recorder = Recorder()
-    pulumi.runtime.set_mocks(recorder, project=project, stack="test", preview=False)
+    pulumi.runtime.set_mocks(recorder, project=project, stack="test", preview=False, monitor=recorder.monitor)
     resources_module._published.clear()
     pulumi.runtime.test(program)()
     return recorder

@@ -27,8 +27,8 @@ import pulumi.automation as auto
 
 from flocker_provider.nodes import DEFAULT_TEMPLATE, NODES_FILE_ENV, TEMPLATE_ENV, TLS_DIR_ENV
 
-from ..declare import declaration_order, declare_configuration
-from ..flocker_config import ConfigError, Configuration, load_configuration
+from ..component import FlockerDeployment, load_files
+from ..flocker_config import ConfigError, Configuration
 
 PROJECT = "flocker-deploy"
 STACK_ENV = "FLOCKER_DEPLOY_STACK"
@@ -40,6 +40,9 @@ PASSPHRASE_FILE = "passphrase"
 PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 # The stack output the "what runs where" table is read from.
 OUTPUT = "applications"
+# The FlockerDeployment the program declares; its children keep the URNs they had at the
+# stack's root before there was one (its aliases).
+COMPONENT = "flocker-deploy"
 
 EXIT_ENGINE = 1
 EXIT_USAGE = 2
@@ -118,8 +121,8 @@ def prepare_environment(args: argparse.Namespace) -> None:
 
 def make_program(configuration: Configuration | None) -> Callable[[], None]:
     def program() -> None:
-        applications = declare_configuration(configuration) if configuration is not None else {}
-        pulumi.export(OUTPUT, {name: {"node": app.node, "addresses": app.addresses} for name, app in applications.items()})
+        applications = FlockerDeployment(COMPONENT, configuration=configuration).applications if configuration is not None else {}
+        pulumi.export(OUTPUT, applications)
 
     return program
 
@@ -240,14 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configuration = None
     if args.deployment is not None and args.application is not None:
         try:
-            configuration = load_configuration(args.deployment, args.application)
-            # Link order problems are configuration problems too: report them before any state exists.
-            declaration_order(configuration)
+            # Link order problems too: reported before any state exists.
+            configuration = load_files(args.deployment, args.application)
         except ConfigError as exc:
             print(exc.message, file=sys.stderr)
-            return EXIT_USAGE
-        except ValueError as exc:
-            print(f"{args.application}: {exc}.", file=sys.stderr)
             return EXIT_USAGE
     prepare_environment(args)
     try:

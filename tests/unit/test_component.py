@@ -1,4 +1,5 @@
-"""The YAML files and hand-written code declare the same resources; flocker-deploy's command line.
+"""FlockerDeployment: the YAML files and hand-written code declare the same resources, as its
+children; flocker-deploy's command line, which builds on it.
 
 Programs run under Pulumi's mocks: no engine, no Docker. Each recorded resource is its
 (type, name, inputs); the pickled provider (``__provider``) is left out, since it is the
@@ -13,22 +14,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pulumi.automation as auto
 import pytest
-from pulumi_mocks import node_file
-from pulumi_mocks import record as recorded
+from pulumi_mocks import Recorder, node_file, record
 
 from flocker_provider.models import Application, Link, Port
-from flocker_pulumi import FlockerApplication, declare_configuration
+from flocker_pulumi import FilesError, FlockerApplication, FlockerDeployment
 from flocker_pulumi import resources as resources_module
 from flocker_pulumi.cli import flocker_deploy
-from flocker_pulumi.declare import declaration_order
+from flocker_pulumi.component import TYPE, declaration_order
 from flocker_pulumi.flocker_config import ConfigError, Configuration, ConfiguredApplication, load_configuration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "elk"
 ARTICLE_ADDRESSES = ("172.16.255.250", "172.16.255.251", "172.16.255.252", "172.16.255.253")
 
-Recorded = tuple[str, str, str]  # (type, name, inputs as canonical JSON)
+Declared = tuple[str, str, str]  # (type, name, inputs as canonical JSON)
 
 
 @pytest.fixture
@@ -37,8 +38,17 @@ def article_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield from node_file(tmp_path, monkeypatch, [{"name": a, "address": a, "docker_host": f"tcp://{a}:2375"} for a in ARTICLE_ADDRESSES])
 
 
-def record(program: Callable[[], Any]) -> list[Recorded]:
-    return [(typ, name, json.dumps(inputs, sort_keys=True)) for typ, name, inputs in recorded(program, "flocker-deploy").resources]
+def children(recorder: Recorder) -> list[Declared]:
+    """What a program declared, less the component itself."""
+    return [(typ, name, json.dumps(inputs, sort_keys=True)) for typ, name, inputs in recorder.resources if typ != TYPE]
+
+
+def record_program(program: Callable[[], Any]) -> Recorder:
+    return record(program, "flocker-deploy")
+
+
+def article(application: str = "application.yml", deployment: Path = EXAMPLES / "deployment.yml") -> Callable[[], FlockerDeployment]:
+    return lambda: FlockerDeployment("elk", deployment_file=deployment, application_file=EXAMPLES / application)
 
 
 def hand_written() -> None:
@@ -65,34 +75,119 @@ def hand_written() -> None:
     )
 
 
-def test_flocker_format_fig_format_and_code_declare_the_same_resources(article_nodes: Path) -> None:
-    flocker = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")))
-    fig = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "fig.yml")))
-    code = record(hand_written)
+def test_flocker_format_fig_format_configuration_and_code_declare_the_same_resources(article_nodes: Path) -> None:
+    flocker = children(record_program(article()))
+    fig = children(record_program(article("fig.yml")))
+    loaded = load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")
+    given = children(record_program(lambda: FlockerDeployment("elk", configuration=loaded)))
+    code = children(record_program(hand_written))
 
-    assert set(flocker) == set(fig) == set(code)
+    assert set(flocker) == set(fig) == set(given) == set(code)
     assert len(flocker) == len(set(flocker)) == 4  # three applications and Elasticsearch's volume
-    by_name = {(typ, name): json.loads(inputs) for typ, name, inputs in code}
-    logstash = next(inputs for (typ, name), inputs in by_name.items() if name == "logstash")
-    assert logstash["node_address"] == "172.16.255.251"
-    assert logstash["links"] == [{"alias": "es", "local_port": 9200, "remote_port": 9200}]
+    by_name = {(typ.rsplit(":", 1)[-1], name): json.loads(inputs) for typ, name, inputs in code}
+    assert by_name["Application", "logstash"]["node_address"] == "172.16.255.251"
+    assert by_name["Application", "logstash"]["links"] == [{"alias": "es", "local_port": 9200, "remote_port": 9200}]
+    elasticsearch, volume = by_name["Application", "elasticsearch"], by_name["Volume", "elasticsearch"]
+    assert (elasticsearch["image"], elasticsearch["ports"]) == ("flocker/opensearch:local", [{"internal": 9200, "external": 9200}])
+    assert elasticsearch["volume"]["mountpoint"] == "/var/lib/elasticsearch"
+    assert elasticsearch["volume"]["node"] == volume["node"] == "172.16.255.250"
 
 
 def test_every_resource_has_its_own_urn(article_nodes: Path) -> None:
-    # The implicit volume takes its application's name: only the type tells them apart.
-    recorded = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")))
-    urns = [(typ, name) for typ, name, _ in recorded]
+    # The volume takes its application's name: only the type tells them apart.
+    urns = [(typ, name) for typ, name, _ in record_program(article()).resources]
     assert len(urns) == len(set(urns)), sorted(urns)
 
 
-def test_declare_returns_resources_by_name_and_skips_applications_on_no_node(article_nodes: Path, tmp_path: Path) -> None:
+def test_children_are_the_components_and_keep_the_urns_they_had_at_the_stack_root(article_nodes: Path) -> None:
+    monitor = record_program(article()).monitor
+    (component,) = [urn for urn, request in monitor.requests.items() if request.type == TYPE]
+    declared = {urn: request for urn, request in monitor.requests.items() if request.custom}
+    assert sorted(request.name for request in declared.values()) == ["elasticsearch", "elasticsearch", "kibana", "logstash"]
+    for urn, request in declared.items():
+        assert request.parent == component, urn
+        # An alias of no name and no type is of the resource's own: with no parent, it is the
+        # URN that flocker-deploy gave it before it had a component (an update, not a replace).
+        ((alias),) = request.aliases
+        assert (alias.spec.noParent, alias.spec.name, alias.spec.type, alias.spec.parentUrn) == (True, "", "", ""), urn
+    assert not monitor.requests[component].aliases
+
+
+def test_the_component_registers_each_applications_node(article_nodes: Path, tmp_path: Path) -> None:
     deployment = tmp_path / "deployment.yml"
     deployment.write_text('version: 1\nnodes:\n  "172.16.255.250": [elasticsearch]\n  "172.16.255.252": [kibana]\n')
-    declared: dict[str, FlockerApplication] = {}
-    recorded = record(lambda: declared.update(declare_configuration(load_configuration(deployment, EXAMPLES / "application.yml"))))
-    assert sorted(declared) == ["elasticsearch", "kibana"]
-    assert all(isinstance(app, FlockerApplication) for app in declared.values())
-    assert "logstash" not in {name for _, name, _ in recorded}
+    made: list[FlockerDeployment] = []
+    recorder = record_program(lambda: made.append(article(deployment=deployment)()))
+    (component,) = [urn for urn, request in recorder.monitor.requests.items() if request.type == TYPE]
+    # The mocks give back inputs as outputs: the resolved node, and no addresses (the provider's).
+    assert recorder.monitor.outputs[component] == {
+        "applications": {"elasticsearch": {"node": "172.16.255.250"}, "kibana": {"node": "172.16.255.252"}}
+    }
+    # Applications on no node are not declared.
+    assert sorted(made[0].application_resources) == ["elasticsearch", "kibana"]
+    assert all(isinstance(app, FlockerApplication) for app in made[0].application_resources.values())
+    assert "logstash" not in {name for _, name, _ in recorder.resources}
+
+
+def test_flocker_deploys_program_is_the_component_and_exports_its_applications(
+    article_nodes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.update({name: value}))
+    seen: list[Any] = []
+    program = flocker_deploy.make_program(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml"))
+    recorder = record_program(lambda: program() or pulumi.Output.from_input(exported[flocker_deploy.OUTPUT]).apply(seen.append))
+    assert [name for typ, name, _ in recorder.resources if typ == TYPE] == [flocker_deploy.COMPONENT]
+    assert set(children(recorder)) == set(children(record_program(hand_written)))
+    # The shape where_table reads: application -> {"node", "addresses"} (the provider's, None under mocks).
+    assert seen == [
+        {
+            "elasticsearch": {"node": "172.16.255.250", "addresses": None},
+            "kibana": {"node": "172.16.255.252", "addresses": None},
+            "logstash": {"node": "172.16.255.251", "addresses": None},
+        }
+    ]
+
+
+def test_a_mistake_in_the_files_is_a_config_error_naming_the_file_before_anything_is_registered(
+    article_nodes: Path, tmp_path: Path
+) -> None:
+    deployment = tmp_path / "deployment.yml"
+    deployment.write_text('version: 1\nnodes:\n  "172.16.255.250": [elasticsearch]\n  "172.16.255.251": [logstahs]\n')
+    recorder = Recorder()
+    pulumi.runtime.set_mocks(recorder, project="flocker-deploy", stack="test", preview=False, monitor=recorder.monitor)
+    with pytest.raises(ConfigError) as caught:
+        pulumi.runtime.test(article(deployment=deployment))()
+    assert caught.value.message == (
+        f"{deployment}: application 'logstahs', key 'nodes.172.16.255.251[0]': not defined in {EXAMPLES / 'application.yml'}"
+        " (listed on node '172.16.255.251')."
+    )
+    # A RunError too: Pulumi shows its message alone, without a traceback.
+    assert isinstance(caught.value, pulumi.RunError)
+    assert recorder.resources == []
+
+
+def test_a_link_to_an_application_on_no_node_is_a_config_error_of_the_application_file(article_nodes: Path, tmp_path: Path) -> None:
+    deployment = tmp_path / "deployment.yml"
+    deployment.write_text('version: 1\nnodes:\n  "172.16.255.251": [logstash]\n')
+    recorder = Recorder()
+    pulumi.runtime.set_mocks(recorder, project="flocker-deploy", stack="test", preview=False, monitor=recorder.monitor)
+    with pytest.raises(FilesError) as caught:
+        pulumi.runtime.test(article(deployment=deployment))()
+    assert (caught.value.file, caught.value.reason) == (
+        str(EXAMPLES / "application.yml"),
+        "application 'logstash': link 'es' to port 9200: application 'elasticsearch' publishing it runs on no node",
+    )
+    assert recorder.resources == []
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{}, {"deployment_file": "d.yml"}, {"configuration": Configuration((), ()), "deployment_file": "d.yml", "application_file": "a.yml"}],
+)
+def test_the_component_takes_both_files_or_a_configuration(arguments: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="give deployment_file and application_file, or configuration"):
+        FlockerDeployment("elk", **arguments)
 
 
 def _app(name: str, external: int, *link_ports: int, node: str | None = "n1") -> ConfiguredApplication:
@@ -294,6 +389,6 @@ def test_an_address_and_its_node_name_are_one_node(tmp_path: Path, monkeypatch: 
     nodes = [{"name": f"node{i}", "address": a, "docker_host": f"tcp://{a}:2375"} for i, a in enumerate(ARTICLE_ADDRESSES, 1)]
     article_nodes.write_text(json.dumps({"nodes": nodes}))
     resources_module._inventory.cache_clear()
-    recorded = record(lambda: declare_configuration(load_configuration(EXAMPLES / "deployment.yml", EXAMPLES / "application.yml")))
-    elasticsearch = next(json.loads(i) for t, n, i in recorded if n == "elasticsearch" and t.endswith("Application"))
+    declared = children(record_program(article()))
+    elasticsearch = next(json.loads(i) for t, n, i in declared if n == "elasticsearch" and t.endswith("Application"))
     assert elasticsearch["node"] == elasticsearch["volume"]["node"] == "node1"
