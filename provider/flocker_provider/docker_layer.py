@@ -1,4 +1,6 @@
-"""The thin layer over docker-py: one object per node engine, nothing clever.
+"""The thin layer over docker-py: one object per node engine, nothing clever. Its router
+(router_lifecycle.py) and a move's helpers (transfer_containers.py) are mixins of its own
+modules; which host ports a container publishes on is chosen in host_port_choice.py.
 
 Every call has a deadline (docker-py's client timeout plus our own loops), because the
 Pulumi engine enforces none for dynamic providers.
@@ -6,20 +8,11 @@ Pulumi engine enforces none for dynamic providers.
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import hashlib
-import io
-import itertools
-import json
 import re
-import secrets
-import socket
-import tarfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
 
 import docker
 import docker.errors
@@ -41,11 +34,10 @@ from .errors import (
     NotOurs,
     PortTaken,
     ProviderError,
-    RoutingFailed,
 )
+from .host_port_choice import HOST_PORT_ATTEMPTS, host_ports, node_ports
 from .models import Node, NodeVolumeState, Owner, RunningContainer
-from .on_node.router import TAKEOVER_FILE
-from .route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
+from .router_lifecycle import RouterLifecycle
 from .staging import (
     GATE_ENTRYPOINT,
     HELD_LINE,
@@ -63,70 +55,19 @@ API_TIMEOUT = 60
 # Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over
 # TLS, asking would go out before requests can be told to trust the node's own CA (connect()).
 API_VERSION = "1.41"
-HOST_PORT_FIRST = 20000
-HOST_PORT_COUNT = 12768  # up to 32767
-HOST_PORT_ATTEMPTS = 8
-PROBE_TIMEOUT = 1.0
 # How often a starting application is looked at: after a move's start, every poll can be downtime.
 WAIT_POLL = 0.1
-# The router removes its iptables rules when it gets SIGTERM (well under a second); a router
-# killed without that time would leave them, and only a router of the same stack starting on
-# that node again would clean them up.
-ROUTER_STOP_TIMEOUT = 10
-# How long a take-over waits for the new router to hold the ports before removing the old
-# one anyway, and how often it looks (an exec each).
-TAKEOVER_READY_SECONDS = 10
-TAKEOVER_POLL = 0.05
 # A staged container's gate says it holds within milliseconds of its start, and that it
 # let the application through within milliseconds of the signal.
 GATE_SECONDS = 30
 GATE_POLL = 0.005
-# Several resources change routes at once (the engine runs up to 4 operations in
-# parallel): starting a router, writing its files and removing it with its last route
-# must not interleave, or a route could be written into a router that is going away.
-# One lock per router, so that the routers of different nodes are written at once.
-_ROUTER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_ROUTER_LOCKS_GUARD = threading.Lock()
-
-
-@dataclass
-class _NodePorts:
-    """External ports about to be routed on a node by an application being converged in this
-    process; the lock makes choosing a container's host ports and starting it one step for a
-    reservation, so that a container either avoids a reserved port or is there, to be moved off it."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    reserved: collections.Counter[int] = field(default_factory=collections.Counter)
-
-
-_NODE_PORTS: dict[str, _NodePorts] = {}
 # Docker counts disk usage once at a time and refuses a second count meanwhile (409, "a disk
 # usage operation is already running"): ten moves at once from the same nodes failed on it.
 # Ours take turns per engine; another client's count is waited out.
 _DISK_USAGE_LOCKS: dict[str, threading.Lock] = {}
+_DISK_USAGE_LOCKS_GUARD = threading.Lock()
 DISK_USAGE_RETRIES = 40
 DISK_USAGE_RETRY_SECONDS = 0.25
-
-
-def _node_ports(node: Node) -> _NodePorts:
-    with _ROUTER_LOCKS_GUARD:
-        return _NODE_PORTS.setdefault(node.docker_host, _NodePorts())
-
-
-@contextlib.contextmanager
-def reserved_ports(nodes: Iterable[Node], ports: Collection[int]) -> Iterator[None]:
-    """While inside, no container started on ``nodes`` gets one of ``ports`` as a host port: they
-    are external ports about to be routed, and every node's router binds them."""
-    held = [_node_ports(node) for node in dict.fromkeys(nodes)]
-    for entry in held:
-        with entry.lock:
-            entry.reserved.update(ports)
-    try:
-        yield
-    finally:
-        for entry in held:
-            with entry.lock:
-                entry.reserved.subtract(ports)
 
 
 @contextlib.contextmanager
@@ -203,19 +144,16 @@ def _short(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
-class DockerNode(TransferContainers):
+class DockerNode(RouterLifecycle, TransferContainers):
     def __init__(self, node: Node, client: docker.DockerClient) -> None:
         self.node = node
         self.client = client
-        # Route sessions by router container id; None once opening one failed here (a
-        # transport that cannot hijack a connection): then an exec per write.
-        self._route_sessions: dict[str, RouteSession] | None = {}
+        super().__init__()
         # Containers this run staged and that said they hold: the only ones it lets through.
         self._held: set[str] = set()
 
     def close(self) -> None:
-        for session in (self._route_sessions or {}).values():
-            session.close()
+        self.close_route_sessions()
 
     def ping(self) -> None:
         """Returns when the engine answers; raises otherwise."""
@@ -316,7 +254,7 @@ class DockerNode(TransferContainers):
 
     def volume_size(self, name: str) -> int | None:
         """Bytes used, from the engine's own accounting (a read: it creates nothing)."""
-        with _ROUTER_LOCKS_GUARD:
+        with _DISK_USAGE_LOCKS_GUARD:
             turn = _DISK_USAGE_LOCKS.setdefault(self.node.docker_host, threading.Lock())
         with turn:
             for attempt in range(DISK_USAGE_RETRIES):
@@ -362,166 +300,7 @@ class DockerNode(TransferContainers):
                 found[int(key.split("/")[0])] = int(bindings[0]["HostPort"])
         return found
 
-    def read_routes(self, router: RouterSpec) -> dict[int, dict]:
-        """The route files of our router on this node (a read through the archive API)."""
-        container = self.find_container(router.name)
-        return {} if container is None else self._route_files(container)
-
-    def _route_files(self, container: docker.models.containers.Container) -> dict[int, dict]:
-        try:
-            stream, _ = container.get_archive(ROUTES_DIR)
-        except docker.errors.NotFound:
-            return {}
-        routes = {}
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
-            for member in archive.getmembers():
-                match = re.fullmatch(r"ports/(\d+)\.json", member.name)
-                handle = archive.extractfile(member) if match else None
-                if handle is not None:
-                    routes[int(match.group(1))] = json.loads(handle.read())
-        return routes
-
-    def port_user(self, port: int, router: RouterSpec) -> str | None:
-        """Who, other than the stack's own router, already holds external ``port`` on this node."""
-        if port in self.read_routes(router):
-            # Ours, of this stack: this application's, or one the program no longer declares
-            # (the SDK rejects two applications of one program with the same port), whose
-            # routes this application takes over.
-            return None
-        if self.host_port_holders((port,), router):
-            # The host port of one of the stack's applications, chosen before the port was
-            # routed: converging this application moves it to another one first.
-            return None
-        owner = self.published_port_owner(port)
-        if owner is not None:
-            return f"container {owner}"
-        # A program on the node itself (or another stack's router on the host network) is
-        # invisible to the Docker API; a connection it accepts is what shows it.
-        try:
-            socket.create_connection((self.node.address, port), timeout=PROBE_TIMEOUT).close()
-        except OSError:
-            return None
-        return f"a program flocker-pulumi did not start, listening on {self.node.address}:{port}"
-
     # -- changes -----------------------------------------------------------------------
-
-    def point_routes(self, router: RouterSpec, routes: dict[int, dict]) -> None:
-        """Write route files (``{"target", "hold_seconds", "application"}`` per external port)
-        and return once the router has put every one in force."""
-        with self._router_lock(router):
-            container = self._ensure_router(router)
-            answers = self._write_routes(container, route_lines(routes))
-            found = problems(answers, sorted(routes), router.name)
-            if found:
-                raise RoutingFailed("; ".join(found), node=self.node.name)
-
-    def prepare_routes(self, router: RouterSpec) -> None:
-        """The router running and a route session open, before a move's application stops."""
-        with self._router_lock(router):
-            container = self._ensure_router(router)
-            if self._route_sessions is not None and container.id not in self._route_sessions:
-                self._open_session(container.id)
-
-    def _write_routes(self, container: docker.models.containers.Container, lines: list[str]) -> list[str]:
-        if self._route_sessions is not None:
-            session = self._route_sessions.get(container.id) or self._open_session(container.id)
-            if session is not None:
-                try:
-                    return session.write(lines)
-                except Exception:  # a broken session: the write is idempotent, so an exec does it again
-                    session.close()
-                    del self._route_sessions[container.id]
-        result = container.exec_run([*COMMAND, *lines])
-        return result.output.decode(errors="replace").splitlines()
-
-    def _open_session(self, container_id: str) -> RouteSession | None:
-        assert self._route_sessions is not None
-        try:
-            session = self._route_sessions[container_id] = RouteSession(self.client.api, container_id)
-        except Exception:  # a transport that cannot hijack the connection: an exec per write from now on
-            self._route_sessions = None
-            return None
-        return session
-
-    def remove_routes(self, router: RouterSpec, application: str, ports: tuple[int, ...]) -> None:
-        """Remove ``application``'s route files; the router and its volume go once none is left."""
-        with self._router_lock(router):
-            if self.find_container(router.name) is None:
-                return
-            found = self.read_routes(router)
-            mine = [p for p in ports if p in found and found[p].get("application") == application]
-            if mine:
-                # Through a running router (started again if it had stopped): a stopped
-                # container cannot run the removal, and other applications' routes must stay.
-                result = self._ensure_router(router).exec_run(["rm", "-f", *(f"{ROUTES_DIR}/{p}.json" for p in mine)])
-                if result.exit_code != 0:
-                    raise RoutingFailed(f"removing routes failed: {result.output.decode(errors='replace')}", node=self.node.name)
-            if not self.read_routes(router):
-                self.remove_container(router.name, timeout=ROUTER_STOP_TIMEOUT)
-                self.remove_container(router.predecessor, timeout=ROUTER_STOP_TIMEOUT)  # of a take-over cut short
-                self.remove_volume(router.volume)
-
-    def _router_lock(self, router: RouterSpec) -> threading.Lock:
-        with _ROUTER_LOCKS_GUARD:
-            return _ROUTER_LOCKS.setdefault((self.node.docker_host, router.name), threading.Lock())
-
-    def _ensure_router(self, router: RouterSpec) -> docker.models.containers.Container:
-        predecessor = self.find_container(router.predecessor)
-        if predecessor is not None:  # a take-over that did not finish
-            predecessor.remove(force=True)
-        container = self.find_container(router.name)
-        wanted = router.program_hash()
-        if container is not None and container.status == "running" and container.labels.get(L.CONFIG_HASH) == wanted:
-            return container
-        if container is not None and container.status == "running":
-            return self._take_over(router, container, wanted)
-        if container is not None:
-            container.remove(force=True)  # stopped: nothing to hand over
-        return self._run_router(router, wanted)
-
-    def _take_over(self, router: RouterSpec, old: docker.models.containers.Container, wanted: str) -> docker.models.containers.Container:
-        """An older router replaced without refusing connections (see ``--take-over`` in
-        on_node/router.py): the new one starts beside it, reads the routes and holds new
-        connections at their SYN; then the old one goes (SIGKILL: its iptables rules, marked
-        like the new one's, are the new one's now) and the new one binds its ports."""
-        old.rename(router.predecessor)
-        token = secrets.token_hex(8)
-        try:
-            new = self._run_router(router, wanted, take_over=token)
-        except Exception:
-            old.rename(router.name)  # still serving: it stays until a new one can start
-            raise
-        deadline = time.monotonic() + TAKEOVER_READY_SECONDS
-        while time.monotonic() < deadline:
-            if new.exec_run(["cat", f"/routes/{TAKEOVER_FILE}"]).output.strip() == token.encode():
-                break
-            new.reload()
-            if new.status != "running":
-                break  # the old one must go anyway: the new one restarts (restart policy) and binds then
-            time.sleep(TAKEOVER_POLL)
-        old.remove(force=True)
-        return new
-
-    def _run_router(self, router: RouterSpec, wanted: str, take_over: str | None = None) -> docker.models.containers.Container:
-        self.ensure_image(router.image)
-        self.create_volume(router.volume, dict(router.labels))
-        # --kernel-forwarding: the router DNATs routes to other nodes with iptables (see
-        # docs/architecture.md); with the tag its rules are told apart from everyone else's.
-        command = on_node.command("router", "--routes-dir", ROUTES_DIR, "--kernel-forwarding", "--rule-tag", router.name)
-        return self._started_with(
-            on_node.ROUTER,
-            router.image,
-            command=[*command, "--take-over", take_over] if take_over else command,
-            name=router.name,
-            # The host network: the router listens on the node's own addresses.
-            network_mode="host",
-            # iptables in the node's network namespace. Without it (some hosts do not grant it)
-            # the router logs that once and proxies every connection.
-            cap_add=["NET_ADMIN"],
-            labels={**dict(router.labels), L.CONFIG_HASH: wanted},
-            volumes={router.volume: {"bind": "/routes", "mode": "rw"}},
-            restart_policy={"Name": "always"},
-        )
 
     def _started_with(self, modules: tuple[str, ...], image: str, **config: object) -> docker.models.containers.Container:
         """A container that runs a program of ``on_node``: its modules are put into the
@@ -637,16 +416,12 @@ class DockerNode(TransferContainers):
         before_start: Callable[[docker.models.containers.Container], bool] | None = None,
     ) -> str:
         """The container's id, or "" when ``before_start`` declined it (then it is removed)."""
-        # The external port belongs to the router on every node, this one included, which
-        # forwards it to a host port of the container's (see docs/architecture.md). That host
-        # port is chosen here rather than left to Docker: Docker picks a new ephemeral port at
-        # every start, so a container restarted by its restart policy or by hand would leave
-        # every route pointing at a dead port.
-        node_ports = _node_ports(self.node)
-        with node_ports.lock:
+        # Its host ports are chosen here (host_port_choice.py), not left to Docker.
+        reservations = node_ports(self.node)
+        with reservations.lock:
             # Never a port a router binds here: one routed now, one about to be, or this
             # container's own external port; the router would find it taken.
-            avoid = self._routed_ports() | set(+node_ports.reserved) | {p.external for p in spec.ports}
+            avoid = self._routed_ports() | set(+reservations.reserved) | {p.external for p in spec.ports}
             for attempt in range(HOST_PORT_ATTEMPTS):
                 chosen = host_ports(spec.name, [p.internal for p in spec.ports], attempt, avoid)
                 ports = {f"{internal}/tcp": (self.node_bind_address(), port) for internal, port in chosen.items()}
@@ -674,11 +449,6 @@ class DockerNode(TransferContainers):
             if "port is already allocated" in text or "address already in use" in text:
                 raise PortTaken(f"a host port of {container.name} is taken: {_short(exc)}", node=self.node.name) from exc
             raise
-
-    def _routed_ports(self) -> set[int]:
-        """The external ports of every stack's router on this node (routers bind them all)."""
-        routers = self._containers(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_ROUTER}"]})
-        return {port for router in routers for port in self._route_files(router)}
 
     def node_bind_address(self) -> str:
         # Publishing on every interface of the node is what Flocker did; the node's own
@@ -787,28 +557,6 @@ class DockerNode(TransferContainers):
         if container.status == "running":
             container.stop(timeout=timeout)
         container.remove(force=True)
-
-
-def host_port(container: str, internal: int, attempt: int) -> int:
-    """The host port a container publishes ``internal`` on: the same on every node and every
-    start, below the kernel's ephemeral range (32768-60999), where outgoing connections and
-    Docker's own picks live; another candidate per attempt when one is taken."""
-    digest = hashlib.sha256(f"{container}/{internal}/{attempt}".encode()).digest()
-    return HOST_PORT_FIRST + int.from_bytes(digest[:4], "big") % HOST_PORT_COUNT
-
-
-def host_ports(container: str, internals: Iterable[int], attempt: int, avoid: Collection[int]) -> dict[int, int]:
-    """Internal port -> host port: the ``attempt``-th candidate of each that is not in ``avoid``
-    nor another internal port's; with nothing to avoid, ``host_port(container, internal, attempt)``."""
-    chosen: dict[int, int] = {}
-    for internal in dict.fromkeys(internals):
-        candidates = (host_port(container, internal, n) for n in range(HOST_PORT_COUNT * 4))
-        usable = (port for port in candidates if port not in avoid and port not in chosen.values())
-        port = next(itertools.islice(usable, attempt, None), None)
-        if port is None:
-            raise PortTaken(f"no host port left for {container}: the routes take the whole range {HOST_PORT_FIRST}-32767")
-        chosen[internal] = port
-    return chosen
 
 
 def _host_ports(container: docker.models.containers.Container) -> set[int]:

@@ -24,10 +24,11 @@ from pulumi.output import Unknown
 
 from . import labels as L
 from .containers import container_spec, router_spec
-from .docker_layer import NodeUnreachable, connect, reserved_ports, translated
+from .docker_layer import NodeUnreachable, connect, translated
 from .engine_protocol import Engine
 from .errors import InvalidInput, PlanError, ProviderError, brief, told
 from .executor import Engines, execute
+from .host_port_choice import reserved_ports
 from .inputs import (
     ApplicationInputs,
     InvalidInputs,

@@ -17,9 +17,9 @@ import pytest
 
 from flocker_provider import labels as L
 from flocker_provider.containers import ContainerSpec, MountedContainer
-from flocker_provider.docker_layer import HOST_PORT_COUNT, HOST_PORT_FIRST
 from flocker_provider.engine_protocol import VolumesAndContainers
 from flocker_provider.errors import ContainerFailed, NotOurs
+from flocker_provider.host_port_choice import HOST_PORT_COUNT, HOST_PORT_FIRST
 from flocker_provider.models import NodeVolumeState, Owner, Port, RunningContainer
 
 # Ends at once on docker stop's SIGTERM (a shell as process 1 ignores it otherwise, and the

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import docker.errors
 import pytest
 
-from flocker_provider import docker_layer, dynamic_providers, executor, migration
+from flocker_provider import dynamic_providers, executor, migration, router_lifecycle
 from flocker_provider.docker_layer import DockerNode
 from flocker_provider.executor import Engines
 from flocker_provider.models import Node
@@ -208,5 +208,5 @@ def fake_nodes(monkeypatch: pytest.MonkeyPatch, nodes: tuple[Node, ...]) -> dict
         raise ConnectionRefusedError(address)
 
     # The check's probe for programs outside Docker: none on these nodes.
-    monkeypatch.setattr(docker_layer.socket, "create_connection", refused)
+    monkeypatch.setattr(router_lifecycle.socket, "create_connection", refused)
     return fakes

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from flocker_provider import labels as L
 from flocker_provider.containers import ContainerSpec, MountedContainer, RouterSpec
-from flocker_provider.docker_layer import host_ports
 from flocker_provider.engine_protocol import ExitWatcher
 from flocker_provider.errors import ContainerFailed, NotOurs
+from flocker_provider.host_port_choice import host_ports
 from flocker_provider.models import Node, NodeVolumeState, Owner, RunningContainer
 
 _ids = itertools.count()

@@ -10,10 +10,10 @@ import json
 import pytest
 from docker_fakes import FakeClient, FakeContainer, FakeHost, fake_nodes
 
-from flocker_provider import docker_layer
 from flocker_provider.containers import container_spec, router_spec
-from flocker_provider.docker_layer import DockerNode, host_port
+from flocker_provider.docker_layer import DockerNode
 from flocker_provider.dynamic_providers import ApplicationProvider
+from flocker_provider.host_port_choice import host_port, host_ports, reserved_ports
 from flocker_provider.inputs import node_props
 from flocker_provider.models import Application, Node, Owner, Port
 
@@ -111,7 +111,7 @@ def test_no_container_takes_a_reserved_port(hosts: dict[Node, FakeHost]) -> None
     resource of the same `pulumi up`) avoids them, though they are in no route yet."""
     spec = container_spec(Application("a9", "app:1", ports=(Port(8000, 30009),)), Owner("p", "sflk", "a9"), None)
     engine = DockerNode(N1, FakeClient(hosts[N1]))  # type: ignore[arg-type]
-    with docker_layer.reserved_ports(NODES, [30025]):
+    with reserved_ports(NODES, [30025]):
         engine.start_container(spec)
     assert published(hosts[N1], spec.name) == host_port(spec.name, 8000, 1)
     engine.remove_container(spec.name)
@@ -120,7 +120,6 @@ def test_no_container_takes_a_reserved_port(hosts: dict[Node, FakeHost]) -> None
 
 
 def test_host_ports_skip_what_to_avoid_and_each_other() -> None:
-    host_ports = docker_layer.host_ports
     first = host_port("c", 80, 0)
     assert host_ports("c", [80], 0, ()) == {80: first}
     assert host_ports("c", [80], 1, ()) == {80: host_port("c", 80, 1)}
