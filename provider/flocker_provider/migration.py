@@ -240,7 +240,7 @@ def _run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: M
                 case VerifyVolume():
                     channel.verify(timeout)
                 case HandoffVolume(source, destination, volume, labels):
-                    engines[destination].unretire_volume(volume)
+                    engines[destination].make_live(volume)
                     engines[source].retire_volume(volume, channel.image, dict(labels))
                     handed_over = True
                 case StopApplication():
@@ -379,6 +379,8 @@ class TransferChannel:
         self.created = not destination.discover_volume(self.volume).exists
         self.fresh = self.created
         destination.create_volume(self.volume, self.volume_labels)
+        if self.created:
+            destination.mark_partial(self.volume, self.image, self.volume_labels)
         self.total = self.engines[self.source].volume_size(self.volume)
         return self
 
