@@ -199,7 +199,10 @@ class DockerNode(RouterLifecycle, TransferContainers):
         labels = volume.attrs.get("Labels") or {}
         if not L.is_ours(labels):
             raise NotOurs(f"a volume named {name} exists that flocker-pulumi did not create", node=self.node.name)
-        return NodeVolumeState(name, exists=True, retired=self._holder(name) is not None)
+        markers = self._markers(name)
+        return NodeVolumeState(
+            name, exists=True, retired=any(L.RETIRED in m.labels for m in markers), partial=any(L.PARTIAL in m.labels for m in markers)
+        )
 
     def container_owner_is(self, name: str, owner: Owner) -> bool:
         try:
@@ -225,27 +228,31 @@ class DockerNode(RouterLifecycle, TransferContainers):
     def _mounting(self, volume: str) -> list[docker.models.containers.Container]:
         return self._containers(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.KIND}={L.KIND_APPLICATION}"], "volume": volume})
 
-    # A retired copy is marked by a never-started container that mounts it: Docker volume
-    # labels cannot change after creation, and the holder also keeps `docker volume prune`
-    # from deleting the copy.
-    def _holder(self, volume: str) -> docker.models.containers.Container | None:
-        holders = self._containers(all=True, filters={"label": [f"{L.RETIRED}=true", f"{L.VOLUME}={volume}"]})
-        return holders[0] if holders else None
+    # A retired copy, and a move's copy not handed over yet (partial), are marked by a
+    # never-started container that mounts it: Docker volume labels cannot change after
+    # creation, and the marker also keeps `docker volume prune` from deleting the copy.
+    def _markers(self, volume: str) -> list[docker.models.containers.Container]:
+        # One list for both kinds (the handoff's is in the downtime); a move's helpers carry the volume's label too.
+        found = self._containers(all=True, filters={"label": [f"{L.VOLUME}={volume}"]})
+        return [c for c in found if L.RETIRED in c.labels or L.PARTIAL in c.labels]
 
     def retire_volume(self, volume: str, image: str, labels: dict[str, str]) -> None:
-        if self._holder(volume) is None:
-            self.client.containers.create(
-                image,
-                command=["true"],
-                name=f"{volume}-retired",
-                labels={**labels, L.KIND: "retired-copy", L.RETIRED: "true", L.VOLUME: volume},
-                volumes={volume: {"bind": "/retired", "mode": "ro"}},
-            )
+        if not any(L.RETIRED in m.labels for m in self._markers(volume)):
+            self._mark(volume, image, f"{volume}-retired", {**labels, L.KIND: "retired-copy", L.RETIRED: "true"})
 
-    def unretire_volume(self, volume: str) -> None:
-        holder = self._holder(volume)
-        if holder is not None:
-            holder.remove(force=True)
+    def mark_partial(self, volume: str, image: str, labels: dict[str, str]) -> None:
+        if not any(L.PARTIAL in m.labels for m in self._markers(volume)):
+            # A dot, as in staged names: no application's container name has one.
+            self._mark(volume, image, f"{volume}.partial", {**labels, L.KIND: "partial-copy", L.PARTIAL: "true"})
+
+    def _mark(self, volume: str, image: str, name: str, labels: dict[str, str]) -> None:
+        self.client.containers.create(
+            image, command=["true"], name=name, labels={**labels, L.VOLUME: volume}, volumes={volume: {"bind": "/marked", "mode": "ro"}}
+        )
+
+    def make_live(self, volume: str) -> None:
+        for marker in self._markers(volume):
+            marker.remove(force=True)
 
     def start_existing(self, name: str) -> None:
         container = self.find_container(name)
@@ -318,7 +325,7 @@ class DockerNode(RouterLifecycle, TransferContainers):
     def remove_volume(self, name: str) -> None:
         state = self.discover_volume(name)
         if state.exists:
-            self.unretire_volume(name)
+            self.make_live(name)  # its markers mount it
             # A move cut short (the provider killed) leaves a staged container, which never
             # ran the application, and its helpers: they hold the volume and go with it.
             for container in self._mounting(name):

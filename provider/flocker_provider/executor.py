@@ -1,9 +1,13 @@
-"""Runs a plan, step by step, through the Docker layer. No decisions are made here."""
+"""Runs a plan, step by step, through the Docker layer. No decisions are made here.
+
+Every kind of step runs here, a move's too: those need the move's context (its transfer
+channel, its stops, its report), which the move hands in (``MoveContext``)."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,22 +15,32 @@ from .docker_layer import connect, translated
 from .engine_protocol import Engine
 from .errors import ContainerFailed, NodeUnreachable, ProviderError, RoutingFailed, brief
 from .models import Node
+from .move_context import MoveContext
 from .progress import report
 from .staging import SHELL, staged_name
 from .steps import (
+    ArmFinalCopy,
     ConfirmApplication,
     CreateVolume,
+    HandoffVolume,
+    OnNode,
     Plan,
     PointRoutes,
+    PrepareRoutes,
+    PushVolume,
     RemoveApplication,
     RemoveRoutes,
+    RemoveStaged,
     RemoveVolume,
+    RestartApplication,
     RunBeforeStop,
     StageApplication,
     StartApplication,
     Step,
     StopApplication,
+    VerifyVolume,
     WaitForApplication,
+    WatchExit,
     describe,
 )
 
@@ -61,12 +75,60 @@ class Engines:
         self._stack.close()
 
 
-def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
-    if isinstance(step, PointRoutes):
-        _point_routes(step, engines)
-        return
+def run_step(step: Step, engines: Engines, wait_timeout: float, move: MoveContext | None = None) -> None:
+    match step:
+        case PointRoutes():
+            if move is not None and step.backend is None:
+                _warn_of_a_short_hold(step, move)
+            _point_routes(step, engines)
+        case PrepareRoutes():
+            _prepare_routes(step, engines)
+        case PushVolume(final=final):
+            _of(move, step).report.rounds += _of(move, step).channel.push(final, wait_timeout)
+        case ArmFinalCopy():
+            _of(move, step).channel.arm()
+        case VerifyVolume():
+            _of(move, step).channel.verify(wait_timeout)
+        case HandoffVolume(source, destination, volume, labels):
+            # The destination's copy is the live one before the source's is retired: the
+            # source's retirement is what says the move is past its handoff.
+            engines[destination].make_live(volume)
+            engines[source].retire_volume(volume, _of(move, step).channel.image, dict(labels))
+        case WatchExit():
+            _of(move, step).stops.watch(step)
+        case StopApplication() if move is not None:
+            move.stopped_at = move.stopped_at or time.monotonic()
+            move.stops.stop(step)
+        case RemoveApplication() if move is not None:
+            move.stops.settle()  # the engine's own stop, asked for in the background, ends first
+            _on_node(step, engines, wait_timeout)
+        case WaitForApplication() if move is not None:
+            _on_node(step, engines, wait_timeout)
+            if move.stopped_at is not None:
+                move.report.downtime_seconds = round(time.monotonic() - move.stopped_at, 3)
+        case _:
+            _on_node(step, engines, wait_timeout)
+
+
+def _of(move: MoveContext | None, step: Step) -> MoveContext:
+    if move is None:
+        raise TypeError(f"only a move runs '{describe(step)}'")
+    return move
+
+
+def _warn_of_a_short_hold(step: PointRoutes, move: MoveContext) -> None:
+    predicted = move.channel.predicted
+    if predicted is not None and predicted > step.hold_seconds:
+        report(
+            f"move {move.channel.label}: warning: phase 2 is predicted to take {predicted:.1f}s, longer than "
+            f"the hold of {step.hold_seconds:g}s: connections held longer are closed (raise hold_seconds)"
+        )
+
+
+def _on_node(step: OnNode, engines: Engines, wait_timeout: float) -> None:
+    node = step.node
     try:
-        engine = engines[step.node]
+        engine = engines[node]
     except NodeUnreachable as exc:
         if not isinstance(step, RemoveRoutes):
             raise
@@ -75,11 +137,11 @@ def run_step(step: Step, engines: Engines, wait_timeout: float) -> None:
     try:
         _run_on(engine, step, wait_timeout)
     except Exception as exc:
-        failure = translated(exc, step.node)
+        failure = translated(exc, node)
         raise failure from failure.__cause__
 
 
-def _run_on(engine: Engine, step: Step, wait_timeout: float) -> None:
+def _run_on(engine: Engine, step: OnNode, wait_timeout: float) -> None:
     match step:
         case CreateVolume(_, volume, labels):
             engine.create_volume(volume, dict(labels))
@@ -96,6 +158,8 @@ def _run_on(engine: Engine, step: Step, wait_timeout: float) -> None:
             engine.confirm_running(container, CONFIRM_SECONDS)
         case StopApplication(_, container):
             engine.stop_container(container)
+        case RestartApplication(_, container):
+            engine.start_existing(container)
         case RunBeforeStop(node, container, command):
             finished = engine.run_in(container, command, BEFORE_STOP_SECONDS)
             if finished is None or finished[0] != 0:
@@ -104,8 +168,21 @@ def _run_on(engine: Engine, step: Step, wait_timeout: float) -> None:
         case RemoveApplication(_, container):
             engine.remove_container(container)
             engine.remove_container(staged_name(container), timeout=0)  # of a move cut short
+        case RemoveStaged(_, container):
+            engine.remove_container(staged_name(container), timeout=0)  # it never ran: nothing to stop gently
         case RemoveRoutes(_, router, application, ports):
             engine.remove_routes(router, application, ports)
+        case _:
+            raise TypeError(f"not a step of one node: {step!r}")
+
+
+def _prepare_routes(step: PrepareRoutes, engines: Engines) -> None:
+    def prepare(node: Node) -> None:
+        with contextlib.suppress(Exception):  # the route steps themselves report what fails
+            engines[node].prepare_routes(step.router)
+
+    with ThreadPoolExecutor(max_workers=max(len(step.nodes), 1)) as pool:
+        list(pool.map(prepare, step.nodes))
 
 
 def _point_routes(step: PointRoutes, engines: Engines) -> None:
@@ -156,11 +233,42 @@ def _skip_unreachable(step: Step, exc: NodeUnreachable) -> None:
     report(f"warning: {brief(exc)}; skipped there: {describe(step)}")
 
 
-def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0) -> None:
+def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0, move: MoveContext | None = None) -> None:
+    """Runs the plan's steps in order; the first that fails ends it, its error saying which.
+    In a move, each step's seconds go to its report and each step that ended to ``done``."""
+    heading = f"move {move.channel.label}: " if move is not None else ""
     for step in plan:
-        report(describe(step))
+        report(heading + describe(step))
+        started, started_at = time.monotonic(), round(time.time(), 3)
         try:
-            run_step(step, engines, wait_timeout)
+            run_step(step, engines, wait_timeout, move)
         except ProviderError as exc:
             exc.within(step=describe(step))
             raise
+        except Exception as exc:
+            # A move's own steps (the copy's) meet the engine's failures untranslated.
+            failure = translated(exc)
+            if failure is exc:
+                raise
+            raise failure.within(step=describe(step)) from failure.__cause__
+        if move is not None:
+            move.report.steps.append({"step": describe(step), "started_at": started_at, "seconds": round(time.monotonic() - started, 3)})
+            move.done.append(step)
+    if move is not None:
+        move.stops.settle()
+
+
+def execute_all(plan: Plan, engines: Engines, wait_timeout: float, heading: str = "") -> tuple[tuple[Step, Exception | None], ...]:
+    """Runs every step of the plan, whether or not one before it failed, and says how each
+    went: for a way back, which must go as far as it can (each application restarted, each
+    route pointed back)."""
+    outcomes: list[tuple[Step, Exception | None]] = []
+    for step in plan:
+        report(heading + describe(step))
+        try:
+            run_step(step, engines, wait_timeout)
+        except Exception as exc:  # told with the others: this way back goes on
+            outcomes.append((step, translated(exc)))
+        else:
+            outcomes.append((step, None))
+    return tuple(outcomes)

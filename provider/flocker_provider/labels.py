@@ -14,6 +14,7 @@ CONFIG_HASH = f"{PREFIX}.config-hash"
 SPEC = f"{PREFIX}.spec"
 VOLUME = f"{PREFIX}.volume"
 RETIRED = f"{PREFIX}.retired"
+PARTIAL = f"{PREFIX}.partial"
 
 KIND_APPLICATION = "application"
 KIND_VOLUME = "volume"

@@ -1,45 +1,32 @@
 """Moving a volume, and the applications that mount it, to another node (two-phase push).
 
-The plan comes from the pure planner (`plan_move`); this module runs it. What the plan
-cannot say as values lives here: the credentials made for this one move, the transfer
-channel that exists for its duration, and the rule that a failure before the handoff
-starts the stopped applications again on the source.
+The plan comes from the pure planner (`plan_move`) and the executor runs it, handed this
+move's context. What the plan cannot say as values lives here: the credentials made for
+this one move and the transfer channel that exists for its duration. A failure before the
+handoff is undone by a plan too: the nodes are discovered again and `plan_rollback` says
+the way back, which the executor runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 from . import labels as L
-from .containers import RouterSpec
-from .docker_layer import connect, translated
-from .engine_protocol import ArmedCommand, ExitWatcher
+from .docker_layer import connect
+from .engine_protocol import ArmedCommand
 from .errors import DeadlinePassed, DiskFull, MoveFailed, NodeUnreachable, ProviderError, brief, told
-from .executor import Engines, run_step
+from .executor import Engines, execute, execute_all
 from .inputs import VolumeInputs
 from .models import Node
-from .planner import MoveState, Routing, plan_move
+from .move_context import MoveContext, MoveReport, Stops
+from .planner import AfterFailure, MoveState, Routing, plan_move, plan_rollback
 from .progress import report
 from .staging import staged_name
-from .steps import (
-    HandoffVolume,
-    Plan,
-    PointRoutes,
-    PushVolume,
-    RemoveApplication,
-    StageApplication,
-    StopApplication,
-    VerifyVolume,
-    WaitForApplication,
-    describe,
-)
+from .steps import HandoffVolume, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, Step
 from .transfer import (
     DELTA_PORT,
     STREAM_PORT,
@@ -71,40 +58,8 @@ SHRINKING = 0.9
 PROGRESS_EVERY = 3.0
 # How often a copy's output is looked at for progress: a stall is seen within this much of the stall timeout.
 STALL_POLL = 0.5
-# docker stop's grace period before SIGKILL, and how much longer the end of the
-# application's processes may take to be seen before the plain stop is waited for.
-STOP_SECONDS = 10
-STOP_MARGIN = 20
 # How the copy programs on the destination (tar, delta_copy.py) say that a write found its disk full.
 NO_SPACE = ("No space left on device", "is the disk full?")
-
-
-@dataclass
-class MoveReport:
-    """Measured facts about one move, kept in the volume's outputs."""
-
-    source: str
-    destination: str
-    rounds: list[dict] = field(default_factory=list)
-    downtime_seconds: float | None = None
-    # Seconds per step, to see where a slow move spends its time.
-    steps: list[dict] = field(default_factory=list)
-    # Wall-clock (epoch) times, comparable across moves and with clients' clocks:
-    # they show whether moves in one `pulumi up` ran at the same time.
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    def as_output(self) -> dict:
-        return {
-            "from": self.source,
-            "to": self.destination,
-            "rounds": self.rounds,
-            "phase2_bytes_sent": next((r["bytes_sent"] for r in self.rounds if r["final"]), None),
-            "downtime_seconds": self.downtime_seconds,
-            "steps": self.steps,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
 
 
 def plan_line(old: VolumeInputs, new: VolumeInputs) -> str:
@@ -139,199 +94,91 @@ def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, s
             exc.within(step=f"plan the move from {old.node.name} to {new.node.name}")
             raise
         with TransferChannel(engines, old, new) as channel:
-            run_move(plan, engines, channel, report_, new.move_timeout)
+            move = MoveContext(channel, Stops(engines), report_)
+            try:
+                execute(plan, engines, new.move_timeout, move)
+            except Exception as failure:
+                raise _roll_back(failure, move, channel, state, routing) from failure.__cause__
+            finally:
+                move.stops.close()
     report_.finished_at = round(time.time(), 3)
     return report_
 
 
-def _prepare_routes(plan: Plan, engines: Engines) -> None:
-    """Routers running and route sessions open on every node the move routes through, while
-    the application still serves: the hold and the routes to the destination are written
-    while it is down."""
-    wanted = {(node, step.router) for step in plan if isinstance(step, PointRoutes) for node in step.nodes}
-
-    def prepare(item: tuple[Node, RouterSpec]) -> None:
-        with contextlib.suppress(Exception):  # the route steps themselves report what fails
-            engines[item[0]].prepare_routes(item[1])
-
-    with ThreadPoolExecutor(max_workers=max(len(wanted), 1)) as pool:
-        list(pool.map(prepare, wanted))
-
-
-class Stops:
-    """The applications a move stops. Each stop is asked of its engine in the background,
-    and the step ends as soon as the application's processes are gone (``ExitWatch``).
-
-    The engine's own work after that (taking the container's network down, 0.2-0.4 s, and
-    longer while a big copy loads the node) goes on while phase 2 copies and the
-    destination starts, and is waited for before the source's containers are removed. Not
-    before the handoff: the data no longer changes once the processes are gone, and
-    nothing starts them again (the engine marks a stop as asked for before it signals, so
-    no restart policy applies). An application whose end cannot be watched (no shell in
-    its image) is waited for the plain way."""
-
-    def __init__(self, engines: Engines) -> None:
-        self._engines = engines
-        self._watches: dict[tuple[Node, str], ExitWatcher | None] = {}
-        self._pool = ThreadPoolExecutor(max_workers=4)
-        self._pending: list[Future[None]] = []
-        self.stopped: list[StopApplication] = []
-
-    def watch(self, plan: Plan) -> None:
-        """Watch the applications the plan stops, from now on (an exec's start, 40-100 ms, is not downtime yet)."""
-        for step in plan:
-            # A second pre-copy (after a before_stop command) finds them watched already.
-            if isinstance(step, StopApplication) and (step.node, step.container) not in self._watches:
-                self._watches[(step.node, step.container)] = self._engines[step.node].watch_exit(step.container)
-
-    def stop(self, step: StopApplication) -> None:
-        watch = self._watches.pop((step.node, step.container), None)
-        # A watch that ended already saw an earlier end (a crash the engine restarted from).
-        watching = watch is not None and watch.watching()
-        stopping = self._pool.submit(self._engines[step.node].stop_container, step.container, STOP_SECONDS)
-        self.stopped.append(step)
-        self._pending.append(stopping)
-        try:
-            if watching and watch is not None and watch.wait(STOP_SECONDS + STOP_MARGIN):
-                return
-        finally:
-            if watch is not None:
-                watch.close()
-        stopping.result()
-
-    def settle(self) -> None:
-        """Every stop the engines were asked for has returned; the first failure is raised."""
-        pending, self._pending = self._pending, []
-        for stopping in pending:
-            stopping.result()
-
-    def close(self) -> None:
-        for watch in self._watches.values():
-            if watch is not None:
-                watch.close()
-        with contextlib.suppress(Exception):  # reported by the step that failed
-            self.settle()
-        self._pool.shutdown(wait=True)
+def _roll_back(failure: Exception, move: MoveContext, channel: TransferChannel, before: MoveState, routing: Routing) -> Exception:
+    """``failure`` with what was done about it: before the handoff, the way back from what
+    the nodes hold now; after it, nothing (the next `pulumi up` finishes the move)."""
+    engines = channel.engines
+    with contextlib.suppress(Exception):  # a stop that failed is started again like the others
+        move.stops.settle()
+    after = discover_after_failure(engines, channel.source, channel.destination, channel.volume, before, routing)
+    down = [
+        node
+        for node, gone in ((channel.source, after.source_containers is None), (channel.destination, after.destination_volume is None))
+        if gone
+    ]
+    told(failure, f"{', '.join(n.name for n in down)}: Docker engine not answering" if down else "")
+    if any(isinstance(step, HandoffVolume) for step in move.done):
+        return told(failure, "the volume was handed over already: run `pulumi up` again to finish the move")
+    rollback = plan_rollback(channel.volume, channel.source, channel.destination, before, after, routing)
+    outcomes = execute_all(rollback, engines, 0, heading=f"move {channel.label}: undo: ")
+    return told(failure, f"nothing was lost: {rollback_story(after, outcomes)}")
 
 
-def run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: MoveReport, timeout: float) -> None:
-    _prepare_routes(plan, engines)
-    stops = Stops(engines)
+def discover_after_failure(
+    engines: Engines, source: Node, destination: Node, volume: str, before: MoveState, routing: Routing
+) -> AfterFailure:
+    """What a failed move's nodes hold now; a node that does not answer holds None."""
     try:
-        _run_move(plan, engines, channel, report_, timeout, stops)
-    finally:
-        stops.close()
-
-
-def _run_move(plan: Plan, engines: Engines, channel: TransferChannel, report_: MoveReport, timeout: float, stops: Stops) -> None:
-    staged: list[StageApplication] = []
-    held: list[PointRoutes] = []
-    handed_over = False
-    stop_time: float | None = None
+        source_containers: tuple | None = engines[source].mounting_containers(volume)
+    except Exception:  # any failure to answer means the same here
+        source_containers = None
     try:
-        for step in plan:
-            report(f"move {channel.label}: {describe(step)}")
-            step_started, step_at = time.monotonic(), round(time.time(), 3)
-            match step:
-                case PushVolume(final=final):
-                    report_.rounds += channel.push(final, timeout)
-                    if not final:
-                        stops.watch(plan)
-                case VerifyVolume():
-                    channel.verify(timeout)
-                case HandoffVolume(source, destination, volume, labels):
-                    engines[destination].unretire_volume(volume)
-                    engines[source].retire_volume(volume, channel.image, dict(labels))
-                    handed_over = True
-                case StopApplication():
-                    # Downtime starts when the stop is asked for: the application stops serving during it.
-                    stop_time = stop_time or time.monotonic()
-                    stops.stop(step)
-                case PointRoutes(backend=None):
-                    if channel.predicted is not None and channel.predicted > step.hold_seconds:
-                        report(
-                            f"move {channel.label}: warning: phase 2 is predicted to take {channel.predicted:.1f}s, longer than "
-                            f"the hold of {step.hold_seconds:g}s: connections held longer are closed (raise hold_seconds)"
-                        )
-                    run_step(step, engines, timeout)
-                    held.append(step)
-                case StageApplication():
-                    staged.append(step)
-                    run_step(step, engines, timeout)
-                case WaitForApplication():
-                    run_step(step, engines, timeout)
-                    if stop_time is not None:
-                        report_.downtime_seconds = round(time.monotonic() - stop_time, 3)
-                case RemoveApplication():
-                    stops.settle()
-                    run_step(step, engines, timeout)
-                case _:
-                    run_step(step, engines, timeout)
-            report_.steps.append({"step": describe(step), "started_at": step_at, "seconds": round(time.monotonic() - step_started, 3)})
-        stops.settle()
-    except Exception as exc:
-        failure = translated(exc)
-        if isinstance(failure, ProviderError):
-            failure.within(step=describe(step))
-        down = _unreachable(engines, channel)
-        told(failure, f"{', '.join(n.name for n in down)}: Docker engine not answering" if down else "")
-        if handed_over:
-            raise told(failure, "the volume was handed over already: run `pulumi up` again to finish the move") from failure.__cause__
-        with contextlib.suppress(Exception):  # a stop that failed is started again like the others
-            stops.settle()
-        restarted = _restart(stops.stopped, engines, channel.source in down)
-        restarted += _route_back(held, engines, channel.source) + _unstage(staged, engines)
-        raise told(failure, f"nothing was lost: {restarted}{channel.discard_partial_copy()}") from failure.__cause__
-
-
-def _unreachable(engines: Engines, channel: TransferChannel) -> list[Node]:
-    """The nodes of the move whose engine stopped answering: the likeliest cause of a failed step."""
-    down = []
-    for node in (channel.source, channel.destination):
+        engine = engines[destination]
+        copy = engine.discover_volume(volume)
+        staged = tuple(c.name for c in before.source_containers if engine.discover_application(staged_name(c.name)) is not None)
+    except Exception:  # any failure to answer means the same here
+        copy, staged = None, None
+    held: set[int] = set()
+    for node in routing.nodes:
         try:
-            engines[node].ping()
-        except Exception:  # any failure to answer means the same thing here
-            down.append(node)
-    return down
+            routes = engines[node].read_routes(routing.router)
+        except Exception:  # a node that does not answer is skipped by the route steps too
+            continue
+        held |= {port for port, route in routes.items() if route.get("target") is None}
+    return AfterFailure(source_containers, copy, staged, frozenset(held))
 
 
-def _restart(stopped: list[StopApplication], engines: Engines, source_down: bool) -> str:
-    if not stopped and source_down:
-        # Its data is as the application left it: the next `up` moves it from there.
-        return "the application went down with the source's engine and was not moved"
-    if not stopped:
-        return "the application kept running on the source"
-    problems = []
-    for step in stopped:
-        try:
-            engines[step.node].start_existing(step.container)
-        except Exception as exc:  # keep going: every other application must restart too
-            problems.append(f"{step.container} on {step.node.name}: {brief(exc)}")
+def rollback_story(after: AfterFailure, outcomes: Sequence[tuple[Step, Exception | None]]) -> str:
+    """What the way back did, after "nothing was lost: ", from its steps and how each went."""
+    restarted = [(step, error) for step, error in outcomes if isinstance(step, RestartApplication)]
+    problems = [f"{step.container} on {step.node.name}: {brief(error)}" for step, error in restarted if error is not None]
     if problems:
-        return "restarting on the source failed for " + "; ".join(problems)
-    return "restarted " + ", ".join(s.container for s in stopped) + f" on {stopped[0].node.name}"
-
-
-def _unstage(staged: list[StageApplication], engines: Engines) -> str:
-    """After a failure before the handoff: the containers held on the destination go (they never ran)."""
-    problems = []
-    for step in staged:
-        try:
-            engines[step.node].remove_container(staged_name(step.spec.name), timeout=0)
-        except Exception as exc:  # keep going; the next move of the volume removes what is left
-            problems.append(f"{staged_name(step.spec.name)} on {step.node.name}: {brief(exc)}")
-    return f"; could not remove {', '.join(problems)}" if problems else ""
-
-
-def _route_back(held: list[PointRoutes], engines: Engines, source: Node) -> str:
-    """After a failure before the handoff: held routes point at the source again."""
-    problems = []
-    for step in held:
-        try:
-            run_step(dataclasses.replace(step, backend=source), engines, 0)
-        except Exception as exc:  # keep going: every other application must be released too
-            problems.append(brief(exc))
-    return f"; routes on {', '.join(problems)} could not be pointed back" if problems else ""
+        story = "restarting on the source failed for " + "; ".join(problems)
+    elif restarted:
+        story = "restarted " + ", ".join(step.container for step, _ in restarted) + f" on {restarted[0][0].node.name}"
+    elif after.source_containers is None:
+        # Its data is as the application left it: the next `up` moves it from there.
+        story = "the application went down with the source's engine and was not moved"
+    else:
+        story = "the application kept running on the source"
+    routes = [brief(error) for step, error in outcomes if isinstance(step, PointRoutes) and error is not None]
+    if routes:
+        story += f"; routes on {', '.join(routes)} could not be pointed back"
+    staged = [
+        f"{staged_name(step.container)} on {step.node.name}: {brief(error)}"
+        for step, error in outcomes
+        if isinstance(step, RemoveStaged) and error
+    ]
+    if staged:
+        story += f"; could not remove {', '.join(staged)}"
+    for step, error in outcomes:
+        if isinstance(step, RemoveVolume):
+            # The destination may be the node that failed; its copy stays marked partial.
+            story += f"; the partial copy on {step.node.name} " + (
+                "was removed" if error is None else "is left and will be reused by the next move"
+            )
+    return story
 
 
 class TransferChannel:
@@ -361,7 +208,6 @@ class TransferChannel:
         # their time comes (see ``arm``).
         self._armed: dict[str, ArmedCommand] = {}
         self.fresh = False
-        self.created = False
         self.rounds = 0
         self.total: int | None = None
         # What the last round of phase 1 predicted phase 2 would take.
@@ -374,11 +220,12 @@ class TransferChannel:
         # The image first: a node without it fails the move before it changes anything.
         for node in (self.source, self.destination):
             self.engines[node].ensure_image(self.image)
-        # A destination with no copy yet gets the raw stream first, and a failed move
-        # removes the partial copy it made there (a later retry starts clean).
-        self.created = not destination.discover_volume(self.volume).exists
-        self.fresh = self.created
+        # A destination with no copy yet gets the raw stream first, into a copy marked
+        # partial until the handoff: a failed move removes it (a later retry starts clean).
+        self.fresh = not destination.discover_volume(self.volume).exists
         destination.create_volume(self.volume, self.volume_labels)
+        if self.fresh:
+            destination.mark_partial(self.volume, self.image, self.volume_labels)
         self.total = self.engines[self.source].volume_size(self.volume)
         return self
 
@@ -387,17 +234,6 @@ class TransferChannel:
         for node in (self.source, self.destination):
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
                 self.engines[node].remove_transfer_containers(self.volume)
-
-    def discard_partial_copy(self) -> str:
-        """After a failure before handoff: remove the copy this move started, if it made one."""
-        if not self.created:
-            return ""
-        try:
-            self.engines[self.destination].remove_transfer_containers(self.volume)  # they hold the volume
-            self.engines[self.destination].remove_volume(self.volume)
-        except Exception:  # the destination may be the node that failed; its copy is labelled ours
-            return f"; the partial copy on {self.destination.name} is left and will be reused by the next move"
-        return f"; the partial copy on {self.destination.name} was removed"
 
     def _start_receiver(self, role: str, command: list[str], port: int, ready: bytes) -> tuple[str, int]:
         """A helper on the destination, published on an ephemeral port, once it listens."""
@@ -620,7 +456,6 @@ class TransferChannel:
             )
             self.predicted = predicted
             if stop:
-                self.arm()
                 return rounds
 
     def verify(self, timeout: float) -> None:

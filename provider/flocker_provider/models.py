@@ -115,8 +115,10 @@ class RunningContainer:
 
 @dataclass(frozen=True)
 class NodeVolumeState:
-    """A volume as discovered on one node."""
+    """A volume as discovered on one node: ``retired``, a copy a move handed over;
+    ``partial``, a move's copy not handed over yet (a failed move removes it)."""
 
     name: str
     exists: bool
     retired: bool = False
+    partial: bool = False

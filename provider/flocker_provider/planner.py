@@ -11,21 +11,26 @@ from .containers import ContainerSpec, MountedContainer, RouterSpec
 from .errors import PlanError
 from .models import Node, NodeVolumeState, Port, RunningContainer
 from .steps import (
+    ArmFinalCopy,
     ConfirmApplication,
     CreateVolume,
     HandoffVolume,
     Plan,
     PointRoutes,
+    PrepareRoutes,
     PushVolume,
     RemoveApplication,
     RemoveRoutes,
+    RemoveStaged,
     RemoveVolume,
+    RestartApplication,
     RunBeforeStop,
     StageApplication,
     StartApplication,
     StopApplication,
     VerifyVolume,
     WaitForApplication,
+    WatchExit,
 )
 
 
@@ -163,7 +168,7 @@ def plan_move(
                 steps += _start_on(destination, c, state.destination_containers)
             steps += _route_to(routing, destination, c)
             steps.append(RemoveApplication(source, c.name))
-        return tuple(steps)
+        return _routes_prepared(routing, steps)
     if not state.source_volume.exists:
         raise volume_missing(volume, source, labels)
     if state.source_volume.retired:
@@ -172,12 +177,14 @@ def plan_move(
             remedy="run `pulumi refresh` to see where it is, then `pulumi up` again",
         )
     running = [c for c in state.source_containers if c.running]
-    steps = [PushVolume(source, destination, volume, final=False)]
+    arm = ArmFinalCopy(source, destination, volume)
+    flushing = [RunBeforeStop(source, c.name, c.spec.before_stop) for c in running if c.spec.before_stop]
+    steps = [PushVolume(source, destination, volume, final=False), *([] if flushing else [arm])]
+    steps += [WatchExit(source, c.name) for c in running]
     for c in running:
         steps += [*_stale(destination, c, state.destination_containers), StageApplication(destination, c.spec)]
-    flushing = [RunBeforeStop(source, c.name, c.spec.before_stop) for c in running if c.spec.before_stop]
     if flushing:
-        steps += [*flushing, PushVolume(source, destination, volume, final=False)]
+        steps += [*flushing, PushVolume(source, destination, volume, final=False), arm]
     for c in running:
         steps += _route_to(routing, None, c)
     steps += [StopApplication(source, c.name) for c in running]
@@ -190,6 +197,51 @@ def plan_move(
         steps += [StartApplication(destination, c.spec), WaitForApplication(destination, c.name)]
         steps += _route_to(routing, destination, c)
     steps += [RemoveApplication(source, c.name) for c in state.source_containers]
+    return _routes_prepared(routing, steps)
+
+
+@dataclass(frozen=True)
+class AfterFailure:
+    """What the nodes of a move that failed before its handoff hold, discovered again; None
+    for what a node whose engine does not answer holds."""
+
+    source_containers: tuple[MountedContainer, ...] | None
+    destination_volume: NodeVolumeState | None
+    # The source's containers whose staged one is on the destination.
+    staged: tuple[str, ...] | None
+    # External ports whose new connections are held on some node of the routing.
+    held_ports: frozenset[int] = frozenset()
+
+
+def plan_rollback(volume: str, source: Node, destination: Node, before: MoveState, after: AfterFailure, routing: Routing) -> Plan:
+    """The way back from a move of ``volume`` that failed before its handoff, from the state
+    the move was planned from (``before``) and what its nodes hold now (``after``).
+
+    What ran on the source and is stopped there starts again, held routes point at the
+    source again, what was staged on the destination goes, and so does the partial copy
+    (never a copy that was there before the move: a retired one is kept for the next
+    move's delta). A destination that does not answer and had no copy before may hold the
+    one the move made: its removal is tried, so that what is left is said.
+    """
+    running = [c for c in before.source_containers if c.running]
+    steps: list = []
+    if after.source_containers is not None:
+        stopped = {c.name for c in after.source_containers if not c.running}
+        steps += [RestartApplication(source, c.name) for c in running if c.name in stopped]
+    for c in running:
+        if {p.external for p in c.spec.ports} & after.held_ports:
+            steps += _route_to(routing, source, c)
+    steps += [RemoveStaged(destination, name) for name in after.staged or ()]
+    copy = after.destination_volume
+    if copy.partial if copy is not None else not before.destination_volume.exists:
+        steps.append(RemoveVolume(destination, volume))
+    return tuple(steps)
+
+
+def _routes_prepared(routing: Routing, steps: list) -> Plan:
+    """Routers ready on every node before anything else, when the move writes routes."""
+    if any(isinstance(step, PointRoutes) for step in steps):
+        return (PrepareRoutes(routing.nodes, routing.router), *steps)
     return tuple(steps)
 
 

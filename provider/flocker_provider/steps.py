@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .containers import ContainerSpec, RouterSpec
 from .models import Node, Port
+from .staging import staged_name
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,32 @@ class StopApplication:
 
 
 @dataclass(frozen=True)
+class RestartApplication:
+    """Start again a container a failed move stopped: it kept its configuration and its data."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
+class RemoveStaged:
+    """Remove the container a failed move staged for ``container`` (it never ran the application)."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
+class WatchExit:
+    """Start watching for the end of ``container``'s processes, which a later
+    ``StopApplication`` waits for: the watch's own start (an exec, 40-100 ms) is then
+    paid while the application still serves."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
 class RunBeforeStop:
     """Run an application's ``before_stop`` command in its container near the end of a move's
     phase 1, while it still serves. A database writes its dirty pages then (PostgreSQL's
@@ -95,6 +122,17 @@ class PushVolume:
     destination: Node
     volume: str
     final: bool
+
+
+@dataclass(frozen=True)
+class ArmFinalCopy:
+    """Start phase 2's round and the verification ahead, waiting to be fired by
+    ``PushVolume(final=True)`` and ``VerifyVolume``: their execs' start and load are then
+    not paid while the application is stopped."""
+
+    source: Node
+    destination: Node
+    volume: str
 
 
 @dataclass(frozen=True)
@@ -139,6 +177,16 @@ class PointRoutes:
 
 
 @dataclass(frozen=True)
+class PrepareRoutes:
+    """On every node of ``nodes`` at once, the router running and a route session open, so
+    that a move's hold and its routes to the destination are written fast while the
+    application is down. A failure here is left to the route steps to report."""
+
+    nodes: tuple[Node, ...]
+    router: RouterSpec
+
+
+@dataclass(frozen=True)
 class RemoveRoutes:
     """Remove ``application``'s routes of external ``ports`` on ``node``; the router goes with
     the last route. A route another application took over (a renamed one) stays."""
@@ -157,15 +205,35 @@ Step = (
     | WaitForApplication
     | ConfirmApplication
     | StopApplication
+    | RestartApplication
+    | RemoveStaged
+    | WatchExit
     | RunBeforeStop
     | RemoveApplication
     | PushVolume
+    | ArmFinalCopy
     | VerifyVolume
     | HandoffVolume
+    | PrepareRoutes
     | PointRoutes
     | RemoveRoutes
 )
 Plan = tuple[Step, ...]
+# The steps that one node's engine runs alone.
+OnNode = (
+    CreateVolume
+    | RemoveVolume
+    | StartApplication
+    | StageApplication
+    | WaitForApplication
+    | ConfirmApplication
+    | StopApplication
+    | RestartApplication
+    | RemoveStaged
+    | RunBeforeStop
+    | RemoveApplication
+    | RemoveRoutes
+)
 
 
 def describe(step: Step) -> str:
@@ -185,6 +253,12 @@ def describe(step: Step) -> str:
             return f"confirm {container} stays up on {node.name}"
         case StopApplication(node, container):
             return f"stop {container} on {node.name}"
+        case RestartApplication(node, container):
+            return f"start {container} again on {node.name}"
+        case RemoveStaged(node, container):
+            return f"remove {staged_name(container)} from {node.name}"
+        case WatchExit(node, container):
+            return f"watch for the end of {container} on {node.name}"
         case RunBeforeStop(node, container, command):
             return f"run {shlex.join(command)} in {container} on {node.name} before it stops"
         case RemoveApplication(node, container):
@@ -192,10 +266,14 @@ def describe(step: Step) -> str:
         case PushVolume(source, destination, volume, final):
             phase = "phase 2: copy what changed in" if final else "phase 1: copy"
             return f"{phase} {volume} from {source.name} to {destination.name}"
+        case ArmFinalCopy(source, destination, volume):
+            return f"arm phase 2 and the verification of {volume} from {source.name} to {destination.name}"
         case VerifyVolume(source, destination, volume):
             return f"verify {volume} on {destination.name} against {source.name}"
         case HandoffVolume(source, destination, volume, _):
             return f"hand {volume} over from {source.name} to {destination.name}"
+        case PrepareRoutes(nodes, _):
+            return f"prepare routes on {', '.join(n.name for n in nodes)}"
         case PointRoutes(nodes, _, application, ports, backend, _, hold):
             listed = ", ".join(str(p.external) for p in ports)
             where = ", ".join(n.name for n in nodes)

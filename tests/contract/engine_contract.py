@@ -76,17 +76,20 @@ class EngineContract:
         assert engine.discover_volume(name) == NodeVolumeState(name, exists=False)
         engine.remove_volume(name)
 
-    def test_a_retired_copy_is_discovered_as_one_until_unretired_and_goes_with_its_volume(self, subject: Subject) -> None:
+    @pytest.mark.parametrize("kind", ["retired", "partial"])
+    def test_a_marked_copy_is_discovered_as_one_until_made_live_and_goes_with_its_volume(self, subject: Subject, kind: str) -> None:
+        """Retired: handed over by a move. Partial: a move's copy not handed over yet."""
         engine, name = subject.engine, f"{subject.prefix}-data"
         labels = L.owner_labels(subject.owner("data"), L.KIND_VOLUME)
+        mark = engine.retire_volume if kind == "retired" else engine.mark_partial
         engine.create_volume(name, labels)
-        engine.retire_volume(name, subject.image, labels)
-        engine.retire_volume(name, subject.image, labels)  # marked already: nothing to do
-        assert engine.discover_volume(name).retired
-        engine.unretire_volume(name)
-        engine.unretire_volume(name)
-        assert not engine.discover_volume(name).retired
-        engine.retire_volume(name, subject.image, labels)
+        mark(name, subject.image, labels)
+        mark(name, subject.image, labels)  # marked already: nothing to do
+        assert engine.discover_volume(name) == NodeVolumeState(name, exists=True, **{kind: True})
+        engine.make_live(name)
+        engine.make_live(name)
+        assert engine.discover_volume(name) == NodeVolumeState(name, exists=True)
+        mark(name, subject.image, labels)
         engine.remove_volume(name)
         assert engine.discover_volume(name) == NodeVolumeState(name, exists=False)
 

@@ -23,7 +23,7 @@ _ids = itertools.count()
 @dataclass
 class _Container:
     labels: dict[str, str]
-    spec: ContainerSpec | None = None  # an application's; None for a retired copy's marker
+    spec: ContainerSpec | None = None  # an application's; None for a copy's marker (retired or partial)
     volume: str | None = None
     running: bool = False
     id: str = field(default_factory=lambda: f"fake-{next(_ids)}")
@@ -52,7 +52,10 @@ class FakeEngine:
             return NodeVolumeState(name, exists=False)
         if not L.is_ours(self.volumes[name]):
             raise NotOurs(f"a volume named {name} exists that flocker-pulumi did not create", node=self.node.name)
-        return NodeVolumeState(name, exists=True, retired=self._holder(name) is not None)
+        markers = self._markers(name)
+        return NodeVolumeState(
+            name, exists=True, retired=any(L.RETIRED in m for m in markers), partial=any(L.PARTIAL in m for m in markers)
+        )
 
     def volume_owner_is(self, name: str, owner: Owner) -> bool:
         return L.same_owner(self.volumes.get(name), owner)
@@ -63,21 +66,25 @@ class FakeEngine:
 
     def remove_volume(self, name: str) -> None:
         if self.discover_volume(name).exists:
-            self.unretire_volume(name)
+            self.make_live(name)
             del self.volumes[name]
 
-    def _holder(self, volume: str) -> str | None:
-        return next((name for name, c in self.containers.items() if c.spec is None and c.labels.get(L.VOLUME) == volume), None)
+    def _markers(self, volume: str) -> list[dict[str, str]]:
+        return [c.labels for c in self.containers.values() if c.spec is None and c.labels.get(L.VOLUME) == volume]
 
     def retire_volume(self, volume: str, image: str, labels: dict[str, str]) -> None:
-        if self._holder(volume) is None:
+        if not any(L.RETIRED in m for m in self._markers(volume)):
             marker = {**labels, L.KIND: "retired-copy", L.RETIRED: "true", L.VOLUME: volume}
             self.containers[f"{volume}-retired"] = _Container(labels=marker, volume=volume)
 
-    def unretire_volume(self, volume: str) -> None:
-        holder = self._holder(volume)
-        if holder is not None:
-            del self.containers[holder]
+    def mark_partial(self, volume: str, image: str, labels: dict[str, str]) -> None:
+        if not any(L.PARTIAL in m for m in self._markers(volume)):
+            marker = {**labels, L.KIND: "partial-copy", L.PARTIAL: "true", L.VOLUME: volume}
+            self.containers[f"{volume}.partial"] = _Container(labels=marker, volume=volume)
+
+    def make_live(self, volume: str) -> None:
+        for name in [name for name, c in self.containers.items() if c.spec is None and c.labels.get(L.VOLUME) == volume]:
+            del self.containers[name]
 
     def mounting_containers(self, volume: str) -> tuple[MountedContainer, ...]:
         found = [MountedContainer(c.spec.name, c.spec, c.running) for c in self.containers.values() if c.spec and c.volume == volume]
@@ -143,3 +150,6 @@ class FakeEngine:
 
     def point_routes(self, router: RouterSpec, routes: dict[int, dict]) -> None:
         self.routes.update(routes)
+
+    def read_routes(self, router: RouterSpec) -> dict[int, dict]:
+        return dict(self.routes)

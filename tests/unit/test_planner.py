@@ -4,22 +4,27 @@ import pytest
 
 from flocker_provider.containers import ContainerSpec, MountedContainer, router_spec
 from flocker_provider.models import Node, NodeVolumeState, Port, RunningContainer
-from flocker_provider.planner import MoveState, PlanError, Routing, plan_application, plan_move, plan_volume
+from flocker_provider.planner import AfterFailure, MoveState, PlanError, Routing, plan_application, plan_move, plan_rollback, plan_volume
 from flocker_provider.steps import (
+    ArmFinalCopy,
     ConfirmApplication,
     CreateVolume,
     HandoffVolume,
     PointRoutes,
+    PrepareRoutes,
     PushVolume,
     RemoveApplication,
     RemoveRoutes,
+    RemoveStaged,
     RemoveVolume,
+    RestartApplication,
     RunBeforeStop,
     StageApplication,
     StartApplication,
     StopApplication,
     VerifyVolume,
     WaitForApplication,
+    WatchExit,
 )
 
 N1 = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
@@ -42,6 +47,11 @@ ROUTING = Routing(ROUTER, (N1, N2, N3), 30.0)
 def route(backend: Node | None, spec: ContainerSpec = SPEC) -> tuple[PointRoutes, ...]:
     """The application's routes on every node, to ``backend`` or held."""
     return (PointRoutes((N1, N2, N3), ROUTER, "es", spec.ports, backend, spec.name, 30.0),)
+
+
+PREPARE = PrepareRoutes((N1, N2, N3), ROUTER)
+ARM = ArmFinalCopy(N1, N2, "v")
+WATCH = WatchExit(N1, SPEC.name)
 
 
 def plan(desired: tuple[Node, ContainerSpec] | None, discovered: dict, old_ports: tuple[Port, ...] = ()) -> tuple:
@@ -155,7 +165,10 @@ def move_state(**changes: object) -> MoveState:
 
 def two_phase_push(*before_staging: object) -> tuple:
     return (
+        PREPARE,
         PushVolume(N1, N2, "v", final=False),
+        ARM,
+        WATCH,
         *before_staging,
         StageApplication(N2, SPEC),
         *route(None),
@@ -178,10 +191,13 @@ def test_a_before_stop_command_runs_once_staged_then_a_pre_copy_round_carries_it
     flushing = ContainerSpec(**{**SPEC.__dict__, "before_stop": ("psql", "-c", "CHECKPOINT")})
     state = move_state(source_containers=(MountedContainer(SPEC.name, flushing, running=True),))
     assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
+        PREPARE,
         PushVolume(N1, N2, "v", final=False),
+        WATCH,
         StageApplication(N2, flushing),
         RunBeforeStop(N1, SPEC.name, ("psql", "-c", "CHECKPOINT")),
         PushVolume(N1, N2, "v", final=False),
+        ARM,
         *route(None, flushing),
         StopApplication(N1, SPEC.name),
         PushVolume(N1, N2, "v", final=True),
@@ -200,6 +216,7 @@ def test_a_before_stop_command_runs_once_staged_then_a_pre_copy_round_carries_it
 def test_standalone_volume_moves_without_applications() -> None:
     assert plan_move("v", LABELS, N1, N2, move_state(source_containers=()), ROUTING) == (
         PushVolume(N1, N2, "v", final=False),
+        ARM,
         PushVolume(N1, N2, "v", final=True),
         VerifyVolume(N1, N2, "v"),
         HandoffVolume(N1, N2, "v", LABELS),
@@ -214,6 +231,7 @@ def test_applications_down_on_the_source_move_with_their_volume_unstarted() -> N
     state = move_state(source_containers=(MountedContainer(SPEC.name, SPEC, running=False),))
     assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
         PushVolume(N1, N2, "v", final=False),
+        ARM,
         PushVolume(N1, N2, "v", final=True),
         VerifyVolume(N1, N2, "v"),
         HandoffVolume(N1, N2, "v", LABELS),
@@ -234,6 +252,7 @@ def test_rerun_after_handoff_only_finishes_the_move() -> None:
         source_containers=(MountedContainer(SPEC.name, SPEC, running=False),),
     )
     assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
+        PREPARE,
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
         *route(N2),
@@ -249,6 +268,7 @@ def test_rerun_replaces_a_half_started_destination_container() -> None:
         destination_containers=(MountedContainer(SPEC.name, SPEC, running=False),),
     )
     assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
+        PREPARE,
         RemoveApplication(N2, SPEC.name),
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
@@ -259,7 +279,7 @@ def test_rerun_replaces_a_half_started_destination_container() -> None:
 
 def test_move_back_to_a_retired_copy_is_a_normal_push() -> None:
     state = move_state(destination_volume=NodeVolumeState("v", exists=True, retired=True))
-    assert plan_move("v", LABELS, N1, N2, state, ROUTING)[0] == PushVolume(N1, N2, "v", final=False)
+    assert plan_move("v", LABELS, N1, N2, state, ROUTING)[1] == PushVolume(N1, N2, "v", final=False)
 
 
 def test_nothing_to_move_is_an_error() -> None:
@@ -287,3 +307,65 @@ def test_a_move_cut_short_before_the_handoff_is_staged_again_from_scratch() -> N
         destination_containers=(MountedContainer(SPEC.name, SPEC, running=False),),
     )
     assert plan_move("v", LABELS, N1, N2, state, ROUTING) == two_phase_push(RemoveApplication(N2, SPEC.name))
+
+
+# -- the way back from a move that failed before its handoff ------------------------------
+
+RESTART = RestartApplication(N1, SPEC.name)
+UNSTAGE = RemoveStaged(N2, SPEC.name)
+PARTIAL = RemoveVolume(N2, "v")
+
+
+def after_failure(**changes: object) -> AfterFailure:
+    """As a failure in phase 1 leaves the nodes: the application serving, a partial copy."""
+    base = {
+        "source_containers": (MountedContainer(SPEC.name, SPEC, running=True),),
+        "destination_volume": NodeVolumeState("v", exists=True, partial=True),
+        "staged": (),
+        "held_ports": frozenset(),
+    }
+    return AfterFailure(**{**base, **changes})
+
+
+def rollback(after: AfterFailure, before: MoveState | None = None) -> tuple:
+    return plan_rollback("v", N1, N2, before or move_state(), after, ROUTING)
+
+
+def test_a_failure_in_phase_1_removes_only_the_partial_copy() -> None:
+    assert rollback(after_failure()) == (PARTIAL,)
+
+
+def test_a_failure_once_stopped_restarts_routes_back_unstages_and_removes_the_partial_copy() -> None:
+    after = after_failure(
+        source_containers=(MountedContainer(SPEC.name, SPEC, running=False),), staged=(SPEC.name,), held_ports=frozenset({9200})
+    )
+    assert rollback(after) == (RESTART, *route(N1), UNSTAGE, PARTIAL)
+
+
+def test_routes_held_for_other_applications_are_not_theirs_to_point_back() -> None:
+    assert rollback(after_failure(held_ports=frozenset({8080}))) == (PARTIAL,)
+
+
+def test_an_application_that_was_not_running_before_the_move_is_not_started() -> None:
+    before = move_state(source_containers=(MountedContainer(SPEC.name, SPEC, running=False),))
+    after = after_failure(source_containers=(MountedContainer(SPEC.name, SPEC, running=False),))
+    assert rollback(after, before) == (PARTIAL,)
+
+
+def test_a_copy_that_was_on_the_destination_before_the_move_is_kept() -> None:
+    """A retired copy (the volume moving back), or one a move before partial labels left: the next move's delta starts from it."""
+    before = move_state(destination_volume=NodeVolumeState("v", exists=True, retired=True))
+    assert rollback(after_failure(destination_volume=NodeVolumeState("v", exists=True, retired=True)), before) == ()
+    assert rollback(after_failure(destination_volume=NodeVolumeState("v", exists=True)), before) == ()
+
+
+def test_a_source_that_does_not_answer_is_left_as_it_is_and_routes_are_still_pointed_back_at_it() -> None:
+    after = after_failure(source_containers=None, held_ports=frozenset({9200}))
+    assert rollback(after) == (*route(N1), PARTIAL)
+
+
+def test_a_destination_that_does_not_answer_has_the_copy_the_move_made_removed_if_it_can_be() -> None:
+    assert rollback(after_failure(destination_volume=None, staged=None)) == (PARTIAL,)
+    # One it had before the move is not the move's to remove.
+    before = move_state(destination_volume=NodeVolumeState("v", exists=True, retired=True))
+    assert rollback(after_failure(destination_volume=None, staged=None), before) == ()

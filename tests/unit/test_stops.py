@@ -8,12 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from flocker_provider.executor import Engines
-from flocker_provider.migration import Stops
 from flocker_provider.models import Node
-from flocker_provider.steps import StopApplication
+from flocker_provider.move_context import Stops
+from flocker_provider.steps import StopApplication, WatchExit
 
 NODE = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 STEP = StopApplication(NODE, "flocker-dev-es")
+WATCH = WatchExit(NODE, "flocker-dev-es")
 
 
 class FakeWatch:
@@ -68,7 +69,7 @@ def test_the_step_ends_when_the_processes_are_gone_and_the_handoff_waits_for_the
     engine = FakeEngine(FakeWatch(watching=True, sees_exit=True))
     with engines_of(engine) as engines:
         stops = Stops(engines)
-        stops.watch((STEP,))
+        stops.watch(WATCH)
         stop_in_thread(stops).join(2)  # ended while the engine's stop is still going on
         assert stops.stopped == [STEP] and engine.stopped == []
         settled = threading.Thread(target=stops.settle, daemon=True)
@@ -94,7 +95,7 @@ def test_without_a_watch_that_saw_the_end_the_step_waits_for_the_engine(watch: F
     engine = FakeEngine(watch)
     with engines_of(engine) as engines:
         stops = Stops(engines)
-        stops.watch((STEP,))
+        stops.watch(WATCH)
         thread = stop_in_thread(stops)
         thread.join(0.2)
         assert thread.is_alive()
@@ -108,7 +109,7 @@ def test_a_failed_stop_is_raised_when_settled() -> None:
     engine = FakeEngine(FakeWatch(watching=True, sees_exit=True), fail=True)
     with engines_of(engine) as engines:
         stops = Stops(engines)
-        stops.watch((STEP,))
+        stops.watch(WATCH)
         stop_in_thread(stops).join(2)
         engine.finish.set()
         with pytest.raises(RuntimeError, match="stop failed"):
