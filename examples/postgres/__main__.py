@@ -3,10 +3,9 @@
     pulumi config set node node2 && pulumi up      # moves it, with every committed transaction
 
 A move copies the volume while the database serves (pre-copy rounds send the pages it wrote
-since the last round), has it write its dirty pages (CHECKPOINT, ``before_stop``) and copies
-them while it still serves, stops it with SIGINT (a fast shutdown: it waits for no client),
-sends what its shutdown checkpoint wrote since, and starts it on the new node; clients of any
-node's port 5432 are held meanwhile, then reach it there.
+since the last round), stops it with SIGINT (a fast shutdown: it waits for no client), sends
+what its shutdown checkpoint wrote, and starts it on the new node; clients of any node's
+port 5432 are held meanwhile, then reach it there.
 """
 
 import pulumi
@@ -23,9 +22,6 @@ database = FlockerApplication(
     command=["postgres", *[arg for key, value in settings.items() if value for arg in ("-c", f"{key}={value}")]],
     ports=[{"internal": 5432, "external": 5432}],
     volume={"mountpoint": "/var/lib/postgresql/data"},
-    # Without it, the shutdown checkpoint writes every page dirtied since the last one, in
-    # the downtime: at 0.26 GB of database under pgbench, ~90 MB that phase 2 then sends.
-    before_stop=["psql", "-U", "postgres", "-c", "CHECKPOINT"],
 )
 pulumi.export("node", database.node)
 pulumi.export("addresses", database.addresses)

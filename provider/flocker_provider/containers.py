@@ -29,16 +29,13 @@ class ContainerSpec:
     links: tuple[Link, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     health_check: HealthCheck | None = None
-    before_stop: tuple[str, ...] | None = None
 
     def config_hash(self) -> str:
         body = asdict(self)
         body["labels"] = [kv for kv in self.labels if kv[0] not in (L.CONFIG_HASH, L.SPEC)]
-        # Containers started before these existed keep their hash: no restart on upgrade.
-        # A before_stop that is set is in it: a move reads it from the container's label.
-        for newer in ("health_check", "before_stop"):
-            if body[newer] is None:
-                del body[newer]
+        if self.health_check is None:
+            # Containers started before health checks existed keep their hash: no restart on upgrade.
+            del body["health_check"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def docker_labels(self) -> dict[str, str]:
@@ -91,7 +88,6 @@ class ContainerSpec:
             links=tuple(Link(**link) for link in raw.get("links", [])),
             labels=tuple(tuple(kv) for kv in raw["labels"]),
             health_check=_health_check_from_json(raw.get("health_check")),
-            before_stop=tuple(raw["before_stop"]) if raw.get("before_stop") is not None else None,
         )
 
 
@@ -162,7 +158,6 @@ def container_spec(app: Application, owner: Owner, volume_name: str | None) -> C
         restart_policy=app.restart_policy,
         command=app.command,
         health_check=app.health_check,
-        before_stop=app.before_stop,
         links=tuple(sorted(app.links, key=lambda link: (link.alias, link.local_port, link.remote_port))),
         labels=tuple(sorted(L.owner_labels(owner, L.KIND_APPLICATION).items())),
     )

@@ -535,28 +535,6 @@ class DockerNode(RouterLifecycle, TransferContainers):
         if container is not None and container.status == "running":
             container.stop(timeout=timeout)
 
-    def run_in(self, name: str, command: tuple[str, ...], timeout: float) -> tuple[int, str] | None:
-        """``command``'s exit code and the end of its output, run in container ``name``; None
-        when it had not ended after ``timeout`` seconds (the exec is left to end on its own:
-        Docker cannot kill an exec)."""
-        container = self.find_container(name)
-        if container is None:
-            raise ContainerFailed(f"container {name} is not there to run {command[0]} in", node=self.node.name)
-        ran: list[tuple[int, str]] = []
-
-        def run() -> None:
-            try:
-                result = container.exec_run(list(command))
-            except docker.errors.APIError as exc:  # not running, say: the engine's words
-                ran.append((-1, _short(exc)))
-                return
-            ran.append((result.exit_code, result.output.decode(errors="replace").strip()[-300:]))
-
-        worker = threading.Thread(target=run, name=f"exec-{name}", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        return ran[0] if ran else None
-
     def remove_container(self, name: str, timeout: int = 10) -> None:
         container = self.find_container(name)
         if container is None:

@@ -94,9 +94,6 @@ class Engine(VolumesAndContainers, Protocol):
 
     def confirm_running(self, name: str, seconds: float) -> None: ...
 
-    # An application's before_stop command: its exit code and output, None past ``timeout``.
-    def run_in(self, name: str, command: tuple[str, ...], timeout: float) -> tuple[int, str] | None: ...
-
     # Ports and routes.
     def host_port_holders(self, ports: Collection[int], router: RouterSpec) -> tuple[MountedContainer, ...]: ...
 

@@ -33,7 +33,6 @@ from .steps import (
     RemoveStaged,
     RemoveVolume,
     RestartApplication,
-    RunBeforeStop,
     StageApplication,
     StartApplication,
     Step,
@@ -47,9 +46,6 @@ from .steps import (
 # How long a created or replaced application must stay up once routed to: longer than a
 # command that fails at once takes to end, short enough not to slow every create much.
 CONFIRM_SECONDS = 1.0
-# A before_stop command's time: a checkpoint of a few GB of dirty pages takes seconds; one
-# that takes longer than this will not make phase 2 shorter either.
-BEFORE_STOP_SECONDS = 120.0
 
 
 class Engines:
@@ -160,11 +156,6 @@ def _run_on(engine: Engine, step: OnNode, wait_timeout: float) -> None:
             engine.stop_container(container)
         case RestartApplication(_, container):
             engine.start_existing(container)
-        case RunBeforeStop(node, container, command):
-            finished = engine.run_in(container, command, BEFORE_STOP_SECONDS)
-            if finished is None or finished[0] != 0:
-                said = f"did not end within {BEFORE_STOP_SECONDS:g}s" if finished is None else f"exited {finished[0]}: {finished[1]}"
-                report(f"warning: the before_stop command of {container} on {node.name} {said}; the move goes on")
         case RemoveApplication(_, container):
             engine.remove_container(container)
             engine.remove_container(staged_name(container), timeout=0)  # of a move cut short

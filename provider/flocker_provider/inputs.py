@@ -372,12 +372,12 @@ def _volume(raw: Any, failures: list[Failure]) -> tuple[VolumeMount | None, str 
     return VolumeMount(volume=str(name), mountpoint=mountpoint), node
 
 
-def _command(raw: Any, failures: list[Failure], key: str = "command") -> tuple[str, ...] | None:
+def _command(raw: Any, failures: list[Failure]) -> tuple[str, ...] | None:
     if not raw:
         return None
     # A string would run as one argument per character.
     if not isinstance(raw, list) or not all(isinstance(arg, str) and "\x00" not in arg for arg in raw):
-        failures.append((key, f"expected a list of arguments (strings), got {raw!r}"))
+        failures.append(("command", f"expected a list of arguments (strings), got {raw!r}"))
         return None
     return tuple(raw)
 
@@ -405,7 +405,6 @@ def parse_application(props: dict) -> ApplicationInputs:
         restart_policy=_restart_policy(props.get("restart_policy"), failures),
         command=_command(props.get("command"), failures),
         health_check=_health_check(props.get("health_check"), failures),
-        before_stop=_command(props.get("before_stop"), failures, "before_stop"),
     )
     wait_timeout = _timeout(props.get("wait_timeout"), "wait_timeout", failures, 120.0)
     if volume_node and props.get("node") and volume_node != props.get("node"):

@@ -418,10 +418,6 @@ class TransferChannel:
         """Phase 1 (pre-copy rounds until the predicted phase 2 fits the budget or stops
         shrinking) or phase 2 (one round, the application stopped)."""
         rounds: list[dict] = []
-        if not final:
-            # Rounds converge anew after a before_stop command, whose writes make the next
-            # round bigger than the last one was.
-            self.predicted = None
         if not final and self.fresh:
             rounds.append(self._stream(timeout))
             self.fresh, self.rounds = False, 1

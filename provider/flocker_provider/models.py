@@ -84,8 +84,6 @@ class Application:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     command: tuple[str, ...] | None = None
     health_check: HealthCheck | None = None
-    # Run in the container when a move has copied its volume, before the container stops.
-    before_stop: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

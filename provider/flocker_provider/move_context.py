@@ -85,8 +85,7 @@ class Stops:
 
     def watch(self, step: WatchExit) -> None:
         """Watch the application from now on (an exec's start, 40-100 ms, is not downtime yet)."""
-        if (step.node, step.container) not in self._watches:
-            self._watches[(step.node, step.container)] = self._engines[step.node].watch_exit(step.container)
+        self._watches[(step.node, step.container)] = self._engines[step.node].watch_exit(step.container)
 
     def stop(self, step: StopApplication) -> None:
         watch = self._watches.pop((step.node, step.container), None)

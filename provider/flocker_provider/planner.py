@@ -24,7 +24,6 @@ from .steps import (
     RemoveStaged,
     RemoveVolume,
     RestartApplication,
-    RunBeforeStop,
     StageApplication,
     StartApplication,
     StopApplication,
@@ -178,13 +177,10 @@ def plan_move(
         )
     running = [c for c in state.source_containers if c.running]
     arm = ArmFinalCopy(source, destination, volume)
-    flushing = [RunBeforeStop(source, c.name, c.spec.before_stop) for c in running if c.spec.before_stop]
-    steps = [PushVolume(source, destination, volume, final=False), *([] if flushing else [arm])]
+    steps = [PushVolume(source, destination, volume, final=False), arm]
     steps += [WatchExit(source, c.name) for c in running]
     for c in running:
         steps += [*_stale(destination, c, state.destination_containers), StageApplication(destination, c.spec)]
-    if flushing:
-        steps += [*flushing, PushVolume(source, destination, volume, final=False), arm]
     for c in running:
         steps += _route_to(routing, None, c)
     steps += [StopApplication(source, c.name) for c in running]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from .containers import ContainerSpec, RouterSpec
@@ -87,20 +86,6 @@ class WatchExit:
 
     node: Node
     container: str
-
-
-@dataclass(frozen=True)
-class RunBeforeStop:
-    """Run an application's ``before_stop`` command in its container near the end of a move's
-    phase 1, while it still serves. A database writes its dirty pages then (PostgreSQL's
-    CHECKPOINT, as Patroni does before a switchover): a pre-copy round after it carries them
-    while the application serves, and its shutdown, in phase 2's downtime, has little left
-    to write. A command that fails or outlasts its time is reported, and the move goes on:
-    it only makes phase 2 shorter."""
-
-    node: Node
-    container: str
-    command: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -208,7 +193,6 @@ Step = (
     | RestartApplication
     | RemoveStaged
     | WatchExit
-    | RunBeforeStop
     | RemoveApplication
     | PushVolume
     | ArmFinalCopy
@@ -230,7 +214,6 @@ OnNode = (
     | StopApplication
     | RestartApplication
     | RemoveStaged
-    | RunBeforeStop
     | RemoveApplication
     | RemoveRoutes
 )
@@ -259,8 +242,6 @@ def describe(step: Step) -> str:
             return f"remove {staged_name(container)} from {node.name}"
         case WatchExit(node, container):
             return f"watch for the end of {container} on {node.name}"
-        case RunBeforeStop(node, container, command):
-            return f"run {shlex.join(command)} in {container} on {node.name} before it stops"
         case RemoveApplication(node, container):
             return f"remove {container} from {node.name}"
         case PushVolume(source, destination, volume, final):

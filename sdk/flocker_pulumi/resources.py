@@ -216,10 +216,6 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
     ``health_check`` is ``{"command": "shell line" or [program, args...], "interval": 1,
     "timeout": 5, "retries": 3, "start_period": 0}`` (seconds): Docker runs it in the
     container, and the application counts as up, and gets traffic, once it succeeds.
-    ``before_stop`` is a command ([program, args...]) run in the container when a move has
-    copied its volume, while it still serves, right before it stops; another pre-copy round
-    follows. A database writes its dirty pages there (PostgreSQL: ``["psql", "-c",
-    "CHECKPOINT"]``), so that its shutdown, during the move's downtime, has little to write.
 
     Every argument may be an Output (of another resource, a secret, unknown during preview), or
     hold Outputs, except what the program needs as it runs: the ``ports`` list and each entry,
@@ -248,7 +244,6 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
         restart_policy: pulumi.Input[Mapping[str, pulumi.Input[Any]]] | None = None,
         command: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
         health_check: pulumi.Input[Mapping[str, pulumi.Input[Any]]] | None = None,
-        before_stop: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
         wait_timeout: pulumi.Input[float] = 120,
         hold_seconds: pulumi.Input[float] | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -280,7 +275,6 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
             "restart_policy": _then(restart_policy, lambda policy: dict(policy) if policy else None),
             "command": _then(command, lambda args: list(args) if args else None),
             "health_check": _then(health_check, lambda check: dict(check) if check else None),
-            "before_stop": _then(before_stop, lambda args: list(args) if args else None),
             "wait_timeout": wait_timeout,
             **routing_inputs(hold_seconds),
             "container_id": None,

@@ -78,10 +78,3 @@ def test_a_health_check_is_part_of_the_spec() -> None:
     # The hash is of the values, as it always was: containers started before keep theirs.
     one, two = (dataclasses.replace(SPEC, environment=(("A", value),)) for value in "12")
     assert one.config_hash() != two.config_hash()
-
-
-def test_a_before_stop_command_is_part_of_the_spec_and_its_label() -> None:
-    """A move reads the command from the source container's label; containers without one keep their hash."""
-    flushing = dataclasses.replace(SPEC, before_stop=("psql", "-c", "CHECKPOINT"))
-    assert flushing.config_hash() != SPEC.config_hash() == "96e2bfb3eb858081"
-    assert ContainerSpec.from_json(flushing.to_json()) == flushing

@@ -18,7 +18,6 @@ from flocker_provider.steps import (
     RemoveStaged,
     RemoveVolume,
     RestartApplication,
-    RunBeforeStop,
     StageApplication,
     StartApplication,
     StopApplication,
@@ -185,32 +184,6 @@ def two_phase_push(*before_staging: object) -> tuple:
 
 def test_two_phase_push_holds_connections_from_stop_until_up_on_the_destination() -> None:
     assert plan_move("v", LABELS, N1, N2, move_state(), ROUTING) == two_phase_push()
-
-
-def test_a_before_stop_command_runs_once_staged_then_a_pre_copy_round_carries_its_writes() -> None:
-    flushing = ContainerSpec(**{**SPEC.__dict__, "before_stop": ("psql", "-c", "CHECKPOINT")})
-    state = move_state(source_containers=(MountedContainer(SPEC.name, flushing, running=True),))
-    assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
-        PREPARE,
-        PushVolume(N1, N2, "v", final=False),
-        WATCH,
-        StageApplication(N2, flushing),
-        RunBeforeStop(N1, SPEC.name, ("psql", "-c", "CHECKPOINT")),
-        PushVolume(N1, N2, "v", final=False),
-        ARM,
-        *route(None, flushing),
-        StopApplication(N1, SPEC.name),
-        PushVolume(N1, N2, "v", final=True),
-        VerifyVolume(N1, N2, "v"),
-        HandoffVolume(N1, N2, "v", LABELS),
-        StartApplication(N2, flushing),
-        WaitForApplication(N2, SPEC.name),
-        *route(N2, flushing),
-        RemoveApplication(N1, SPEC.name),
-    )
-    # Not for an application the move does not stop: nothing of it is running to flush.
-    stopped = move_state(source_containers=(MountedContainer(SPEC.name, flushing, running=False),))
-    assert not any(isinstance(step, RunBeforeStop) for step in plan_move("v", LABELS, N1, N2, stopped, ROUTING))
 
 
 def test_standalone_volume_moves_without_applications() -> None:
