@@ -220,12 +220,17 @@ def images_on_nodes(walk: Walk, command: Command, match: re.Match[str], result: 
         assert set(ELK_IMAGES) <= have, f"{node.name} lacks {sorted(set(ELK_IMAGES) - have)} after {command.text!r}"
 
 
+def printed(result: subprocess.CompletedProcess[str]) -> str:
+    """What a command shows in the terminal: flocker-deploy writes its plan lines to stderr."""
+    return result.stdout + result.stderr
+
+
 def quoted_line(walk: Walk, command: Command, match: re.Match[str], result: subprocess.CompletedProcess[str]) -> None:
     # The README quotes what it prints; `…` stands for what varies (the volume's size).
     quoted = re.fullmatch(r'"(.*)"', command.comment)
     assert quoted is not None, f"the README no longer quotes what {command.text!r} prints: {command.comment!r}"
     pattern = ".*?".join(re.escape(part) for part in quoted.group(1).split("…"))
-    assert re.search(pattern, result.stdout), f"{quoted.group(1)!r} not in what {command.text!r} printed:\n{result.stdout}"
+    assert re.search(pattern, printed(result)), f"{quoted.group(1)!r} not in what {command.text!r} printed:\n{printed(result)}"
 
 
 def config_set(walk: Walk, command: Command, match: re.Match[str], result: subprocess.CompletedProcess[str]) -> None:
@@ -235,7 +240,7 @@ def config_set(walk: Walk, command: Command, match: re.Match[str], result: subpr
 def moved(walk: Walk, command: Command, match: re.Match[str], result: subprocess.CompletedProcess[str]) -> None:
     # "phase 1 while it serves, phase 2, OpenSearch starts on node4".
     node = walk.pulumi("config", "get", "elasticsearchNode").strip()
-    assert f"moves from node1 to {node}" in result.stdout, result.stdout
+    assert f"moves from node1 to {node}" in printed(result), printed(result)
     assert walk.outputs()["elasticsearch_node"] == node
 
 
@@ -259,8 +264,8 @@ def note_the_nodes(walk: Walk, match: re.Match[str]) -> None:
 
 def changed_nothing(walk: Walk, command: Command, match: re.Match[str], result: subprocess.CompletedProcess[str]) -> None:
     # "says what would move; changes nothing".
-    assert "moves from node1 to node4" in result.stdout, result.stdout
-    assert "nothing was changed" in result.stdout, result.stdout
+    assert "moves from node1 to node4" in printed(result), printed(result)
+    assert "nothing was changed" in printed(result), printed(result)
     assert snapshot(walk.nodes, walk.deploy_stack) == walk.noted
 
 
