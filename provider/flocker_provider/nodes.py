@@ -28,6 +28,8 @@ class Inventory:
     nodes: tuple[Node, ...] = ()
     template: str = DEFAULT_TEMPLATE
     tls: TLSConfig | None = None
+    # Where the nodes are listed ("node file PATH"), for messages; with it, a name that is
+    # not listed and not an address is a typo rather than a host name.
     source: str | None = None
 
     def resolve(self, ref: str) -> Node:
@@ -40,7 +42,7 @@ class Inventory:
             raise LookupError("node is empty; name a node from the node file or give an address")
         if self.source is not None and not _looks_like_address(ref):
             known = ", ".join(n.name for n in self.nodes) or "none"
-            raise LookupError(f"unknown node '{ref}': not in node file {self.source} (known: {known}) and not an address")
+            raise LookupError(f"unknown node '{ref}': not in {self.source} (known: {known}) and not an address")
         return Node(name=ref, address=ref, docker_host=self.template.format(address=ref), tls=self.tls)
 
 
@@ -85,8 +87,16 @@ def load_node_file(path: str, template: str = DEFAULT_TEMPLATE, tls: TLSConfig |
     entries = data.get("nodes") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise NodeFileError(f'{path}: expected {{"nodes": [...]}}')
-    nodes = tuple(_node_from_entry(e, path, i) for i, e in enumerate(entries))
-    return Inventory(nodes=nodes, template=template, tls=tls, source=path)
+    return inventory_from_entries(entries, path, template, tls, source=f"node file {path}")
+
+
+def inventory_from_entries(
+    entries: list[object], where: str, template: str = DEFAULT_TEMPLATE, tls: TLSConfig | None = None, *, source: str
+) -> Inventory:
+    """Nodes as a node file lists them; ``where`` prefixes a mistake in an entry, ``source``
+    names the list for an unknown node."""
+    nodes = tuple(_node_from_entry(e, where, i) for i, e in enumerate(entries))
+    return Inventory(nodes=nodes, template=template, tls=tls, source=source)
 
 
 def inventory_from_settings(nodes_file: str | None, template: str | None, tls_dir: str | None) -> Inventory:

@@ -15,6 +15,7 @@ import pulumi
 
 from flocker_provider.models import Application, RestartPolicy
 
+from .cluster import FlockerCluster
 from .flocker_config import ConfigError, Configuration, ConfiguredApplication, load_configuration
 from .resources import FlockerApplication, FlockerVolume
 
@@ -71,9 +72,11 @@ def declaration_order(configuration: Configuration) -> list[ConfiguredApplicatio
     return order
 
 
-def declare_application(item: ConfiguredApplication, opts: pulumi.ResourceOptions) -> FlockerApplication:
+def declare_application(
+    item: ConfiguredApplication, opts: pulumi.ResourceOptions, cluster: FlockerCluster | None = None
+) -> FlockerApplication:
     """One application that runs on a node, as ``FlockerApplication`` (with a ``FlockerVolume``
-    named after it when it has a volume, as Flocker named them), both with ``opts``.
+    named after it when it has a volume, as Flocker named them), both with ``opts``, on ``cluster``.
 
     Defaults are left out the way a person would leave them out (no environment is ``{}``,
     the ``never`` restart policy is ``None``), so the inputs equal hand-written ones.
@@ -83,7 +86,7 @@ def declare_application(item: ConfiguredApplication, opts: pulumi.ResourceOption
         raise ValueError(f"application '{app.name}' runs on no node: it is not declared")
     volume = None
     if app.volume is not None:
-        data = FlockerVolume(app.name, node=item.node, maximum_size=item.volume_maximum_size, opts=opts)
+        data = FlockerVolume(app.name, node=item.node, maximum_size=item.volume_maximum_size, cluster=cluster, opts=opts)
         volume = {"volume": data, "mountpoint": app.volume.mountpoint}
     restart = None
     if app.restart_policy != RestartPolicy():
@@ -100,6 +103,7 @@ def declare_application(item: ConfiguredApplication, opts: pulumi.ResourceOption
         cpu_shares=app.cpu_shares,
         restart_policy=restart,
         command=list(app.command) if app.command is not None else None,
+        cluster=cluster,
         opts=opts,
     )
 
@@ -126,7 +130,8 @@ class FlockerDeployment(pulumi.ComponentResource):
     resource gone from the program is removed).
 
     Give ``deployment_file`` and ``application_file`` (Flocker's or Fig's format), or a
-    ``configuration`` loaded already. A mistake in the files raises ``FilesError`` (a
+    ``configuration`` loaded already; ``cluster``, the ``FlockerCluster`` the nodes of
+    deployment.yml are of (default: the stack config's). A mistake in the files raises ``FilesError`` (a
     ``ConfigError`` naming the file, application and key) before any resource is registered.
 
     Output ``applications``: per application declared, ``{"node", "addresses"}``, as
@@ -147,6 +152,7 @@ class FlockerDeployment(pulumi.ComponentResource):
         deployment_file: str | os.PathLike[str] | None = None,
         application_file: str | os.PathLike[str] | None = None,
         configuration: Configuration | None = None,
+        cluster: FlockerCluster | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         if configuration is None:
@@ -163,7 +169,7 @@ class FlockerDeployment(pulumi.ComponentResource):
 
         # Alias() with the parent given as the root: the same name and type, with no parent.
         child = pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)])
-        self.application_resources = {item.application.name: declare_application(item, child) for item in order}
+        self.application_resources = {item.application.name: declare_application(item, child, cluster) for item in order}
         self.applications = pulumi.Output.from_input(
             {name: {"node": app.node, "addresses": app.addresses} for name, app in self.application_resources.items()}
         )

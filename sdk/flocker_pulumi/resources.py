@@ -15,9 +15,9 @@ from flocker_provider import labels as L
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_IMAGE, node_props
 from flocker_provider.models import Owner
-from flocker_provider.nodes import Inventory, NodeFileError, inventory_from_settings
 from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS
 
+from .cluster import FlockerCluster
 from .flocker_config import parse_size
 
 T = TypeVar("T")
@@ -82,26 +82,17 @@ def _with_secret_paths(props: dict[str, Any]) -> dict[str, Any]:
     return {**props, SECRET_PATHS: asyncio.ensure_future(_secret_paths(dict(props)))}
 
 
-@functools.cache
-def _inventory() -> Inventory:
-    config = pulumi.Config("flocker")
+def node_inputs(node: str, cluster: FlockerCluster) -> dict[str, Any]:
+    """How to reach ``node`` of ``cluster``; an unknown node becomes a check failure naming it."""
     try:
-        return inventory_from_settings(config.get("nodesFile"), config.get("dockerHostTemplate"), config.get("tlsDir"))
-    except NodeFileError as exc:
-        raise pulumi.RunError(str(exc)) from exc
-
-
-def node_inputs(node: str) -> dict[str, Any]:
-    """How to reach ``node``; an unknown node becomes a check failure naming it."""
-    try:
-        return {**node_props(_inventory().resolve(node)), "node_error": None}
+        return {**node_props(cluster.resolve(node)), "node_error": None}
     except LookupError as exc:
         return {"node": node, "node_address": "", "docker_host": "", "tls": None, "node_error": str(exc)}
 
 
-def _node_inputs(node: pulumi.Input[str]) -> dict[str, Any]:
+def _node_inputs(node: pulumi.Input[str], cluster: FlockerCluster) -> dict[str, Any]:
     """``node_inputs``, each an Output of its own when ``node`` is one (secret with it)."""
-    resolved = _then(node, node_inputs)
+    resolved = _then(node, functools.partial(node_inputs, cluster=cluster))
     if isinstance(resolved, pulumi.Output):
         found = {key: resolved.apply(lambda entry, key=key: entry[key]) for key in NODE_KEYS}
         # Set only when the check fails, which records nothing; secret, the provider would
@@ -120,14 +111,10 @@ def _transfer_image(image: str | None) -> str:
     return image or pulumi.Config("flocker").get("transferImage") or DEFAULT_TRANSFER_IMAGE
 
 
-def routing_inputs(hold_seconds: pulumi.Input[float] | None) -> dict[str, Any]:
-    """Every node of the inventory routes every application's external ports.
-
-    Sorted by name, so that only a node really added or removed changes these inputs.
-    """
-    nodes = sorted(_inventory().nodes, key=lambda n: n.name)
+def routing_inputs(hold_seconds: pulumi.Input[float] | None, cluster: FlockerCluster) -> dict[str, Any]:
+    """Every node of the cluster routes every application's external ports."""
     return {
-        "route_nodes": [node_props(n) for n in nodes],
+        "route_nodes": [node_props(n) for n in cluster.nodes],
         "hold_seconds": _then(hold_seconds, _hold),
         # The router runs in the transfer image (python3): one image to provide per cluster.
         "router_image": _transfer_image(None),
@@ -156,6 +143,8 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
     the application is stopped once the prediction fits, or once the rounds stop shrinking it.
     ``stall_timeout``: seconds a move's copy may go without progress (a cut link between the
     nodes) before the move fails, the application still serving on the source.
+    ``cluster``: the ``FlockerCluster`` whose nodes ``node`` names and which route (default:
+    the stack config's); a plain value.
 
     Every argument may be an Output (of another resource, a secret, unknown during preview).
     """
@@ -176,19 +165,21 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         hold_seconds: pulumi.Input[float] | None = None,
         downtime_budget: pulumi.Input[float] = 0.3,
         stall_timeout: pulumi.Input[float] = DEFAULT_STALL_TIMEOUT,
+        cluster: FlockerCluster | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        cluster = _in_program(f"volume {resource_name}", cluster)
         props = {
             "name": resource_name,
             "project": pulumi.get_project(),
             "stack": pulumi.get_stack(),
-            **_node_inputs(node),
+            **_node_inputs(node, cluster),
             "maximum_size": _then(maximum_size, functools.partial(_size, resource_name)),
             "keep_retired": keep_retired,
             "move_timeout": move_timeout,
             "downtime_budget": downtime_budget,
             "stall_timeout": stall_timeout,
-            **routing_inputs(hold_seconds),
+            **routing_inputs(hold_seconds, cluster),
             "transfer_image": _then(transfer_image, _transfer_image),
             "volume_name": None,
             "last_move": None,
@@ -200,6 +191,7 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
         # Resolved, as the application's own node is: an address and its node-file name
         # are the same node (flocker-deploy's files name nodes by address).
         self.node_name = props["node"]
+        self.cluster = cluster
 
 
 class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Application"):
@@ -216,6 +208,9 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
     ``health_check`` is ``{"command": "shell line" or [program, args...], "interval": 1,
     "timeout": 5, "retries": 3, "start_period": 0}`` (seconds): Docker runs it in the
     container, and the application counts as up, and gets traffic, once it succeeds.
+    ``cluster``: the ``FlockerCluster`` whose nodes ``node`` names and which route (default:
+    the stack config's); a plain value. Port claims and links are per cluster: a link finds its
+    target among the applications of its own cluster only, and so does a ``volume`` resource.
 
     Every argument may be an Output (of another resource, a secret, unknown during preview), or
     hold Outputs, except what the program needs as it runs: the ``ports`` list and each entry,
@@ -246,17 +241,19 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
         health_check: pulumi.Input[Mapping[str, pulumi.Input[Any]]] | None = None,
         wait_timeout: pulumi.Input[float] = 120,
         hold_seconds: pulumi.Input[float] | None = None,
+        cluster: FlockerCluster | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         opts = opts or pulumi.ResourceOptions()
         what = f"application {resource_name}"
+        cluster = _in_program(what, cluster)
         _known_now(ports, f"{what}: ports", "give a list; its entries' internal ports may be Outputs")
         _known_now(links, f"{what}: links", "give a list; its entries' alias and local_port may be Outputs")
         _known_now(volume, f"{what}: volume", "give a mapping, it decides whether a volume is created; its values may be Outputs")
-        volume_props, volume_resource = _volume(resource_name, node, volume, opts, hold_seconds)
-        _claim_ports(resource_name, ports or [])
+        volume_props, volume_resource = _volume(resource_name, node, volume, opts, hold_seconds, cluster)
+        _claim_ports(resource_name, ports or [], cluster)
         # Targets first: a link's port is routed once its target exists.
-        targets = [_link_target(resource_name, link) for link in links or []]
+        targets = [_link_target(resource_name, link, cluster) for link in links or []]
         depends = [r for r in [volume_resource, *targets] if r is not None]
         if depends:
             opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=depends))
@@ -264,7 +261,7 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
             "name": resource_name,
             "project": pulumi.get_project(),
             "stack": pulumi.get_stack(),
-            **_node_inputs(node),
+            **_node_inputs(node, cluster),
             "image": image,
             "ports": [dict(p) for p in ports or []],
             "environment": _then(environment, lambda env: dict(env or {})),
@@ -276,24 +273,47 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
             "command": _then(command, lambda args: list(args) if args else None),
             "health_check": _then(health_check, lambda check: dict(check) if check else None),
             "wait_timeout": wait_timeout,
-            **routing_inputs(hold_seconds),
+            **routing_inputs(hold_seconds, cluster),
             "container_id": None,
             "addresses": None,
             "running": None,
         }
         super().__init__(ApplicationProvider(), resource_name, _with_secret_paths(props), opts)
         self.volume = volume_resource
+        self.cluster = cluster
         for port in ports or []:
-            _published[int(port["external"])] = (resource_name, self)
+            _published[cluster][int(port["external"])] = (resource_name, self)
 
 
-# External port -> (application, resource) of applications declared so far in this
-# program: every node routes an external port to one application, and links find their
-# target by it, as in Flocker.
-_published: dict[int, tuple[str, FlockerApplication]] = {}
+# Per cluster used so far in this program, external port -> (application, resource) of its
+# applications declared so far: every node routes an external port to one application, and
+# links find their target by it, as in Flocker. Another cluster's nodes route other ports.
+_published: dict[FlockerCluster, dict[int, tuple[str, FlockerApplication]]] = {}
 
 
-def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, pulumi.Input[int]]]) -> None:
+def _in_program(what: str, cluster: FlockerCluster | None) -> FlockerCluster:
+    """``cluster`` (by default the stack config's), sharing no node with another cluster of the program.
+
+    A node runs one router per stack, whose routes are by external port: two clusters of one
+    stack sharing a node would take each other's routes there.
+    """
+    if cluster is None:
+        cluster = FlockerCluster.from_stack_config()
+    elif not isinstance(cluster, FlockerCluster):
+        raise pulumi.RunError(f"{what}: cluster: expected a FlockerCluster (a plain value, not an Output), got {type(cluster).__name__}")
+    if cluster not in _published:
+        for other in _published:
+            shared = cluster.shared_nodes(other)
+            if shared:
+                raise pulumi.RunError(
+                    f"{what}: clusters '{other.name}' and '{cluster.name}' share node {', '.join(shared)}: "
+                    "a node's router serves one cluster of a stack; use one FlockerCluster for both, or clusters of different nodes"
+                )
+        _published[cluster] = {}
+    return cluster
+
+
+def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, pulumi.Input[int]]], cluster: FlockerCluster) -> None:
     for i, port in enumerate(ports):
         _known_now(port, f"application {resource_name}: ports[{i}]", "give a mapping; its internal port may be an Output")
         external = port.get("external")
@@ -302,7 +322,7 @@ def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, pulumi.Input[i
             f"application {resource_name}: ports[{i}].external",
             "links find their target by it, and every node routes it to one application; its internal port may be an Output",
         )
-        holder = _published.get(int(external)) if isinstance(external, (int, float)) else None
+        holder = _published[cluster].get(int(external)) if isinstance(external, (int, float)) else None
         # The same name again is the same resource (a program run twice in one process).
         if holder is not None and holder[0] != resource_name:
             raise pulumi.RunError(
@@ -311,12 +331,21 @@ def _claim_ports(resource_name: str, ports: Sequence[Mapping[str, pulumi.Input[i
             )
 
 
-def _link_target(resource_name: str, link: Mapping[str, pulumi.Input[Any]]) -> FlockerApplication:
+def _link_target(resource_name: str, link: Mapping[str, pulumi.Input[Any]], cluster: FlockerCluster) -> FlockerApplication:
     _known_now(link, f"application {resource_name}: a link", "give a mapping; its alias and local_port may be Outputs")
     remote = link.get("remote_port")
     _known_now(remote, f"application {resource_name}: a link's remote_port", "the link finds its target application by it")
-    target = _published.get(int(remote)) if isinstance(remote, (int, float)) else None
+    port = int(remote) if isinstance(remote, (int, float)) else None
+    target = _published[cluster].get(port) if port is not None else None
     if target is None:
+        for other, published in _published.items():
+            if other != cluster and port in published:
+                # Its routers, which a link goes through, are on the other cluster's nodes only.
+                raise pulumi.RunError(
+                    f"application {resource_name} on cluster '{cluster.name}': link '{link.get('alias')}' to port {remote}: "
+                    f"application {published[port][0]} publishing it is on cluster '{other.name}'; "
+                    "a link reaches only applications of its own cluster"
+                )
         raise pulumi.RunError(
             f"application {resource_name}: link '{link.get('alias')}' to port {remote}: no application "
             "declared before this one publishes that external port; declare the target first"
@@ -330,10 +359,16 @@ def _volume(
     volume: Mapping[str, Any] | None,
     opts: pulumi.ResourceOptions,
     hold_seconds: pulumi.Input[float] | None,
+    cluster: FlockerCluster,
 ) -> tuple[dict[str, Any] | None, FlockerVolume | None]:
     if not volume:
         return None, None
     resource = volume.get("volume")
+    if resource is not None and resource.cluster != cluster:
+        raise pulumi.RunError(
+            f"application {resource_name} on cluster '{cluster.name}': volume {resource.pulumi_resource_name} "
+            f"is on cluster '{resource.cluster.name}'; an application mounts only a volume of its own cluster"
+        )
     if resource is None:
         resource = FlockerVolume(
             resource_name,
@@ -342,6 +377,7 @@ def _volume(
             stall_timeout=volume.get("stall_timeout", DEFAULT_STALL_TIMEOUT),
             # A move is the volume's, and so is holding new connections during it.
             hold_seconds=hold_seconds,
+            cluster=cluster,
             opts=pulumi.ResourceOptions(parent=opts.parent, provider=None),
         )
     return {

@@ -16,6 +16,7 @@ import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
+from flocker_pulumi import cluster as cluster_module
 from flocker_pulumi import resources as resources_module
 
 
@@ -64,15 +65,15 @@ def record(program: Callable[[], Any], project: str) -> Recorder:
 
 def node_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nodes: list[dict[str, str]]) -> Iterator[Path]:
     """A node file of ``nodes`` for the programs, with nothing of the process's own settings or
-    caches: resources.py caches the inventory and remembers published ports for the process,
-    and every program must stand on its own."""
+    caches: cluster.py caches the stack config's inventory and resources.py remembers published
+    ports for the process, and every program must stand on its own."""
     path = tmp_path / "nodes.json"
     path.write_text(json.dumps({"nodes": nodes}))
     monkeypatch.setenv("FLOCKER_NODES_FILE", str(path))
     monkeypatch.delenv("FLOCKER_DOCKER_HOST_TEMPLATE", raising=False)
     monkeypatch.delenv("FLOCKER_TLS_DIR", raising=False)
-    resources_module._inventory.cache_clear()
+    cluster_module._stack_inventory.cache_clear()
     resources_module._published.clear()
     yield path
-    resources_module._inventory.cache_clear()
+    cluster_module._stack_inventory.cache_clear()
     resources_module._published.clear()

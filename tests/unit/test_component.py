@@ -21,7 +21,7 @@ from pulumi_mocks import Recorder, node_file, record
 
 from flocker_provider.models import Application, Link, Port
 from flocker_pulumi import FilesError, FlockerApplication, FlockerDeployment
-from flocker_pulumi import resources as resources_module
+from flocker_pulumi import cluster as cluster_module
 from flocker_pulumi.cli import flocker_deploy
 from flocker_pulumi.component import TYPE, declaration_order
 from flocker_pulumi.flocker_config import ConfigError, Configuration, ConfiguredApplication, load_configuration
@@ -388,7 +388,7 @@ def test_an_address_and_its_node_name_are_one_node(tmp_path: Path, monkeypatch: 
     # implicit volume must land on the same (resolved) node as its application.
     nodes = [{"name": f"node{i}", "address": a, "docker_host": f"tcp://{a}:2375"} for i, a in enumerate(ARTICLE_ADDRESSES, 1)]
     article_nodes.write_text(json.dumps({"nodes": nodes}))
-    resources_module._inventory.cache_clear()
+    cluster_module._stack_inventory.cache_clear()
     declared = children(record_program(article()))
     elasticsearch = next(json.loads(i) for t, n, i in declared if n == "elasticsearch" and t.endswith("Application"))
     assert elasticsearch["node"] == elasticsearch["volume"]["node"] == "node1"
