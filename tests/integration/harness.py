@@ -63,8 +63,9 @@ class ClusterNode:
         return docker.DockerClient(base_url=self.docker_host, timeout=60)
 
 
-def load_nodes() -> list[ClusterNode] | None:
-    path = os.environ.get("FLOCKER_NODES_FILE")
+def load_nodes(path: str | os.PathLike[str] | None = None) -> list[ClusterNode] | None:
+    """The nodes of the node file ``path``, by default the session's (``FLOCKER_NODES_FILE``)."""
+    path = path or os.environ.get("FLOCKER_NODES_FILE")
     if not path or not Path(path).exists():
         return None
     data = json.loads(Path(path).read_text())
