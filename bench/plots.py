@@ -124,6 +124,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[dict[str, Any]], Workload] | None]] =
     "postgres": ("Move, PostgreSQL", postgres),
     "opensearch": ("Move, OpenSearch", opensearch),
     "routing": ("Routing", None),
+    "engine": ("Engine overhead at 3 to 200 applications", None),
 }
 
 

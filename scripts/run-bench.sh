@@ -10,8 +10,9 @@
 # asserted: the numbers depend on the machine and on whatever else it runs.
 #
 # BENCH_SIZES (e.g. "100M" or "100M,1G"), BENCH_PG_SIZES and BENCH_OS_SIZES choose the sizes
-# of the stand-in's, PostgreSQL's and OpenSearch's moves; BENCH_QUICK=1 runs each at its
-# smallest size only (those unset). BENCH_ONLY (e.g. "move") runs only the named benchmarks.
+# of the stand-in's, PostgreSQL's and OpenSearch's moves, BENCH_ENGINE_SIZES the stacks of the
+# engine-overhead benchmark (3,50,200); BENCH_QUICK=1 runs each at its smallest size only
+# (those unset; the engine benchmark at 3 and 50, a slope needs two). BENCH_ONLY (e.g. "move") runs only the named benchmarks.
 # The cluster (4 nodes) and images are brought up if needed; the cluster is stopped
 # afterwards only if this script started it.
 set -euo pipefail
@@ -21,6 +22,7 @@ export FLOCKER_NODES_FILE="${FLOCKER_NODES_FILE:-$repo/.cluster/nodes.json}"
 results=bench/results
 if [ "${BENCH_QUICK:-}" = 1 ]; then
   export BENCH_SIZES="${BENCH_SIZES:-100M}" BENCH_PG_SIZES="${BENCH_PG_SIZES:-250M}" BENCH_OS_SIZES="${BENCH_OS_SIZES:-100M}"
+  export BENCH_ENGINE_SIZES="${BENCH_ENGINE_SIZES:-3,50}"
 fi
 
 started_cluster=0
