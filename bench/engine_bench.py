@@ -62,7 +62,7 @@ for i in range(int(config.require("count"))):
         image="flocker/base:local",
         node=nodes[i % len(nodes)],
         command=["sleep", "infinity"],
-        ports=[{"internal": 8080, "external": %(port)d + i}],
+        ports=[{"internal": 8080, "external": int(config.require("port")) + i}],
     )
 """
 FLOOR = """
@@ -76,17 +76,21 @@ class Nothing(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.CreateResult(id_=props["name"], outs=props)
 
 
+class Trivial(pulumi.dynamic.Resource, module="bench", name="Trivial"):
+    pass
+
+
 config = pulumi.Config()
 nodes = json.loads(config.require("nodes"))
 for i in range(int(config.require("count"))):
-    pulumi.dynamic.Resource(
+    Trivial(
         Nothing(),
         f"app{i}",
         {
             "name": f"app{i}",
             "image": "flocker/base:local",
             "node": nodes[i % len(nodes)],
-            "ports": [{"internal": 8080, "external": %(port)d + i}],
+            "ports": [{"internal": 8080, "external": int(config.require("port")) + i}],
         },
     )
 """
@@ -180,9 +184,9 @@ def measure(
 ) -> dict[str, Any]:
     stack = "bench" + uuid.uuid4().hex[:6]
     pulumi = Pulumi(workdir / stack, stack)
-    pulumi.write_program(program % {"port": PORT}, name="engine-bench")
+    pulumi.write_program(program, name="engine-bench")
     pulumi.env["FLOCKER_NODES_FILE"] = str(node_file)
-    pulumi.init({"count": str(count), "nodes": json.dumps([n.name for n in nodes])})
+    pulumi.init({"count": str(count), "port": str(PORT), "nodes": json.dumps([n.name for n in nodes])})
     result: dict[str, Any] = {}
     try:
         result["create_seconds"] = timed(pulumi, "up", "--yes", "--skip-preview")
