@@ -486,5 +486,16 @@ def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:
 
 
 def _round(result: dict, final: bool) -> dict:
-    keys = ("seconds", "bytes_sent", "bytes_read", "files_read", "pages_sent", "bytes_written", "total_size", "dirty_bytes", "readers")
+    keys = (
+        "seconds",
+        "bytes_sent",
+        "bytes_read",
+        "files_read",
+        "pages_sent",
+        "bytes_written",
+        "total_size",
+        "dirty_bytes",
+        "readers",
+        "parts",
+    )
     return {"final": final, "method": "delta", **{key: result.get(key) for key in keys}}

@@ -267,6 +267,35 @@ def test_much_to_read_is_read_by_two_processes_with_the_same_result(pair, monkey
     assert run("verify")["equal"]
 
 
+def test_a_big_file_is_read_in_parts_by_both_readers_and_stays_exact(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One file larger than the threshold is split between the readers (a database of one big
+    table): changed pages in every part, an extension, holes past the old end and a
+    truncation come out exact, and only the changed pages are sent."""
+    source, destination, run = pair
+    monkeypatch.setattr(delta_copy, "PARALLEL_BYTES", 4 * BLOCK)
+    big = source / "base" / "16397"
+    write(big, os.urandom(10 * BLOCK + 3 * PAGE))
+    write(source / "small", b"small")
+    assert run("send")["files_read"] == 2
+    rewrite_pages(big, [0, 9, 41, 71, 82])  # in the first part, in the second, the last page
+    delta = run("send")
+    assert (delta["readers"], delta["parts"], delta["files_read"], delta["pages_sent"]) == (2, 2, 1, 5), delta
+    assert tree(destination) == tree(source)
+    with big.open("r+b") as file:  # extended: a hole, then pages of data
+        file.truncate(14 * BLOCK)
+        file.seek(13 * BLOCK)
+        file.write(os.urandom(2 * PAGE))
+    delta = run("send")
+    assert delta["pages_sent"] == 2, delta
+    assert tree(destination) == tree(source)
+    with big.open("r+b") as file:
+        file.truncate(6 * BLOCK + 100)
+    rewrite_pages(big, [2])
+    run("send", "--final")
+    assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
 def test_rounds_under_a_writer_never_send_a_page_other_than_the_one_they_hashed(pair) -> None:
     """Phase 1 reads files the application is writing: what a round hashes and what it sends
     must be the same bytes, or the destination's check of what it wrote fails the move."""

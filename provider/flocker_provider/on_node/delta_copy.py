@@ -256,19 +256,22 @@ def stat_key(info: os.stat_result) -> list[int]:
     return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
-def block_digests(path: str, size: int) -> Iterator[tuple[int, int, memoryview]]:
-    """(offset, digest, block) of each block of the file, read through mmap windows."""
+def block_digests(path: str, size: int, start: int = 0) -> Iterator[tuple[int, int, memoryview]]:
+    """(offset, digest, block) of each block of the file from ``start`` (a multiple of BLOCK)
+    up to ``size``, read through mmap windows."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         size = min(size, os.fstat(fd).st_size)  # shrunk since its stat: the rest is gone
-        for start in range(0, size, WINDOW):
-            length = min(WINDOW, size - start)
-            window = mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=start)
+        for window_start in range(start, size, WINDOW):
+            length = min(WINDOW, size - window_start)
+            window = mmap.mmap(
+                fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=window_start
+            )
             view = memoryview(window)
             try:
                 for offset in range(0, length, BLOCK):
                     block = view[offset : offset + BLOCK]
-                    yield start + offset, _hash(block), block
+                    yield window_start + offset, _hash(block), block
                     block.release()
             finally:
                 view.release()
@@ -309,6 +312,11 @@ def entry_digest(entry: dict[str, Any]) -> str:
     return entry["e"]
 
 
+def zero_digest(length: int) -> int:
+    """The digest of a page of zeros (of a last page, shorter)."""
+    return ZERO_PAGE if length >= PAGE else _hash(ZERO[:length])
+
+
 def page_digests(block: Any) -> list[int]:
     return [_hash(block[offset : offset + PAGE]) for offset in range(0, len(block), PAGE)]
 
@@ -336,6 +344,7 @@ class Destination:
         self.table: dict[str, dict[str, Any]] | None = None  # built from the disk at the first request
         self.stats = {"bytes_written": 0}
         self._touched_dirs: set[str] = set()
+        self._parts: dict[str, list[tuple[int, array.array]]] = {}  # what parts of a file wrote, until its end
 
     def full(self, path: str) -> str:
         """The path under the root; never outside it, not even through a symlink on the way."""
@@ -370,6 +379,11 @@ class Destination:
                 entry["q"].extend(page_digests(block))
             entry["s"] = stat_key(info)
         return entry
+
+    def forget(self) -> None:
+        """After a failed round, which may be half-applied: the table is read from the disk again next time."""
+        self.table = None
+        self._parts.clear()
 
     def ensure_table(self) -> dict[str, dict[str, Any]]:
         if self.table is None:
@@ -480,7 +494,9 @@ class Destination:
             known = None
         fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self._touched_dirs.add(os.path.dirname(path))
-        session.open = (path, fd, known, [])
+        # A part of a big file ("r", from another reader's connection) only writes; the file's
+        # own end, once every part is applied, checks what they all wrote.
+        session.open = (path, fd, known, [] if "r" in entry else self._parts.pop(path, []))
 
     def _write(self, payload: bytes, session: Session) -> None:
         if session.open is None:
@@ -498,6 +514,10 @@ class Destination:
             raise CopyError("the end of a file that was not begun")
         path, fd, known, written = session.open
         session.open = None
+        if "r" in entry:
+            os.close(fd)
+            self._parts.setdefault(path, []).extend(written)
+            return
         try:
             os.ftruncate(fd, entry["z"])
         finally:
@@ -508,9 +528,7 @@ class Destination:
         count = -(-size // PAGE)
         old_pages = (known or {}).get("q") or Digests()
         # Past the old end, what was not written is a hole: zeros.
-        pages = old_pages[:count] + Digests(
-            ZERO_PAGE if (number + 1) * PAGE <= size else _hash(ZERO[: size % PAGE]) for number in range(len(old_pages), count)
-        )
+        pages = old_pages[:count] + Digests(zero_digest(size - number * PAGE) for number in range(len(old_pages), count))
         # What was written is read back from the disk and must be what the source sent (a page
         # whose length changed, the old last one or the new, differs, so it was sent too).
         for first, digests, read in self._read_pages(full, size, written):
@@ -598,7 +616,7 @@ def serve(root: str, port: int) -> None:
                     wire.flush()
         except (CopyError, OSError) as exc:
             print(f"round failed: {exc}", flush=True)
-            destination.table = None  # half-applied: read from the disk again next time
+            destination.forget()
             with contextlib.suppress(OSError):
                 wire.write(b"X", str(exc).encode())
                 wire.flush()
@@ -620,16 +638,17 @@ MAX_READERS = 2
 
 
 def _read_share(source: Source, share: list[Any], result: Any) -> None:
-    """A reader process: its share of the files, on a connection of its own; what it read
-    (the table's new entries, its counts) goes back to the round through ``result``."""
+    """A reader process: its share of the files and parts of files, on a connection of its
+    own; what it read (the table's new entries, the parts, its counts) goes back to the
+    round through ``result``."""
     try:
         assert source.to is not None
         source.wire = connect(source.to, source.stall)
-        source.table, source.counts = {}, dict.fromkeys(source.counts, 0)
-        for item in share:
-            source._file(*item)
+        source.table, source.parts, source.counts = {}, {}, dict.fromkeys(source.counts, 0)
+        for unit in share:
+            source._read(unit)
         source.ask(b"S")
-        result.send({"table": source.table, "counts": source.counts})
+        result.send({"table": source.table, "parts": source.parts, "counts": source.counts})
     except (CopyError, OSError) as exc:
         result.send({"error": str(exc), "stalled": stalled(exc)})
     finally:
@@ -647,18 +666,19 @@ class Run:
         self.next = 0  # the offset a page must have to belong to this run
         self.digests = Digests()
 
-    def add(self, offset: int, page: memoryview, digest: int) -> None:
+    def add(self, offset: int, pages: memoryview, digests: list[int]) -> None:
+        """Pages that follow one another from ``offset``, with their digests."""
         wire = self.source.wire
         if self.start is not None and (self.next != offset or wire.pending(self.start) >= Wire.FLUSH_AT):
             self.send()
         if self.start is None:
             self.start = wire.begin(b"W")
             wire.append(struct.pack(">Q", offset))
-        wire.append(page)
-        self.next = offset + len(page)
-        self.digests.append(digest)
-        self.source.counts["pages_sent"] += 1
-        self.source.counts["bytes_sent"] += len(page)
+        wire.append(pages)
+        self.next = offset + len(pages)
+        self.digests.extend(digests)
+        self.source.counts["pages_sent"] += len(digests)
+        self.source.counts["bytes_sent"] += len(pages)
 
     def send(self) -> None:
         if self.start is not None:
@@ -706,6 +726,7 @@ class Source:
             "renamed": 0,
             "total_size": 0,
             "readers": 1,
+            "parts": 0,  # of big files, read by different readers
         }
         self._last_progress = time.monotonic()
         # Progress lines come at least four times per stall timeout: the host's watch takes a
@@ -717,6 +738,9 @@ class Source:
         self._pending: list[tuple[str, str, os.stat_result, dict[str, Any], dict[str, Any] | None]] = []
         self._links: list[tuple[str, dict[str, Any]]] = []
         self.to: str | None = None  # where readers of their own connect (see ``_read_pending``)
+        # A big file's parts read so far, by (path, where the part starts): their block and
+        # page digests and where reading ended.
+        self.parts: dict[tuple[str, int], tuple[array.array, array.array, int]] = {}
 
     def progress(self) -> None:
         """A progress line, if the last is old enough: called as the round advances (entries
@@ -796,19 +820,37 @@ class Source:
     def _read_pending(self) -> None:
         """The files to read, by as many processes as there are cores (two at most) when there
         is much to read: Debian's python3-xxhash holds the GIL, and hashing is most of the
-        work. Each reads its share on a connection of its own; the destination's directories
-        exist by then (``S``: everything sent so far is applied)."""
+        work. A big file is read in parts, one per reader (a database of one big table would
+        otherwise keep one reader busy and the other idle). Each reader reads its share on a
+        connection of its own; the destination's directories exist by then (``S``:
+        everything sent so far is applied). A file read in parts is ended once every part is
+        applied, on this connection."""
         pending, self._pending = self._pending, []
         workers = min(os.cpu_count() or 1, MAX_READERS)
         if workers < 2 or self.to is None or sum(item[2].st_size for item in pending) < PARALLEL_BYTES:
             for item in pending:
-                self._file(*item)
+                self._read((item, None))
             return
         self.ask(b"S")
         self.counts["readers"] = workers
+        units: list[tuple[Any, tuple[int, int] | None]] = []
+        split = []
+        for item in pending:
+            size = item[2].st_size
+            if size < PARALLEL_BYTES:
+                units.append((item, None))
+                continue
+            split.append(item)
+            step = -(-size // workers // BLOCK) * BLOCK
+            units += [(item, (start, min(start + step, size))) for start in range(0, size, step)]
+
+        def weight(unit: tuple[Any, tuple[int, int] | None]) -> int:
+            item, span = unit
+            return item[2].st_size if span is None else span[1] - span[0]
+
         shares: list[list[Any]] = [[] for _ in range(workers)]
-        for item in sorted(pending, key=lambda item: -item[2].st_size):  # largest first, to the least loaded
-            min(shares, key=lambda share: sum(i[2].st_size for i in share)).append(item)
+        for unit in sorted(units, key=lambda unit: -weight(unit)):  # largest first, to the least loaded
+            min(shares, key=lambda share: sum(weight(u) for u in share)).append(unit)
         context = multiprocessing.get_context("fork")
         readers = []
         for share in shares[1:]:
@@ -817,8 +859,8 @@ class Source:
             process.start()
             sending.close()
             readers.append((process, receiving))
-        for item in shares[0]:
-            self._file(*item)
+        for unit in shares[0]:
+            self._read(unit)
         for process, receiving in readers:
             try:
                 outcome = receiving.recv()
@@ -828,9 +870,12 @@ class Source:
             if "error" in outcome:
                 raise (Stalled if outcome.get("stalled") else CopyError)(outcome["error"])
             self.table.update(outcome["table"])
+            self.parts.update(outcome["parts"])
             for key, value in outcome["counts"].items():
                 if key != "readers":
                     self.counts[key] += value
+        for path, full, info, meta, _ in split:
+            self._join_parts(path, full, info, meta)
 
     def _renames(self, entries: list[tuple[str, os.stat_result]]) -> None:
         """Files that are now under another name (PostgreSQL recycles its WAL segments by
@@ -899,22 +944,71 @@ class Source:
     def _streamed_as_is(self, info: os.stat_result, old: dict[str, Any]) -> bool:
         return self.streamed_after is not None and info.st_ctime_ns < self.streamed_after - RACY_NS and old.get("z") == info.st_size
 
-    def _file(self, path: str, full: str, info: os.stat_result, meta: dict[str, Any], old: dict[str, Any] | None) -> None:
-        old_digests, old_pages = (old or {}).get("d") or Digests(), (old or {}).get("q") or Digests()
-        old_count = len(old_pages)
-        digests, pages = Digests(), Digests()
-        size = 0
-        run = Run(self)  # changed pages next to each other go in one message
+    def _read(self, unit: tuple[Any, tuple[int, int] | None]) -> None:
+        """A file read whole, or one part of it (``span``: its bytes from, to)."""
+        (path, full, info, meta, old), span = unit
+        if span is None:
+            self.send(b"F", packed({"p": path}))
+            digests, pages, size = self._changed_pages(full, info, old, 0, info.st_size)
+            self.send(b"E", packed({**meta, "z": size, "p": path}))
+            self._done(path, full, info, meta, digests, pages, size)
+            return
+        start, end = span
+        self.send(b"F", packed({"p": path, "r": start}))
+        digests, pages, size = self._changed_pages(full, info, old, start, end)
+        self.send(b"E", packed({"p": path, "r": start}))
+        self.parts[(path, start)] = (digests, pages, size)
+        self.counts["parts"] += 1
+
+    def _join_parts(self, path: str, full: str, info: os.stat_result, meta: dict[str, Any]) -> None:
+        """The end of a file read in parts, once every part is applied: its digests, in order."""
+        digests, pages, size = Digests(), Digests(), 0
+        for start in sorted(start for known, start in self.parts if known == path):
+            part_digests, part_pages, part_size = self.parts.pop((path, start))
+            if part_digests and start > size:
+                # An earlier part ended short (the file shrank, then grew, while read): the
+                # gap's digests are unknown, and 0 matches nothing, so it is sent next round.
+                digests.extend([0] * ((start - size) // BLOCK))
+                pages.extend([0] * ((start - size) // PAGE))
+            digests.extend(part_digests)
+            pages.extend(part_pages)
+            size = max(size, part_size)
         self.send(b"F", packed({"p": path}))
+        self.send(b"E", packed({**meta, "z": size, "p": path}))
+        self._done(path, full, info, meta, digests, pages, size)
+
+    def _done(
+        self, path: str, full: str, info: os.stat_result, meta: dict[str, Any], digests: array.array, pages: array.array, size: int
+    ) -> None:
+        self.counts["files_read"] += 1
         try:
-            for offset, digest, block in block_digests(full, info.st_size):
+            after = stat_key(os.lstat(full))
+        except FileNotFoundError:
+            after = None
+        # Changed while it was read, or racily clean: read again next round, whatever its stat says then.
+        racy = after != stat_key(info) or time.time_ns() - info.st_ctime_ns < RACY_NS
+        self.table[path] = {**meta, "z": size, "d": digests, "q": pages, "s": stat_key(info), "racy": racy}
+
+    def _changed_pages(
+        self, full: str, info: os.stat_result, old: dict[str, Any] | None, start: int, end: int
+    ) -> tuple[array.array, array.array, int]:
+        """Send the pages of bytes [start, end) of a file that differ from what the destination
+        holds; the block and page digests of that span and the end of what was read."""
+        old_digests, old_pages = (old or {}).get("d") or Digests(), (old or {}).get("q") or Digests()
+        old_blocks, old_count = len(old_digests), len(old_pages)
+        digests, pages = Digests(), Digests()
+        size = start
+        run = Run(self)  # changed pages next to each other go in one message
+        try:
+            for offset, digest, block in block_digests(full, end, start):
                 self.progress()
                 index = offset // BLOCK
                 size = offset + len(block)
-                known = old_pages[index * PAGES : (index + 1) * PAGES]
-                if index < len(old_digests) and old_digests[index] == digest and len(known) == -(-len(block) // PAGE):
+                first = index * PAGES
+                count = -(-len(block) // PAGE)
+                if index < old_blocks and old_digests[index] == digest and min(old_count - first, PAGES) == count:
                     digests.append(digest)
-                    pages.extend(known)
+                    pages.extend(old_pages[first : first + count])
                     continue
                 if not self.stable:
                     # A copy, hashed again: the application may write the block between our
@@ -927,26 +1021,28 @@ class Source:
                 digests.append(digest)
                 fresh = page_digests(block)
                 pages.extend(fresh)
-                for number, page_digest in enumerate(fresh):
-                    if number < len(known) and known[number] == page_digest:
-                        continue
-                    with block[number * PAGE : (number + 1) * PAGE] as page:
-                        if index * PAGES + number >= old_count and page == ZERO[: len(page)]:
-                            continue  # past the old end, zeros are left to the truncate: holes stay holes
-                        run.add(offset + number * PAGE, page, page_digest)
+                known = old_pages[first : first + PAGES]
+                changed = [
+                    number
+                    for number, page_digest in enumerate(fresh)
+                    if not (number < len(known) and known[number] == page_digest)
+                    # past the old end, zeros are left to the truncate: holes stay holes
+                    and not (first + number >= old_count and page_digest == zero_digest(len(block) - number * PAGE))
+                ]
+                # Changed pages next to each other go in one piece.
+                while changed:
+                    end = 1
+                    while end < len(changed) and changed[end] == changed[0] + end:
+                        end += 1
+                    low, high = changed[0], changed[end - 1] + 1
+                    with block[low * PAGE : high * PAGE] as piece:
+                        run.add(offset + low * PAGE, piece, fresh[low:high])
+                    del changed[:end]
         except FileNotFoundError:
             pass  # removed while read: sent as it was, deleted next round
         run.send()
-        self.counts["files_read"] += 1
-        self.counts["bytes_read"] += size
-        self.send(b"E", packed({**meta, "z": size, "p": path}))
-        try:
-            after = stat_key(os.lstat(full))
-        except FileNotFoundError:
-            after = None
-        # Changed while it was read, or racily clean: read again next round, whatever its stat says then.
-        racy = after != stat_key(info) or time.time_ns() - info.st_ctime_ns < RACY_NS
-        self.table[path] = {**meta, "z": size, "d": digests, "q": pages, "s": stat_key(info), "racy": racy}
+        self.counts["bytes_read"] += size - start
+        return digests, pages, size
 
     def survey(self) -> int:
         """Bytes of the files the next round will read again: changed since this one read them."""
