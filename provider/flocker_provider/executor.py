@@ -15,7 +15,7 @@ from .docker_layer import connect, translated
 from .engine_protocol import Engine
 from .errors import ContainerFailed, NodeUnreachable, ProviderError, RoutingFailed, brief
 from .models import Node
-from .move_context import MoveContext
+from .move_context import MoveContext, StepTime
 from .progress import report
 from .staging import SHELL, staged_name
 from .steps import (
@@ -80,7 +80,8 @@ def run_step(step: Step, engines: Engines, wait_timeout: float, move: MoveContex
         case PrepareRoutes():
             _prepare_routes(step, engines)
         case PushVolume(final=final):
-            _of(move, step).report.rounds += _of(move, step).channel.push(final, wait_timeout)
+            context = _of(move, step)
+            context.report = context.report.with_rounds(context.channel.push(final, wait_timeout))
         case ArmFinalCopy():
             _of(move, step).channel.arm()
         case VerifyVolume():
@@ -101,7 +102,7 @@ def run_step(step: Step, engines: Engines, wait_timeout: float, move: MoveContex
         case WaitForApplication() if move is not None:
             _on_node(step, engines, wait_timeout)
             if move.stopped_at is not None:
-                move.report.downtime_seconds = round(time.monotonic() - move.stopped_at, 3)
+                move.report = move.report.with_downtime(round(time.monotonic() - move.stopped_at, 3))
         case _:
             _on_node(step, engines, wait_timeout)
 
@@ -243,7 +244,7 @@ def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0, move: Mov
                 raise
             raise failure.within(step=describe(step)) from failure.__cause__
         if move is not None:
-            move.report.steps.append({"step": describe(step), "started_at": started_at, "seconds": round(time.monotonic() - started, 3)})
+            move.report = move.report.with_step(StepTime(describe(step), started_at, round(time.monotonic() - started, 3)))
             move.done.append(step)
     if move is not None:
         move.stops.settle()
