@@ -27,7 +27,7 @@ from .move_context import DeltaRound, MoveContext, MoveReport, Round, Stops, Str
 from .planner import AfterFailure, MoveState, Routing, plan_move, plan_rollback
 from .progress import report
 from .staging import staged_name
-from .steps import HandoffVolume, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, Step
+from .steps import Change, HandoffVolume, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, steps_of
 from .transfer import (
     DELTA_PORT,
     STREAM_PORT,
@@ -109,7 +109,9 @@ def _roll_back(failure: Exception, move: MoveContext, channel: TransferChannel, 
     """``failure`` with what was done about it: before the handoff, the way back from what
     the nodes hold now; after it, nothing (the next `pulumi up` finishes the move)."""
     engines = channel.engines
-    with contextlib.suppress(Exception):  # a stop that failed is started again like the others
+    # What is discovered next must be where the stops left it; a stop that failed is started
+    # again like the others.
+    with contextlib.suppress(Exception):
         move.stops.settle()
     after = discover_after_failure(engines, channel.source, channel.destination, channel.volume, before, routing)
     down = [
@@ -149,7 +151,7 @@ def discover_after_failure(
     return AfterFailure(source_containers, copy, staged, frozenset(held))
 
 
-def rollback_story(after: AfterFailure, outcomes: Sequence[tuple[Step, Exception | None]]) -> str:
+def rollback_story(after: AfterFailure, outcomes: Sequence[tuple[Change, Exception | None]]) -> str:
     """What the way back did, after "nothing was lost: ", from its steps and how each went."""
     restarted = [(step, error) for step, error in outcomes if isinstance(step, RestartApplication)]
     problems = [f"{step.container} on {step.node.name}: {brief(error)}" for step, error in restarted if error is not None]
@@ -162,7 +164,9 @@ def rollback_story(after: AfterFailure, outcomes: Sequence[tuple[Step, Exception
         story = "the application went down with the source's engine and was not moved"
     else:
         story = "the application kept running on the source"
-    routes = [brief(error) for step, error in outcomes if isinstance(step, PointRoutes) and error is not None]
+    routes = [
+        brief(error) for change, error in outcomes if any(isinstance(step, PointRoutes) for step in steps_of(change)) and error is not None
+    ]
     if routes:
         story += f"; routes on {', '.join(routes)} could not be pointed back"
     staged = [

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .engine_protocol import ExitWatcher
 from .models import Node
-from .steps import Step, StopApplication, WatchExit
+from .steps import Change, FinishStop, StopApplication, WatchExit
 
 if TYPE_CHECKING:
     from .executor import Engines
@@ -136,17 +136,17 @@ class Stops:
 
     The engine's own work after that (taking the container's network down, 0.2-0.4 s, and
     longer while a big copy loads the node) goes on while phase 2 copies and the
-    destination starts, and is waited for before the source's containers are removed. Not
-    before the handoff: the data no longer changes once the processes are gone, and
-    nothing starts them again (the engine marks a stop as asked for before it signals, so
-    no restart policy applies). An application whose end cannot be watched (no shell in
+    destination starts, and is waited for by ``FinishStop``, which the plan has before the
+    source's containers are removed. Not before the handoff: the data no longer changes
+    once the processes are gone, and nothing starts them again (the engine marks a stop as
+    asked for before it signals, so no restart policy applies). An application whose end cannot be watched (no shell in
     its image) is waited for the plain way."""
 
     def __init__(self, engines: Engines) -> None:
         self._engines = engines
         self._watches: dict[tuple[Node, str], ExitWatcher | None] = {}
         self._pool = ThreadPoolExecutor(max_workers=4)
-        self._pending: list[Future[None]] = []
+        self._pending: dict[tuple[Node, str], Future[None]] = {}
         self.stopped: list[StopApplication] = []
 
     def watch(self, step: WatchExit) -> None:
@@ -159,7 +159,7 @@ class Stops:
         watching = watch is not None and watch.watching()
         stopping = self._pool.submit(self._engines[step.node].stop_container, step.container, STOP_SECONDS)
         self.stopped.append(step)
-        self._pending.append(stopping)
+        self._pending[(step.node, step.container)] = stopping
         try:
             if watching and watch is not None and watch.wait(STOP_SECONDS + STOP_MARGIN):
                 return
@@ -168,10 +168,16 @@ class Stops:
                 watch.close()
         stopping.result()
 
+    def finish(self, step: FinishStop) -> None:
+        """The engine's stop of the container has returned (nothing to wait for if none was asked)."""
+        stopping = self._pending.pop((step.node, step.container), None)
+        if stopping is not None:
+            stopping.result()
+
     def settle(self) -> None:
         """Every stop the engines were asked for has returned; the first failure is raised."""
-        pending, self._pending = self._pending, []
-        for stopping in pending:
+        pending, self._pending = self._pending, {}
+        for stopping in pending.values():
             stopping.result()
 
     def close(self) -> None:
@@ -190,8 +196,8 @@ class MoveContext:
     channel: Transfer
     stops: Stops
     report: MoveReport
-    # The steps that ran to their end, in order: a failure after the handoff undoes nothing.
-    done: list[Step] = field(default_factory=list)
+    # The changes that ran to their end, in order: a failure after the handoff undoes nothing.
+    done: list[Change] = field(default_factory=list)
     # When the first stop was asked for: the application stops serving during it, so the
     # downtime runs from there to the end of the destination's wait.
     stopped_at: float | None = None
