@@ -12,6 +12,7 @@ source). The message names them all, and ends with what to do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Self
 
 
@@ -62,6 +63,15 @@ def told(exc: Exception, done: str) -> Exception:
     if done:
         exc.add_note(done)
     return exc
+
+
+def together(failures: Sequence[ProviderError]) -> ProviderError:
+    """The failures of steps run at once as one: a lone failure as it is; several as one of
+    the kind they share (``ProviderError`` for several kinds), quoting each."""
+    if len(failures) == 1:
+        return failures[0]
+    kind = next(k for k in type(failures[0]).__mro__ if issubclass(k, ProviderError) and all(isinstance(f, k) for f in failures))
+    return kind("; ".join(failure.summary() for failure in failures))
 
 
 def brief(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
-"""Runs a plan, step by step, through the Docker layer. No decisions are made here.
+"""Runs a plan, change by change, through the Docker layer. No decisions are made here.
 
 Every kind of step runs here, a move's too: those need the move's context (its transfer
-channel, its stops, its report), which the move hands in (``MoveContext``)."""
+channel, its stops, its report), which the move hands in (``MoveContext``). The steps of an
+``InParallel`` run on threads, here and nowhere else in a plan's run."""
 
 from __future__ import annotations
 
@@ -9,20 +10,24 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from .docker_layer import connect, translated
 from .engine_protocol import Engine
-from .errors import ContainerFailed, NodeUnreachable, ProviderError, RoutingFailed, brief
+from .errors import ContainerFailed, NodeUnreachable, ProviderError, brief, together
 from .models import Node
-from .move_context import MoveContext
+from .move_context import MoveContext, StepTime
 from .progress import report
 from .staging import SHELL, staged_name
 from .steps import (
     ArmFinalCopy,
+    Change,
     ConfirmApplication,
     CreateVolume,
+    FinishStop,
     HandoffVolume,
+    InParallel,
     OnNode,
     Plan,
     PointRoutes,
@@ -33,6 +38,7 @@ from .steps import (
     RemoveStaged,
     RemoveVolume,
     RestartApplication,
+    Routes,
     StageApplication,
     StartApplication,
     Step,
@@ -55,7 +61,7 @@ class Engines:
         self._opener = opener
         self._stack = contextlib.ExitStack()
         self._open: dict[Node, Engine] = {}
-        # Route steps use several nodes' engines from threads at once.
+        # The steps of an InParallel use several nodes' engines from threads at once.
         self._lock = threading.Lock()
 
     def __getitem__(self, node: Node) -> Engine:
@@ -71,39 +77,82 @@ class Engines:
         self._stack.close()
 
 
-def run_step(step: Step, engines: Engines, wait_timeout: float, move: MoveContext | None = None) -> None:
-    match step:
-        case PointRoutes():
-            if move is not None and step.backend is None:
-                _warn_of_a_short_hold(step, move)
-            _point_routes(step, engines)
-        case PrepareRoutes():
-            _prepare_routes(step, engines)
+@dataclass
+class Run:
+    """One plan's run: the engines, how long an application may take to start, the move's
+    context (in a move), and the route tables read so far."""
+
+    engines: Engines
+    wait_timeout: float
+    move: MoveContext | None = None
+    _tables: dict[Routes, Future[dict[int, dict]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def route_table(self, routes: Routes) -> dict[int, dict]:
+        """What the routers are told for ``routes``, read once for every node the routes are
+        written on: the same reading everywhere, and a backend that publishes no port is one
+        failure, not one per node. (A plan routes to a container once it is up, and once.)"""
+        with self._lock:
+            first = routes not in self._tables
+            table = self._tables.setdefault(routes, Future())
+        if first:
+            try:
+                table.set_result(_route_table(routes, self))
+            except Exception as exc:  # every node's step raises this same failure
+                table.set_exception(exc)
+        return table.result()
+
+
+def run_change(change: Change, run: Run) -> None:
+    move = run.move
+    match change:
+        case InParallel(steps):
+            _in_parallel(steps, run)
+        case PointRoutes(_, router, routes):
+            table = run.route_table(routes)  # before the node is asked: a backend's failure is the step's
+            _on_node(change, run, lambda engine: engine.point_routes(router, table))
+        case PrepareRoutes(node, router):
+            with contextlib.suppress(Exception):  # the route steps themselves report what fails
+                run.engines[node].prepare_routes(router)
         case PushVolume(final=final):
-            _of(move, step).report.rounds += _of(move, step).channel.push(final, wait_timeout)
+            context = _of(move, change)
+            context.report = context.report.with_rounds(context.channel.push(final, run.wait_timeout))
         case ArmFinalCopy():
-            _of(move, step).channel.arm()
+            _of(move, change).channel.arm()
         case VerifyVolume():
-            _of(move, step).channel.verify(wait_timeout)
+            _of(move, change).channel.verify(run.wait_timeout)
         case HandoffVolume(source, destination, volume, labels):
             # The destination's copy is the live one before the source's is retired: the
             # source's retirement is what says the move is past its handoff.
-            engines[destination].make_live(volume)
-            engines[source].retire_volume(volume, _of(move, step).channel.image, dict(labels))
+            run.engines[destination].make_live(volume)
+            run.engines[source].retire_volume(volume, _of(move, change).channel.image, dict(labels))
         case WatchExit():
-            _of(move, step).stops.watch(step)
+            _of(move, change).stops.watch(change)
         case StopApplication() if move is not None:
             move.stopped_at = move.stopped_at or time.monotonic()
-            move.stops.stop(step)
-        case RemoveApplication() if move is not None:
-            move.stops.settle()  # the engine's own stop, asked for in the background, ends first
-            _on_node(step, engines, wait_timeout)
+            move.stops.stop(change)
+        case FinishStop():
+            _of(move, change).stops.finish(change)
         case WaitForApplication() if move is not None:
-            _on_node(step, engines, wait_timeout)
+            _on_node(change, run, lambda engine: _run_on(engine, change, run.wait_timeout))
             if move.stopped_at is not None:
-                move.report.downtime_seconds = round(time.monotonic() - move.stopped_at, 3)
+                move.report = move.report.with_downtime(round(time.monotonic() - move.stopped_at, 3))
+        case (
+            CreateVolume()
+            | RemoveVolume()
+            | StartApplication()
+            | StageApplication()
+            | WaitForApplication()
+            | ConfirmApplication()
+            | StopApplication()
+            | RestartApplication()
+            | RemoveStaged()
+            | RemoveApplication()
+            | RemoveRoutes()
+        ):
+            _on_node(change, run, lambda engine: _run_on(engine, change, run.wait_timeout))
         case _:
-            _on_node(step, engines, wait_timeout)
+            raise TypeError(f"no way to run {change!r}")
 
 
 def _of(move: MoveContext | None, step: Step) -> MoveContext:
@@ -112,29 +161,64 @@ def _of(move: MoveContext | None, step: Step) -> MoveContext:
     return move
 
 
-def _warn_of_a_short_hold(step: PointRoutes, move: MoveContext) -> None:
+def _in_parallel(steps: tuple[Step, ...], run: Run) -> None:
+    """Every step to its end, on threads; then the failures together, each naming its node
+    (a bug's is raised as it is)."""
+
+    def outcome(step: Step) -> Exception | None:
+        try:
+            run_change(step, run)
+        except Exception as exc:  # told once every other step has ended
+            if isinstance(exc, ProviderError) and exc.node is None and (node := getattr(step, "node", None)) is not None:
+                exc.node = node.name
+            return exc
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(len(steps), 1)) as pool:
+        # One failure shared by several steps (their route table's) is told once.
+        failed = [exc for exc in dict.fromkeys(pool.map(outcome, steps)) if exc is not None]
+    bugs = [exc for exc in failed if not isinstance(exc, ProviderError)]
+    if bugs:
+        raise bugs[0]
+    if failed:
+        raise together([exc for exc in failed if isinstance(exc, ProviderError)])
+
+
+def _warn_of_a_short_hold(routes: Routes, move: MoveContext) -> None:
     predicted = move.channel.predicted
-    if predicted is not None and predicted > step.hold_seconds:
+    if predicted is not None and predicted > routes.hold_seconds:
         report(
             f"move {move.channel.label}: warning: phase 2 is predicted to take {predicted:.1f}s, longer than "
-            f"the hold of {step.hold_seconds:g}s: connections held longer are closed (raise hold_seconds)"
+            f"the hold of {routes.hold_seconds:g}s: connections held longer are closed (raise hold_seconds)"
         )
 
 
-def _on_node(step: OnNode, engines: Engines, wait_timeout: float) -> None:
+def _on_node(step: OnNode | PointRoutes, run: Run, act: Callable[[Engine], None]) -> None:
+    """The step's ``act`` on its node's engine; where the step may be skipped, a node that
+    does not answer is, with a warning."""
     node = step.node
     try:
-        engine = engines[node]
+        engine = run.engines[node]
     except NodeUnreachable as exc:
-        if not isinstance(step, RemoveRoutes):
+        if not _skipped_when_down(step):
             raise
         _skip_unreachable(step, exc)
         return
     try:
-        _run_on(engine, step, wait_timeout)
+        act(engine)
     except Exception as exc:
         failure = translated(exc, node)
         raise failure from failure.__cause__
+
+
+def _skipped_when_down(step: OnNode | PointRoutes) -> bool:
+    match step:
+        case RemoveRoutes():
+            return True
+        case PointRoutes(node, _, routes):
+            return node != routes.backend
+        case _:
+            return False
 
 
 def _run_on(engine: Engine, step: OnNode, wait_timeout: float) -> None:
@@ -167,55 +251,22 @@ def _run_on(engine: Engine, step: OnNode, wait_timeout: float) -> None:
             raise TypeError(f"not a step of one node: {step!r}")
 
 
-def _prepare_routes(step: PrepareRoutes, engines: Engines) -> None:
-    def prepare(node: Node) -> None:
-        with contextlib.suppress(Exception):  # the route steps themselves report what fails
-            engines[node].prepare_routes(step.router)
-
-    with ThreadPoolExecutor(max_workers=max(len(step.nodes), 1)) as pool:
-        list(pool.map(prepare, step.nodes))
-
-
-def _point_routes(step: PointRoutes, engines: Engines) -> None:
-    backend = step.backend
-    published = engines[backend].published_ports(step.container) if backend is not None else {}
-    if backend is not None and (unpublished := sorted({p.internal for p in step.ports} - set(published))):
+def _route_table(routes: Routes, run: Run) -> dict[int, dict]:
+    backend = routes.backend
+    if backend is None and run.move is not None:
+        _warn_of_a_short_hold(routes, run.move)
+    published = run.engines[backend].published_ports(routes.container) if backend is not None else {}
+    if backend is not None and (unpublished := sorted({p.internal for p in routes.ports} - set(published))):
         # Docker lists no binding while a container is not running (a crash loop between restarts).
-        raise ContainerFailed(f"{step.container} publishes no host port for {unpublished}: is it running?", node=backend.name)
-    routes = {
+        raise ContainerFailed(f"{routes.container} publishes no host port for {unpublished}: is it running?", node=backend.name)
+    return {
         p.external: {
             "target": f"{backend.address}:{published[p.internal]}" if backend is not None else None,
-            "hold_seconds": step.hold_seconds,
-            "application": step.application,
+            "hold_seconds": routes.hold_seconds,
+            "application": routes.application,
         }
-        for p in step.ports
+        for p in routes.ports
     }
-
-    def write(node: Node) -> ProviderError | None:
-        try:
-            engine = engines[node]
-        except NodeUnreachable as exc:
-            if node == backend:
-                raise
-            _skip_unreachable(step, exc)
-            return None
-        try:
-            engine.point_routes(step.router, routes)
-        except Exception as exc:  # reported after every other node was written
-            error = translated(exc, node)
-            if not isinstance(error, ProviderError):
-                raise
-            if error.node is None:
-                error.node = node.name
-            return error
-        return None
-
-    with ThreadPoolExecutor(max_workers=len(step.nodes)) as pool:
-        failed = [error for error in pool.map(write, step.nodes) if error]
-    if len(failed) == 1:
-        raise failed[0]
-    if failed:
-        raise RoutingFailed("; ".join(error.summary() for error in failed))
 
 
 def _skip_unreachable(step: Step, exc: NodeUnreachable) -> None:
@@ -225,41 +276,41 @@ def _skip_unreachable(step: Step, exc: NodeUnreachable) -> None:
 
 
 def execute(plan: Plan, engines: Engines, wait_timeout: float = 120.0, move: MoveContext | None = None) -> None:
-    """Runs the plan's steps in order; the first that fails ends it, its error saying which.
-    In a move, each step's seconds go to its report and each step that ended to ``done``."""
+    """Runs the plan's changes in order; the first that fails ends it, its error saying which.
+    In a move, each change's seconds go to its report and each change that ended to ``done``."""
     heading = f"move {move.channel.label}: " if move is not None else ""
-    for step in plan:
-        report(heading + describe(step))
+    run = Run(engines, wait_timeout, move)
+    for change in plan:
+        report(heading + describe(change))
         started, started_at = time.monotonic(), round(time.time(), 3)
         try:
-            run_step(step, engines, wait_timeout, move)
+            run_change(change, run)
         except ProviderError as exc:
-            exc.within(step=describe(step))
+            exc.within(step=describe(change))
             raise
         except Exception as exc:
             # A move's own steps (the copy's) meet the engine's failures untranslated.
             failure = translated(exc)
             if failure is exc:
                 raise
-            raise failure.within(step=describe(step)) from failure.__cause__
+            raise failure.within(step=describe(change)) from failure.__cause__
         if move is not None:
-            move.report.steps.append({"step": describe(step), "started_at": started_at, "seconds": round(time.monotonic() - started, 3)})
-            move.done.append(step)
-    if move is not None:
-        move.stops.settle()
+            move.report = move.report.with_step(StepTime(describe(change), started_at, round(time.monotonic() - started, 3)))
+            move.done.append(change)
 
 
-def execute_all(plan: Plan, engines: Engines, wait_timeout: float, heading: str = "") -> tuple[tuple[Step, Exception | None], ...]:
-    """Runs every step of the plan, whether or not one before it failed, and says how each
+def execute_all(plan: Plan, engines: Engines, wait_timeout: float, heading: str = "") -> tuple[tuple[Change, Exception | None], ...]:
+    """Runs every change of the plan, whether or not one before it failed, and says how each
     went: for a way back, which must go as far as it can (each application restarted, each
     route pointed back)."""
-    outcomes: list[tuple[Step, Exception | None]] = []
-    for step in plan:
-        report(heading + describe(step))
+    run = Run(engines, wait_timeout)
+    outcomes: list[tuple[Change, Exception | None]] = []
+    for change in plan:
+        report(heading + describe(change))
         try:
-            run_step(step, engines, wait_timeout)
+            run_change(change, run)
         except Exception as exc:  # told with the others: this way back goes on
-            outcomes.append((step, translated(exc)))
+            outcomes.append((change, translated(exc)))
         else:
-            outcomes.append((step, None))
+            outcomes.append((change, None))
     return tuple(outcomes)

@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from . import labels as L
 from .docker_layer import connect
@@ -22,11 +23,11 @@ from .errors import DeadlinePassed, DiskFull, MoveFailed, NodeUnreachable, Provi
 from .executor import Engines, execute, execute_all
 from .inputs import VolumeInputs
 from .models import Node
-from .move_context import MoveContext, MoveReport, Stops
+from .move_context import DeltaRound, MoveContext, MoveReport, Round, Stops, StreamRound
 from .planner import AfterFailure, MoveState, Routing, plan_move, plan_rollback
 from .progress import report
 from .staging import staged_name
-from .steps import HandoffVolume, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, Step
+from .steps import Change, HandoffVolume, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, steps_of
 from .transfer import (
     DELTA_PORT,
     STREAM_PORT,
@@ -85,7 +86,7 @@ def discover_move(engines: Engines, old: VolumeInputs, new: VolumeInputs) -> Mov
 
 
 def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, str], ...], routing: Routing) -> MoveReport:
-    report_ = MoveReport(old.node.name, new.node.name, started_at=round(time.time(), 3))
+    started = MoveReport(old.node.name, new.node.name, started_at=round(time.time(), 3))
     with Engines() as engines:
         try:
             state = discover_move(engines, old, new)
@@ -94,22 +95,23 @@ def move_volume(old: VolumeInputs, new: VolumeInputs, labels: tuple[tuple[str, s
             exc.within(step=f"plan the move from {old.node.name} to {new.node.name}")
             raise
         with TransferChannel(engines, old, new) as channel:
-            move = MoveContext(channel, Stops(engines), report_)
+            move = MoveContext(channel, Stops(engines), started)
             try:
                 execute(plan, engines, new.move_timeout, move)
             except Exception as failure:
                 raise _roll_back(failure, move, channel, state, routing) from failure.__cause__
             finally:
                 move.stops.close()
-    report_.finished_at = round(time.time(), 3)
-    return report_
+    return replace(move.report, finished_at=round(time.time(), 3))
 
 
 def _roll_back(failure: Exception, move: MoveContext, channel: TransferChannel, before: MoveState, routing: Routing) -> Exception:
     """``failure`` with what was done about it: before the handoff, the way back from what
     the nodes hold now; after it, nothing (the next `pulumi up` finishes the move)."""
     engines = channel.engines
-    with contextlib.suppress(Exception):  # a stop that failed is started again like the others
+    # What is discovered next must be where the stops left it; a stop that failed is started
+    # again like the others.
+    with contextlib.suppress(Exception):
         move.stops.settle()
     after = discover_after_failure(engines, channel.source, channel.destination, channel.volume, before, routing)
     down = [
@@ -149,7 +151,7 @@ def discover_after_failure(
     return AfterFailure(source_containers, copy, staged, frozenset(held))
 
 
-def rollback_story(after: AfterFailure, outcomes: Sequence[tuple[Step, Exception | None]]) -> str:
+def rollback_story(after: AfterFailure, outcomes: Sequence[tuple[Change, Exception | None]]) -> str:
     """What the way back did, after "nothing was lost: ", from its steps and how each went."""
     restarted = [(step, error) for step, error in outcomes if isinstance(step, RestartApplication)]
     problems = [f"{step.container} on {step.node.name}: {brief(error)}" for step, error in restarted if error is not None]
@@ -162,7 +164,9 @@ def rollback_story(after: AfterFailure, outcomes: Sequence[tuple[Step, Exception
         story = "the application went down with the source's engine and was not moved"
     else:
         story = "the application kept running on the source"
-    routes = [brief(error) for step, error in outcomes if isinstance(step, PointRoutes) and error is not None]
+    routes = [
+        brief(error) for change, error in outcomes if any(isinstance(step, PointRoutes) for step in steps_of(change)) and error is not None
+    ]
     if routes:
         story += f"; routes on {', '.join(routes)} could not be pointed back"
     staged = [
@@ -386,7 +390,7 @@ class TransferChannel:
             armed.close()
         self._armed.clear()
 
-    def _stream(self, timeout: float) -> dict:
+    def _stream(self, timeout: float) -> StreamRound:
         """Round 1 into an empty destination: a raw tar stream, no delta to compute."""
         total = self.total
         started = time.monotonic()
@@ -404,36 +408,28 @@ class TransferChannel:
             self._check_space(output, logs)
             where = f"{self.source.name} to {self.destination.name}"
             raise MoveFailed(f"stream from {where} failed: {last_lines(output)} / {last_lines(logs)}")
-        size = parse_stream_total(output)
-        return {
-            "final": False,
-            "method": "stream",
-            "bytes_sent": size,
-            "bytes_read": size,
-            "total_size": size,
-            "seconds": round(time.monotonic() - started, 3),
-        }
+        return StreamRound(parse_stream_total(output), round(time.monotonic() - started, 3))
 
-    def push(self, final: bool, timeout: float) -> list[dict]:
+    def push(self, final: bool, timeout: float) -> tuple[Round, ...]:
         """Phase 1 (pre-copy rounds until the predicted phase 2 fits the budget or stops
         shrinking) or phase 2 (one round, the application stopped)."""
-        rounds: list[dict] = []
+        rounds: list[Round] = []
         if not final and self.fresh:
-            rounds.append(self._stream(timeout))
+            stream = self._stream(timeout)
+            rounds.append(stream)
             self.fresh, self.rounds = False, 1
-            report(f"move {self.label}: phase 1 round 1 (stream): sent {human_bytes(rounds[0]['bytes_sent'])}")
+            report(f"move {self.label}: phase 1 round 1 (stream): sent {human_bytes(stream.size)}")
         while True:
             self.rounds += 1
             phase = "phase 2" if final else f"phase 1 round {self.rounds}"
             result = self._delta(final, timeout, phase)
-            round_ = _round(result, final)
-            rounds.append(round_)
             done = f"read {human_bytes(result['bytes_read'])} in {result['files_read']} files, sent {human_bytes(result['bytes_sent'])}"
             if final:
                 predicted = f" (predicted {self.predicted:.2f}s)" if self.predicted is not None else ""
                 report(f"move {self.label}: phase 2: {done} in {result['seconds']:.2f}s{predicted}")
-                return rounds
-            predicted = round_["predicted_phase2_seconds"] = predicted_seconds(result)
+                return (*rounds, DeltaRound.of(result, final))
+            predicted = predicted_seconds(result)
+            rounds.append(DeltaRound.of(result, final, predicted))
             fits = predicted <= self.budget
             shrinking = self.predicted is None or predicted < SHRINKING * self.predicted
             stop = fits or not shrinking or self.rounds >= MAX_ROUNDS
@@ -452,7 +448,7 @@ class TransferChannel:
             )
             self.predicted = predicted
             if stop:
-                return rounds
+                return tuple(rounds)
 
     def verify(self, timeout: float) -> None:
         """The destination's tree against the source's: every entry's type, mode, owner, size,
@@ -483,19 +479,3 @@ def stream_progress_line(sent: int, total: int | None, seconds: float) -> str:
         line += f" of {human_bytes(total)} ({min(100, sent * 100 // total)}%)"
         return f"{line}, {human_bytes(rate)}/s, {int(left) // 60}:{int(left) % 60:02d} left"
     return f"{line}, {human_bytes(rate)}/s"
-
-
-def _round(result: dict, final: bool) -> dict:
-    keys = (
-        "seconds",
-        "bytes_sent",
-        "bytes_read",
-        "files_read",
-        "pages_sent",
-        "bytes_written",
-        "total_size",
-        "dirty_bytes",
-        "readers",
-        "parts",
-    )
-    return {"final": final, "method": "delta", **{key: result.get(key) for key in keys}}

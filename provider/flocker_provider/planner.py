@@ -12,8 +12,10 @@ from .errors import PlanError
 from .models import Node, NodeVolumeState, Port, RunningContainer
 from .steps import (
     ArmFinalCopy,
+    Change,
     ConfirmApplication,
     CreateVolume,
+    FinishStop,
     HandoffVolume,
     Plan,
     PointRoutes,
@@ -24,12 +26,15 @@ from .steps import (
     RemoveStaged,
     RemoveVolume,
     RestartApplication,
+    Routes,
     StageApplication,
     StartApplication,
     StopApplication,
     VerifyVolume,
     WaitForApplication,
     WatchExit,
+    at_once,
+    steps_of,
 )
 
 
@@ -41,16 +46,20 @@ class Routing:
     nodes: tuple[Node, ...]
     hold_seconds: float
 
-    def point(self, application: str, ports: tuple[Port, ...], backend: Node | None, container: str) -> list[PointRoutes]:
-        """Routes on every node, in one step."""
+    def point(self, application: str, ports: tuple[Port, ...], backend: Node | None, container: str) -> tuple[Change, ...]:
+        """Routes on every node at once."""
         if not ports:
-            return []
-        return [PointRoutes(self.nodes, self.router, application, ports, backend, container, self.hold_seconds)]
+            return ()
+        routes = Routes(application, ports, backend, container, self.hold_seconds)
+        return at_once(PointRoutes(node, self.router, routes) for node in self.nodes)
 
-    def remove(self, application: str, ports: tuple[int, ...], nodes: tuple[Node, ...] | None = None) -> list[RemoveRoutes]:
+    def remove(self, application: str, ports: tuple[int, ...], nodes: tuple[Node, ...] | None = None) -> tuple[Change, ...]:
         if not ports:
-            return []
-        return [RemoveRoutes(n, self.router, application, tuple(sorted(ports))) for n in (self.nodes if nodes is None else nodes)]
+            return ()
+        return at_once(RemoveRoutes(n, self.router, application, tuple(sorted(ports))) for n in (self.nodes if nodes is None else nodes))
+
+    def prepare(self) -> tuple[Change, ...]:
+        return at_once(PrepareRoutes(node, self.router) for node in self.nodes)
 
 
 def plan_application(
@@ -72,7 +81,7 @@ def plan_application(
     """
     if desired is None:
         removal = routing.remove(application, tuple(p.external for p in old_ports))
-        return (*removal, *(RemoveApplication(node, c.name) for node, c in _present(discovered)))
+        return (*removal, *at_once(RemoveApplication(node, c.name) for node, c in _present(discovered)))
     node, spec = desired
     steps: list = []
     here = discovered.get(node)
@@ -87,7 +96,7 @@ def plan_application(
     if starts:
         # Before an old copy elsewhere goes: if this one does not stay up, that one serves again.
         steps.append(ConfirmApplication(node, spec.name))
-    steps += [RemoveApplication(other, c.name) for other, c in _present(discovered) if other != node]
+    steps += at_once(RemoveApplication(other, c.name) for other, c in _present(discovered) if other != node)
     kept = {p.external for p in spec.ports}
     steps += routing.remove(application, tuple(p.external for p in old_ports if p.external not in kept))
     steps += routing.remove(application, tuple(p.external for p in old_ports), dropped)
@@ -105,7 +114,7 @@ def plan_volume(
     again: empty, it would take the place of the data without a word."""
     present = [(node, v) for node, v in sorted(discovered.items(), key=lambda kv: kv[0].name) if v.exists]
     if desired is None:
-        return tuple(RemoveVolume(node, v.name) for node, v in present)
+        return at_once(RemoveVolume(node, v.name) for node, v in present)
     node, name, labels = desired
     if discovered.get(node, NodeVolumeState(name, exists=False)).exists:
         return ()
@@ -192,7 +201,9 @@ def plan_move(
     for c in running:
         steps += [StartApplication(destination, c.spec), WaitForApplication(destination, c.name)]
         steps += _route_to(routing, destination, c)
-    steps += [RemoveApplication(source, c.name) for c in state.source_containers]
+    for c in state.source_containers:
+        # The engine's own end of a stop goes on in the background until here (move_context.Stops).
+        steps += [*([FinishStop(source, c.name)] if c.running else []), RemoveApplication(source, c.name)]
     return _routes_prepared(routing, steps)
 
 
@@ -236,12 +247,12 @@ def plan_rollback(volume: str, source: Node, destination: Node, before: MoveStat
 
 def _routes_prepared(routing: Routing, steps: list) -> Plan:
     """Routers ready on every node before anything else, when the move writes routes."""
-    if any(isinstance(step, PointRoutes) for step in steps):
-        return (PrepareRoutes(routing.nodes, routing.router), *steps)
+    if any(isinstance(step, PointRoutes) for change in steps for step in steps_of(change)):
+        return (*routing.prepare(), *steps)
     return tuple(steps)
 
 
-def _route_to(routing: Routing, backend: Node | None, container: MountedContainer) -> list[PointRoutes]:
+def _route_to(routing: Routing, backend: Node | None, container: MountedContainer) -> tuple[Change, ...]:
     application = dict(container.spec.labels).get(L.RESOURCE, container.name)
     return routing.point(application, container.spec.ports, backend, container.name)
 

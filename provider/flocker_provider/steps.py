@@ -1,8 +1,10 @@
-"""Steps of a plan: verbs, as immutable values. A plan is a tuple of them, run in order."""
+"""Steps of a plan: verbs, as immutable values. A plan is a tuple of changes, run in order:
+a step, or steps of one node each run at once (``InParallel``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from .containers import ContainerSpec, RouterSpec
 from .models import Node, Port
@@ -57,6 +59,16 @@ class ConfirmApplication:
 @dataclass(frozen=True)
 class StopApplication:
     """Stop the container but keep it, so a failed move can start it again."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
+class FinishStop:
+    """Wait for the end of the engine's own stop of ``container``, which a move's
+    ``StopApplication`` left going on in the background (taking the container's network
+    down, 0.2-0.4 s): before the container is removed."""
 
     node: Node
     container: str
@@ -140,20 +152,12 @@ class HandoffVolume:
 
 
 @dataclass(frozen=True)
-class PointRoutes:
-    """On every node of ``nodes`` at once, route ``application``'s external ports to its
-    container ``container`` on ``backend``, or hold new connections (``backend`` None) for
-    up to ``hold_seconds``.
+class Routes:
+    """What every node's router is told of ``application``: its external ``ports`` go to its
+    container ``container`` on ``backend``, or new connections are held (``backend`` None)
+    for up to ``hold_seconds``. The container's published host ports are looked up when the
+    routes are written: Docker picks them when the container starts."""
 
-    At once, because a move's downtime includes the hold and the route to the destination:
-    one node after another cost 0.1 s per node. A router is started on a node where it is
-    not running. The container's published host ports are looked up when the step runs:
-    Docker picks them when the container starts. A hold ends only once the routers have
-    read it, so that no connection reaches a container about to stop.
-    """
-
-    nodes: tuple[Node, ...]
-    router: RouterSpec
     application: str
     ports: tuple[Port, ...]
     backend: Node | None
@@ -162,12 +166,25 @@ class PointRoutes:
 
 
 @dataclass(frozen=True)
-class PrepareRoutes:
-    """On every node of ``nodes`` at once, the router running and a route session open, so
-    that a move's hold and its routes to the destination are written fast while the
-    application is down. A failure here is left to the route steps to report."""
+class PointRoutes:
+    """Write ``routes`` on ``node``; its router is started where it is not running. A hold
+    ends only once the router has read it, so that no connection reaches a container about
+    to stop. The planner writes them on every node at once (``InParallel``): a move's
+    downtime includes the hold and the route to the destination, and one node after another
+    cost 0.1 s per node."""
 
-    nodes: tuple[Node, ...]
+    node: Node
+    router: RouterSpec
+    routes: Routes
+
+
+@dataclass(frozen=True)
+class PrepareRoutes:
+    """On ``node``, the router running and a route session open, so that a move's hold and
+    its routes to the destination are written fast while the application is down. A failure
+    here is left to the route steps to report."""
+
+    node: Node
     router: RouterSpec
 
 
@@ -190,6 +207,7 @@ Step = (
     | WaitForApplication
     | ConfirmApplication
     | StopApplication
+    | FinishStop
     | RestartApplication
     | RemoveStaged
     | WatchExit
@@ -202,7 +220,18 @@ Step = (
     | PointRoutes
     | RemoveRoutes
 )
-Plan = tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class InParallel:
+    """Steps of one node each that do not depend on one another, run at once. Each runs to
+    its end; what failed is then told together, each failure naming its node."""
+
+    steps: tuple[Step, ...]
+
+
+Change = Step | InParallel
+Plan = tuple[Change, ...]
 # The steps that one node's engine runs alone.
 OnNode = (
     CreateVolume
@@ -219,31 +248,69 @@ OnNode = (
 )
 
 
-def describe(step: Step) -> str:
-    """One line for people reading `pulumi up` output."""
+def at_once(steps: Iterable[Step]) -> tuple[Change, ...]:
+    """``steps`` as one change of a plan that runs them at once: none for none, a lone step as itself."""
+    found = tuple(steps)
+    return (InParallel(found),) if len(found) > 1 else found
+
+
+def steps_of(change: Change) -> tuple[Step, ...]:
+    match change:
+        case InParallel(steps):
+            return steps
+        case _:
+            return (change,)
+
+
+def describe(change: Change) -> str:
+    """One line for people reading `pulumi up` output; steps at once that differ only in
+    their node are one line, naming every node."""
+    match change:
+        case InParallel(steps) if steps and _alike(steps):
+            return _line(steps[0], ", ".join(_node(step).name for step in steps))
+        case InParallel(steps):
+            return "; ".join(describe(step) for step in steps)
+        case _:
+            node = _node(change)
+            return _line(change, node.name if node is not None else "")
+
+
+def _node(step: Step) -> Node | None:
+    return getattr(step, "node", None)
+
+
+def _alike(steps: tuple[Step, ...]) -> bool:
+    first = _node(steps[0])
+    return first is not None and all(_node(step) is not None and replace(step, node=first) == steps[0] for step in steps)
+
+
+def _line(step: Step, where: str) -> str:
+    """The step's line, ``where`` naming its node (or nodes)."""
     match step:
-        case CreateVolume(node, volume, _):
-            return f"create volume {volume} on {node.name}"
-        case RemoveVolume(node, volume):
-            return f"remove volume {volume} from {node.name}"
-        case StartApplication(node, spec):
-            return f"start {spec.name} ({spec.image}) on {node.name}"
-        case StageApplication(node, spec):
-            return f"stage {spec.name} ({spec.image}) on {node.name}, held until its data is there"
-        case WaitForApplication(node, container):
-            return f"wait for {container} on {node.name}"
-        case ConfirmApplication(node, container):
-            return f"confirm {container} stays up on {node.name}"
-        case StopApplication(node, container):
-            return f"stop {container} on {node.name}"
-        case RestartApplication(node, container):
-            return f"start {container} again on {node.name}"
-        case RemoveStaged(node, container):
-            return f"remove {staged_name(container)} from {node.name}"
-        case WatchExit(node, container):
-            return f"watch for the end of {container} on {node.name}"
-        case RemoveApplication(node, container):
-            return f"remove {container} from {node.name}"
+        case CreateVolume(_, volume, _):
+            return f"create volume {volume} on {where}"
+        case RemoveVolume(_, volume):
+            return f"remove volume {volume} from {where}"
+        case StartApplication(_, spec):
+            return f"start {spec.name} ({spec.image}) on {where}"
+        case StageApplication(_, spec):
+            return f"stage {spec.name} ({spec.image}) on {where}, held until its data is there"
+        case WaitForApplication(_, container):
+            return f"wait for {container} on {where}"
+        case ConfirmApplication(_, container):
+            return f"confirm {container} stays up on {where}"
+        case StopApplication(_, container):
+            return f"stop {container} on {where}"
+        case FinishStop(_, container):
+            return f"finish stopping {container} on {where}"
+        case RestartApplication(_, container):
+            return f"start {container} again on {where}"
+        case RemoveStaged(_, container):
+            return f"remove {staged_name(container)} from {where}"
+        case WatchExit(_, container):
+            return f"watch for the end of {container} on {where}"
+        case RemoveApplication(_, container):
+            return f"remove {container} from {where}"
         case PushVolume(source, destination, volume, final):
             phase = "phase 2: copy what changed in" if final else "phase 1: copy"
             return f"{phase} {volume} from {source.name} to {destination.name}"
@@ -253,14 +320,13 @@ def describe(step: Step) -> str:
             return f"verify {volume} on {destination.name} against {source.name}"
         case HandoffVolume(source, destination, volume, _):
             return f"hand {volume} over from {source.name} to {destination.name}"
-        case PrepareRoutes(nodes, _):
-            return f"prepare routes on {', '.join(n.name for n in nodes)}"
-        case PointRoutes(nodes, _, application, ports, backend, _, hold):
+        case PrepareRoutes():
+            return f"prepare routes on {where}"
+        case PointRoutes(_, _, Routes(application, ports, backend, _, hold)):
             listed = ", ".join(str(p.external) for p in ports)
-            where = ", ".join(n.name for n in nodes)
             if backend is None:
                 return f"hold new connections to {application} (port {listed}) on {where} for up to {hold:g}s"
             return f"route port {listed} on {where} to {application} on {backend.name}"
-        case RemoveRoutes(node, _, application, ports):
-            return f"remove routes of {application} (port {', '.join(map(str, ports))}) from {node.name}"
+        case RemoveRoutes(_, _, application, ports):
+            return f"remove routes of {application} (port {', '.join(map(str, ports))}) from {where}"
     raise TypeError(step)

@@ -9,7 +9,9 @@ from flocker_provider.steps import (
     ArmFinalCopy,
     ConfirmApplication,
     CreateVolume,
+    FinishStop,
     HandoffVolume,
+    InParallel,
     PointRoutes,
     PrepareRoutes,
     PushVolume,
@@ -18,6 +20,7 @@ from flocker_provider.steps import (
     RemoveStaged,
     RemoveVolume,
     RestartApplication,
+    Routes,
     StageApplication,
     StartApplication,
     StopApplication,
@@ -43,12 +46,19 @@ ROUTER = router_spec("p", "dev", "flocker/base:local")
 ROUTING = Routing(ROUTER, (N1, N2, N3), 30.0)
 
 
-def route(backend: Node | None, spec: ContainerSpec = SPEC) -> tuple[PointRoutes, ...]:
-    """The application's routes on every node, to ``backend`` or held."""
-    return (PointRoutes((N1, N2, N3), ROUTER, "es", spec.ports, backend, spec.name, 30.0),)
+def route(backend: Node | None, spec: ContainerSpec = SPEC) -> tuple[InParallel]:
+    """The application's routes on every node at once, to ``backend`` or held."""
+    routes = Routes("es", spec.ports, backend, spec.name, 30.0)
+    return (InParallel(tuple(PointRoutes(n, ROUTER, routes) for n in (N1, N2, N3))),)
 
 
-PREPARE = PrepareRoutes((N1, N2, N3), ROUTER)
+def unroute(*ports: int, nodes: tuple[Node, ...] = (N1, N2, N3)) -> InParallel | RemoveRoutes:
+    removals = tuple(RemoveRoutes(n, ROUTER, "es", ports) for n in nodes)
+    return InParallel(removals) if len(removals) > 1 else removals[0]
+
+
+PREPARE = InParallel(tuple(PrepareRoutes(n, ROUTER) for n in (N1, N2, N3)))
+FINISH = FinishStop(N1, SPEC.name)
 ARM = ArmFinalCopy(N1, N2, "v")
 WATCH = WatchExit(N1, SPEC.name)
 
@@ -124,22 +134,46 @@ def test_move_already_done_by_the_volume_only_cleans_up() -> None:
 def test_a_port_no_longer_published_loses_its_routes() -> None:
     assert plan((N1, SPEC), {N1: running()}, old_ports=(Port(9200, 9200), Port(9300, 9300))) == (
         *route(N1),
-        *(RemoveRoutes(n, ROUTER, "es", (9300,)) for n in (N1, N2, N3)),
+        unroute(9300),
     )
 
 
 def test_a_node_that_left_the_inventory_loses_the_routes() -> None:
     assert plan_application("es", (N1, SPEC), {N1: running()}, ROUTING, SPEC.ports, dropped=(N4,)) == (
         *route(N1),
-        RemoveRoutes(N4, ROUTER, "es", (9200,)),
+        unroute(9200, nodes=(N4,)),
     )
 
 
 def test_delete_removes_routes_on_every_node_then_the_container() -> None:
     assert plan(None, {N1: running(), N2: None}, old_ports=SPEC.ports) == (
-        *(RemoveRoutes(n, ROUTER, "es", (9200,)) for n in (N1, N2, N3)),
+        unroute(9200),
         RemoveApplication(N1, SPEC.name),
     )
+
+
+def test_delete_removes_the_containers_on_every_node_at_once() -> None:
+    """One left behind by a move whose `pulumi` was killed, besides the one the state names."""
+    assert plan(None, {N1: running(), N2: running(), N3: None}, old_ports=SPEC.ports) == (
+        unroute(9200),
+        InParallel((RemoveApplication(N1, SPEC.name), RemoveApplication(N2, SPEC.name))),
+    )
+
+
+def test_a_stateless_move_from_several_nodes_removes_every_old_copy_at_once() -> None:
+    assert plan((N3, SPEC), {N1: running(), N2: running(), N3: None}) == (
+        StartApplication(N3, SPEC),
+        WaitForApplication(N3, SPEC.name),
+        *route(N3),
+        ConfirmApplication(N3, SPEC.name),
+        InParallel((RemoveApplication(N1, SPEC.name), RemoveApplication(N2, SPEC.name))),
+    )
+
+
+def test_on_a_single_node_the_routes_are_a_lone_step() -> None:
+    routes = Routes("es", SPEC.ports, N1, SPEC.name, 30.0)
+    alone = Routing(ROUTER, (N1,), 30.0)
+    assert plan_application("es", (N1, SPEC), {N1: running()}, alone) == (PointRoutes(N1, ROUTER, routes),)
 
 
 def test_volume_created_once() -> None:
@@ -149,7 +183,7 @@ def test_volume_created_once() -> None:
 
 def test_volume_delete_removes_live_and_retired_copies() -> None:
     discovered = {N1: NodeVolumeState("v", exists=True), N2: NodeVolumeState("v", exists=True, retired=True)}
-    assert plan_volume(None, discovered) == (RemoveVolume(N1, "v"), RemoveVolume(N2, "v"))
+    assert plan_volume(None, discovered) == (InParallel((RemoveVolume(N1, "v"), RemoveVolume(N2, "v"))),)
 
 
 def move_state(**changes: object) -> MoveState:
@@ -178,6 +212,7 @@ def two_phase_push(*before_staging: object) -> tuple:
         StartApplication(N2, SPEC),
         WaitForApplication(N2, SPEC.name),
         *route(N2),
+        FINISH,
         RemoveApplication(N1, SPEC.name),
     )
 

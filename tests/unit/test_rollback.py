@@ -14,13 +14,14 @@ from flocker_provider.errors import NodeUnreachable
 from flocker_provider.migration import rollback_story
 from flocker_provider.models import Node, NodeVolumeState, Port
 from flocker_provider.planner import AfterFailure
-from flocker_provider.steps import PointRoutes, RemoveStaged, RemoveVolume, RestartApplication
+from flocker_provider.steps import InParallel, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, Routes
 
 N1 = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 N2 = Node("node2", "10.0.0.2", "tcp://10.0.0.2:2375")
 SPEC = ContainerSpec(name="flocker-s-web", image="web:1", ports=(Port(80, 8080),), volume_name="v")
 SERVING = AfterFailure((MountedContainer(SPEC.name, SPEC, running=True),), NodeVolumeState("v", exists=True, partial=True), ())
-BACK = PointRoutes((N1, N2), router_spec("p", "s", "flocker/base:local"), "web", SPEC.ports, N1, SPEC.name, 5.0)
+ROUTER = router_spec("p", "s", "flocker/base:local")
+BACK = InParallel(tuple(PointRoutes(n, ROUTER, Routes("web", SPEC.ports, N1, SPEC.name, 5.0)) for n in (N1, N2)))
 DOWN = NodeUnreachable("Docker engine at tcp://10.0.0.2:2375 did not answer: Connection refused", node="node2")
 
 

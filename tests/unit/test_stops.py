@@ -10,7 +10,7 @@ import pytest
 from flocker_provider.executor import Engines
 from flocker_provider.models import Node
 from flocker_provider.move_context import Stops
-from flocker_provider.steps import StopApplication, WatchExit
+from flocker_provider.steps import FinishStop, StopApplication, WatchExit
 
 NODE = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 STEP = StopApplication(NODE, "flocker-dev-es")
@@ -102,6 +102,23 @@ def test_without_a_watch_that_saw_the_end_the_step_waits_for_the_engine(watch: F
         engine.finish.set()
         thread.join(2)
         assert engine.stopped == [STEP.container]
+        stops.close()
+
+
+def test_finishing_a_stop_waits_for_the_engine_s_stop_of_that_container_only() -> None:
+    engine = FakeEngine(FakeWatch(watching=True, sees_exit=True))
+    with engines_of(engine) as engines:
+        stops = Stops(engines)
+        stops.finish(FinishStop(NODE, "flocker-dev-other"))  # none asked for: nothing to wait for
+        stops.watch(WATCH)
+        stop_in_thread(stops).join(2)
+        finished = threading.Thread(target=stops.finish, args=(FinishStop(NODE, STEP.container),), daemon=True)
+        finished.start()
+        finished.join(0.2)
+        assert finished.is_alive()  # the plan's removal of the source's container waits for it
+        engine.finish.set()
+        finished.join(2)
+        assert not finished.is_alive() and engine.stopped == [STEP.container]
         stops.close()
 
 
