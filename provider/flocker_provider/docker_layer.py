@@ -24,7 +24,7 @@ import urllib3.exceptions
 from . import labels as L
 from . import on_node, ssh_tunnel
 from .attached_exec import ExitWatch
-from .containers import ContainerSpec, MountedContainer, RouterSpec
+from .containers import ContainerSpec, MountedContainer, RouterSpec, recorded_hash
 from .errors import (
     ContainerFailed,
     DeadlinePassed,
@@ -188,7 +188,7 @@ class DockerNode(RouterLifecycle, TransferContainers):
             name=name,
             container_id=container.id,
             running=container.status == "running",
-            config_hash=container.labels.get(L.CONFIG_HASH, ""),
+            config_hash=recorded_hash(container.labels, _environment(container)),
         )
 
     def discover_volume(self, name: str) -> NodeVolumeState:
@@ -338,7 +338,11 @@ class DockerNode(RouterLifecycle, TransferContainers):
         """Start ``spec``'s container: let a staged one through its gate, or create it."""
         staged = self.find_container(staged_name(spec.name))
         if staged is not None:
-            if staged.id in self._held and staged.status == "running" and staged.labels.get(L.CONFIG_HASH) == spec.config_hash():
+            if (
+                staged.id in self._held
+                and staged.status == "running"
+                and recorded_hash(staged.labels, _environment(staged)) == spec.config_hash()
+            ):
                 return self._release(staged, spec)
             # Staged by an earlier run: whether it still holds is unknown, and a signal
             # meant for the gate must not reach an application already let through.
@@ -390,9 +394,10 @@ class DockerNode(RouterLifecycle, TransferContainers):
 
     def _container_kwargs(self, spec: ContainerSpec) -> dict:
         environment, extra_hosts = spec.on_node(self.node.address)
+        labels, ours = spec.recorded()
         kwargs: dict = {
-            "environment": environment,
-            "labels": spec.docker_labels(),
+            "environment": {**environment, **ours},
+            "labels": labels,
             "restart_policy": _restart_policy(spec),
             "extra_hosts": extra_hosts,
         }
@@ -563,8 +568,12 @@ def _nanoseconds(seconds: float) -> int:
 
 
 def _spec(container: docker.models.containers.Container) -> ContainerSpec:
-    """The spec ``container`` was started from: its label, and its environment's values."""
-    return ContainerSpec.from_json(container.labels[L.SPEC], (container.attrs.get("Config") or {}).get("Env") or ())
+    """The spec ``container`` was started from: its label, and its environment (the values, and the sealed fields)."""
+    return ContainerSpec.from_json(container.labels[L.SPEC], _environment(container))
+
+
+def _environment(container: docker.models.containers.Container) -> list[str]:
+    return (container.attrs.get("Config") or {}).get("Env") or []
 
 
 def _restart_policy(spec: ContainerSpec) -> dict:

@@ -295,7 +295,7 @@ def _undo_create(inputs: ApplicationInputs, failure: Exception) -> str:
 def _converge_application(
     inputs: ApplicationInputs, nodes: tuple[Node, ...], old_ports: tuple[Port, ...], dropped: tuple[Node, ...]
 ) -> dict[str, Any]:
-    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name)
+    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name, inputs.secret_inputs)
     routing = _routing(inputs.owner, inputs.routing)
     externals = [p.external for p in inputs.application.ports]
     with Engines() as engines, reserved_ports(inputs.routing.nodes, externals):
