@@ -247,6 +247,19 @@ def test_an_unknown_secret_node_is_a_check_failure_that_blanks_only_the_name() -
     assert "node-Zq81" not in failures[0].reason and failures[0].reason.startswith(f"unknown node '{SHOWN_AS}'")
 
 
+def test_the_inventory_is_as_secret_as_the_node_whose_name_it_holds() -> None:
+    def declare() -> None:
+        FlockerApplication("store", image="store:1", node=pulumi.Output.secret("node1"))
+        FlockerApplication("shipper", image="shipper:1", node="node2")
+
+    (_, _, store), (_, _, shipper), *_ = record(declare, "p").resources
+    assert rpc.is_rpc_secret(store["route_nodes"])
+    assert [n["node"] for n in rpc.unwrap_rpc_secret(store["route_nodes"])] == ["node1", "node2"]
+    # Not blanked for it: the node's own value is, and the other nodes' are no secrets.
+    assert ["route_nodes"] not in store[SECRET_PATHS]
+    assert not rpc.is_rpc_secret(shipper["route_nodes"])
+
+
 def test_secret_settings_are_in_no_label_of_the_container_and_unchanged_do_not_restart_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """On stand-in nodes under the real Docker layer: a secret image, command and health check
     are kept in the container's own environment, and the next update finds it up to date."""
