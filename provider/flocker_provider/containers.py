@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from . import labels as L
 from . import on_node
 from .models import Application, HealthCheck, Link, Owner, Port, RestartPolicy
+from .secret_values import SHOWN_AS
 
 # The spec's fields each input becomes: a field is sealed when its input is a secret.
 SEALED_BY_INPUT = {
@@ -49,6 +50,12 @@ class ContainerSpec:
     health_check: HealthCheck | None = None
     # Fields given as secrets (sorted): kept out of the labels (see recorded).
     sealed: tuple[str, ...] = ()
+
+    @property
+    def shown_image(self) -> str:
+        """The image as lines and errors name it: a move's are its volume's, which does not know
+        the application's secrets to blank them, and its report is recorded in the state."""
+        return SHOWN_AS if "image" in self.sealed else self.image
 
     def config_hash(self) -> str:
         """Of every value, the sealed ones too; written as it is only for a spec with none sealed."""

@@ -347,13 +347,13 @@ class DockerNode(RouterLifecycle, TransferContainers):
             # Staged by an earlier run: whether it still holds is unknown, and a signal
             # meant for the gate must not reach an application already let through.
             staged.remove(force=True)
-        self.ensure_image(spec.image)
+        self._ensure_image(spec.image, spec.shown_image)
         return self._create_and_start(spec, spec.name, self._container_kwargs(spec))
 
     def stage_container(self, spec: ContainerSpec) -> bool:
         """Create and start ``spec``'s container under its staged name, held at the gate
         (see staging.py); False when the image has no shell to hold it with."""
-        self.ensure_image(spec.image)
+        self._ensure_image(spec.image, spec.shown_image)
         self.remove_container(staged_name(spec.name), timeout=0)  # of a move cut short
         config = self.client.images.get(spec.image).attrs.get("Config") or {}
         argv = application_argv(config.get("Entrypoint"), config.get("Cmd"), spec.command)
@@ -468,6 +468,9 @@ class DockerNode(RouterLifecycle, TransferContainers):
         return "0.0.0.0"
 
     def ensure_image(self, image: str) -> None:
+        self._ensure_image(image, image)
+
+    def _ensure_image(self, image: str, shown: str) -> None:
         try:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -476,7 +479,10 @@ class DockerNode(RouterLifecycle, TransferContainers):
                 self.client.images.pull(repository, tag=tag or "latest")
             except docker.errors.APIError as exc:
                 why = _short(exc)
-                raise ImageUnavailable(f"image {image} is not on the node and could not be pulled: {why}", node=self.node.name) from exc
+                if shown != image:  # a secret: Docker's own words may name it, whole or in parts
+                    for part in (image, repository, tag or ""):
+                        why = why.replace(part, shown) if part else why
+                raise ImageUnavailable(f"image {shown} is not on the node and could not be pulled: {why}", node=self.node.name) from exc
 
     def wait_running(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -227,9 +227,9 @@ def describe(step: Step) -> str:
         case RemoveVolume(node, volume):
             return f"remove volume {volume} from {node.name}"
         case StartApplication(node, spec):
-            return f"start {spec.name} ({spec.image}) on {node.name}"
+            return f"start {spec.name} ({spec.shown_image}) on {node.name}"
         case StageApplication(node, spec):
-            return f"stage {spec.name} ({spec.image}) on {node.name}, held until its data is there"
+            return f"stage {spec.name} ({spec.shown_image}) on {node.name}, held until its data is there"
         case WaitForApplication(node, container):
             return f"wait for {container} on {node.name}"
         case ConfirmApplication(node, container):

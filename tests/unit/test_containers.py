@@ -169,3 +169,9 @@ def test_a_container_labelled_before_secrets_were_sealed_keeps_its_hash() -> Non
     assert ContainerSpec.from_json(before[L.SPEC], env) == spec
     assert recorded_hash(before, env) == spec.config_hash()
     assert recorded_hash(before, env) != container_spec(APP, OWNER, "v", ("environment",)).config_hash()
+
+
+def test_a_secret_image_is_not_named_by_the_lines_of_a_move() -> None:
+    # A move's lines and report are its volume's, which does not know the application's secrets.
+    spec = container_spec(SECRET_APP, OWNER, "v", ("image",))
+    assert spec.shown_image == "[secret]" and container_spec(SECRET_APP, OWNER, "v").shown_image == SECRET_APP.image
