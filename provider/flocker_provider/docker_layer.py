@@ -24,7 +24,7 @@ import urllib3.exceptions
 from . import labels as L
 from . import on_node, ssh_tunnel
 from .attached_exec import ExitWatch
-from .containers import ContainerSpec, MountedContainer, RouterSpec
+from .containers import ContainerSpec, MountedContainer, RouterSpec, recorded_hash
 from .errors import (
     ContainerFailed,
     DeadlinePassed,
@@ -188,7 +188,7 @@ class DockerNode(RouterLifecycle, TransferContainers):
             name=name,
             container_id=container.id,
             running=container.status == "running",
-            config_hash=container.labels.get(L.CONFIG_HASH, ""),
+            config_hash=recorded_hash(container.labels, _environment(container)),
         )
 
     def discover_volume(self, name: str) -> NodeVolumeState:
@@ -338,18 +338,22 @@ class DockerNode(RouterLifecycle, TransferContainers):
         """Start ``spec``'s container: let a staged one through its gate, or create it."""
         staged = self.find_container(staged_name(spec.name))
         if staged is not None:
-            if staged.id in self._held and staged.status == "running" and staged.labels.get(L.CONFIG_HASH) == spec.config_hash():
+            if (
+                staged.id in self._held
+                and staged.status == "running"
+                and recorded_hash(staged.labels, _environment(staged)) == spec.config_hash()
+            ):
                 return self._release(staged, spec)
             # Staged by an earlier run: whether it still holds is unknown, and a signal
             # meant for the gate must not reach an application already let through.
             staged.remove(force=True)
-        self.ensure_image(spec.image)
+        self._ensure_image(spec.image, spec.shown_image)
         return self._create_and_start(spec, spec.name, self._container_kwargs(spec))
 
     def stage_container(self, spec: ContainerSpec) -> bool:
         """Create and start ``spec``'s container under its staged name, held at the gate
         (see staging.py); False when the image has no shell to hold it with."""
-        self.ensure_image(spec.image)
+        self._ensure_image(spec.image, spec.shown_image)
         self.remove_container(staged_name(spec.name), timeout=0)  # of a move cut short
         config = self.client.images.get(spec.image).attrs.get("Config") or {}
         argv = application_argv(config.get("Entrypoint"), config.get("Cmd"), spec.command)
@@ -390,9 +394,10 @@ class DockerNode(RouterLifecycle, TransferContainers):
 
     def _container_kwargs(self, spec: ContainerSpec) -> dict:
         environment, extra_hosts = spec.on_node(self.node.address)
+        labels, ours = spec.recorded()
         kwargs: dict = {
-            "environment": environment,
-            "labels": spec.docker_labels(),
+            "environment": {**environment, **ours},
+            "labels": labels,
             "restart_policy": _restart_policy(spec),
             "extra_hosts": extra_hosts,
         }
@@ -463,6 +468,9 @@ class DockerNode(RouterLifecycle, TransferContainers):
         return "0.0.0.0"
 
     def ensure_image(self, image: str) -> None:
+        self._ensure_image(image, image)
+
+    def _ensure_image(self, image: str, shown: str) -> None:
         try:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -471,7 +479,10 @@ class DockerNode(RouterLifecycle, TransferContainers):
                 self.client.images.pull(repository, tag=tag or "latest")
             except docker.errors.APIError as exc:
                 why = _short(exc)
-                raise ImageUnavailable(f"image {image} is not on the node and could not be pulled: {why}", node=self.node.name) from exc
+                if shown != image:  # a secret: Docker's own words may name it, whole or in parts
+                    for part in (image, repository, tag or ""):
+                        why = why.replace(part, shown) if part else why
+                raise ImageUnavailable(f"image {shown} is not on the node and could not be pulled: {why}", node=self.node.name) from exc
 
     def wait_running(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -563,8 +574,12 @@ def _nanoseconds(seconds: float) -> int:
 
 
 def _spec(container: docker.models.containers.Container) -> ContainerSpec:
-    """The spec ``container`` was started from: its label, and its environment's values."""
-    return ContainerSpec.from_json(container.labels[L.SPEC], (container.attrs.get("Config") or {}).get("Env") or ())
+    """The spec ``container`` was started from: its label, and its environment (the values, and the sealed fields)."""
+    return ContainerSpec.from_json(container.labels[L.SPEC], _environment(container))
+
+
+def _environment(container: docker.models.containers.Container) -> list[str]:
+    return (container.attrs.get("Config") or {}).get("Env") or []
 
 
 def _restart_policy(spec: ContainerSpec) -> dict:

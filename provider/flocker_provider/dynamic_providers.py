@@ -52,8 +52,9 @@ _INTERNAL = ("__provider", SECRET_PATHS)
 # Outputs made of inputs under other names: secret when one of those is (secret_values.py).
 APPLICATION_DERIVED = {"addresses": ("node", "node_address", "ports")}
 VOLUME_DERIVED = {key: ("node", "node_address", "docker_host", "tls") for key in ("last_move", "retired_copies")}
-# Inputs the SDK derives from `node` (the inventory's entry): unknown with it during preview.
-NODE_DERIVED = ("node_address", "docker_host", "tls", "node_error")
+# Inputs the SDK derives from `node` (the inventory's entry, and the inventory itself when
+# `node` is an Output): unknown with it during preview.
+NODE_DERIVED = ("node_address", "docker_host", "tls", "node_error", "route_nodes")
 # Inputs a volume only reads during a move: a node added to the cluster changes them for
 # every volume, and that alone must not show (or run) an update.
 VOLUME_MOVE_SETTINGS = ("route_nodes", "hold_seconds", "router_image", "downtime_budget", "stall_timeout")
@@ -295,7 +296,7 @@ def _undo_create(inputs: ApplicationInputs, failure: Exception) -> str:
 def _converge_application(
     inputs: ApplicationInputs, nodes: tuple[Node, ...], old_ports: tuple[Port, ...], dropped: tuple[Node, ...]
 ) -> dict[str, Any]:
-    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name)
+    spec = container_spec(inputs.application, inputs.owner, inputs.volume_name, inputs.secret_inputs)
     routing = _routing(inputs.owner, inputs.routing)
     externals = [p.external for p in inputs.application.ports]
     with Engines() as engines, reserved_ports(inputs.routing.nodes, externals):

@@ -231,7 +231,7 @@ def _run_on(engine: Engine, step: OnNode, wait_timeout: float) -> None:
             engine.start_container(spec)
         case StageApplication(_, spec):
             if not engine.stage_container(spec):
-                report(f"{spec.image} has no {SHELL} to hold {spec.name} with: it starts after phase 2")
+                report(f"{spec.shown_image} has no {SHELL} to hold {spec.name} with: it starts after phase 2")
         case WaitForApplication(_, container):
             engine.wait_running(container, wait_timeout)
         case ConfirmApplication(_, container):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import labels as L
+from .containers import SEALED_VARIABLE
 from .models import (
     RESTART_POLICIES,
     Application,
@@ -24,6 +25,7 @@ from .models import (
     TLSConfig,
     VolumeMount,
 )
+from .secret_values import secret_keys
 
 Failure = tuple[str, str]  # (property, reason)
 
@@ -71,6 +73,8 @@ class ApplicationInputs:
     volume_node: str | None
     wait_timeout: float
     routing: RoutingInputs
+    # The inputs given as secrets (their names): the container's spec keeps them out of its labels.
+    secret_inputs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,10 @@ def _environment(raw: Any, failures: list[Failure]) -> tuple[tuple[str, str], ..
     for key, value in raw.items():
         if not _matches(key, ENV_NAME):
             failures.append((f"environment.{key}", f"expected a variable name without '=', spaces or control characters, got {key!r}"))
+        elif key == SEALED_VARIABLE:
+            failures.append(
+                (f"environment.{key}", "is flocker-pulumi's own (where a container keeps its secret settings): choose another name")
+            )
         elif not isinstance(value, str):
             failures.append((f"environment.{key}", f"must be a string; got type '{type(value).__name__}'"))
         elif "\x00" in value:
@@ -426,6 +434,7 @@ def parse_application(props: dict) -> ApplicationInputs:
         volume_node=volume_node,
         wait_timeout=wait_timeout,
         routing=routing,
+        secret_inputs=frozenset(secret_keys(props)),
     )
 
 

@@ -292,9 +292,9 @@ def _line(step: Step, where: str) -> str:
         case RemoveVolume(_, volume):
             return f"remove volume {volume} from {where}"
         case StartApplication(_, spec):
-            return f"start {spec.name} ({spec.image}) on {where}"
+            return f"start {spec.name} ({spec.shown_image}) on {where}"
         case StageApplication(_, spec):
-            return f"stage {spec.name} ({spec.image}) on {where}, held until its data is there"
+            return f"stage {spec.name} ({spec.shown_image}) on {where}, held until its data is there"
         case WaitForApplication(_, container):
             return f"wait for {container} on {where}"
         case ConfirmApplication(_, container):

@@ -24,6 +24,9 @@ T = TypeVar("T")
 U = TypeVar("U")
 # The inputs the SDK makes of `node` (how to reach it, from the inventory).
 NODE_KEYS = ("node", "node_address", "docker_host", "tls", "node_error")
+# Inputs secret only because `node` is, whose value is among theirs (routing_inputs): the
+# provider blanks that value already, and the rest of theirs is no secret to blank.
+SECRET_WITH_NODE = ("route_nodes",)
 
 
 def _is_later(value: object) -> bool:
@@ -73,7 +76,8 @@ async def _secret_paths(props: Mapping[str, Any]) -> list[list[str | int]]:
                 await walk(item, [*path, i])
 
     for key, value in props.items():
-        await walk(value, [key])
+        if key not in SECRET_WITH_NODE:
+            await walk(value, [key])
     return found
 
 
@@ -111,10 +115,13 @@ def _transfer_image(image: str | None) -> str:
     return image or pulumi.Config("flocker").get("transferImage") or DEFAULT_TRANSFER_IMAGE
 
 
-def routing_inputs(hold_seconds: pulumi.Input[float] | None, cluster: FlockerCluster) -> dict[str, Any]:
-    """Every node of the cluster routes every application's external ports."""
+def routing_inputs(node: pulumi.Input[str], hold_seconds: pulumi.Input[float] | None, cluster: FlockerCluster) -> dict[str, Any]:
+    """Every node of the cluster routes every application's external ports. The inventory is
+    an Output of ``node`` when that is one: a secret node's name, among the inventory's, is
+    then encrypted in the state with it (it is known, and unknown in preview, with ``node``)."""
+    route_nodes = [node_props(n) for n in cluster.nodes]
     return {
-        "route_nodes": [node_props(n) for n in cluster.nodes],
+        "route_nodes": _then(node, lambda _: route_nodes),
         "hold_seconds": _then(hold_seconds, _hold),
         # The router runs in the transfer image (python3): one image to provide per cluster.
         "router_image": _transfer_image(None),
@@ -179,7 +186,7 @@ class FlockerVolume(pulumi.dynamic.Resource, module="flocker", name="Volume"):
             "move_timeout": move_timeout,
             "downtime_budget": downtime_budget,
             "stall_timeout": stall_timeout,
-            **routing_inputs(hold_seconds, cluster),
+            **routing_inputs(node, hold_seconds, cluster),
             "transfer_image": _then(transfer_image, _transfer_image),
             "volume_name": None,
             "last_move": None,
@@ -273,7 +280,7 @@ class FlockerApplication(pulumi.dynamic.Resource, module="flocker", name="Applic
             "command": _then(command, lambda args: list(args) if args else None),
             "health_check": _then(health_check, lambda check: dict(check) if check else None),
             "wait_timeout": wait_timeout,
-            **routing_inputs(hold_seconds, cluster),
+            **routing_inputs(node, hold_seconds, cluster),
             "container_id": None,
             "addresses": None,
             "running": None,

@@ -41,7 +41,7 @@ class Subject:
     def owner(self, resource: str) -> Owner:
         return Owner(project="contract", stack=self.prefix, resource=resource)
 
-    def spec(self, resource: str, volume: str | None = None, ports: Collection[int] = ()) -> ContainerSpec:
+    def spec(self, resource: str, volume: str | None = None, ports: Collection[int] = (), sealed: tuple[str, ...] = ()) -> ContainerSpec:
         return ContainerSpec(
             name=f"{self.prefix}-{resource}",
             image=self.image,
@@ -51,6 +51,7 @@ class Subject:
             mountpoint="/data" if volume else None,
             command=SLEEPER,
             labels=tuple(sorted(L.owner_labels(self.owner(resource), L.KIND_APPLICATION).items())),
+            sealed=sealed,
         )
 
 
@@ -178,3 +179,14 @@ class EngineContract:
         engine.remove_container(web.name, timeout=5)
         engine.remove_container(worker.name, timeout=5)
         assert engine.mounting_containers(volume) == ()
+
+    def test_a_container_of_secret_settings_is_discovered_with_its_hash_and_found_with_its_spec(self, subject: Subject) -> None:
+        # Read back from the container's own environment: its labels do not hold them.
+        engine, volume = subject.engine, f"{subject.prefix}-data"
+        engine.create_volume(volume, L.owner_labels(subject.owner("data"), L.KIND_VOLUME))
+        spec = subject.spec("web", volume=volume, ports=(8080,), sealed=("command", "environment", "image", "ports"))
+        container_id = engine.start_container(spec)
+        engine.wait_running(spec.name, timeout=30)
+        assert engine.discover_application(spec.name) == RunningContainer(spec.name, container_id, True, spec.config_hash())
+        assert engine.mounting_containers(volume) == (MountedContainer(spec.name, spec, True),)
+        engine.remove_container(spec.name, timeout=5)

@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from flocker_provider import labels as L
-from flocker_provider.containers import ContainerSpec, MountedContainer, RouterSpec
+from flocker_provider.containers import ContainerSpec, MountedContainer, RouterSpec, recorded_hash
 from flocker_provider.engine_protocol import ExitWatcher
 from flocker_provider.errors import ContainerFailed, NotOurs
 from flocker_provider.host_port_choice import host_ports
@@ -26,6 +26,7 @@ class _Container:
     spec: ContainerSpec | None = None  # an application's; None for a copy's marker (retired or partial)
     volume: str | None = None
     running: bool = False
+    environment: tuple[str, ...] = ()  # Config.Env, as Docker would hold it
     id: str = field(default_factory=lambda: f"fake-{next(_ids)}")
 
 
@@ -102,7 +103,7 @@ class FakeEngine:
         container = self._find(name)
         if container is None:
             return None
-        return RunningContainer(name, container.id, container.running, container.labels.get(L.CONFIG_HASH, ""))
+        return RunningContainer(name, container.id, container.running, recorded_hash(container.labels, container.environment))
 
     def container_owner_is(self, name: str, owner: Owner) -> bool:
         container = self.containers.get(name)
@@ -110,7 +111,9 @@ class FakeEngine:
 
     def start_container(self, spec: ContainerSpec) -> str:
         assert spec.name not in self.containers, f"Docker refuses a second container named {spec.name}"
-        container = self.containers[spec.name] = _Container(spec.docker_labels(), spec, spec.volume_name, running=True)
+        labels, ours = spec.recorded()
+        environment = tuple(f"{name}={value}" for name, value in {**spec.on_node(self.node.address)[0], **ours}.items())
+        container = self.containers[spec.name] = _Container(labels, spec, spec.volume_name, running=True, environment=environment)
         return container.id
 
     def start_existing(self, name: str) -> None:

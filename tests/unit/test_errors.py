@@ -15,10 +15,12 @@ from pathlib import Path
 
 import docker.errors
 import pytest
-from docker_fakes import FakeContainer, FakeContainers, FakeHost, fake_nodes
+from docker_fakes import FakeClient, FakeContainer, FakeContainers, FakeHost, fake_nodes
 
 from flocker_provider import dynamic_providers, errors, migration, provider_host
 from flocker_provider import labels as L
+from flocker_provider.containers import ContainerSpec
+from flocker_provider.docker_layer import DockerNode
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.inputs import node_props
 from flocker_provider.models import Node
@@ -79,6 +81,18 @@ def test_an_image_that_is_not_on_the_node_and_cannot_be_pulled(hosts: dict[Node,
         f"application web: step '{START}' failed: node node1: image web:1 is not on the node and could not be pulled: "
         f"pull access denied for web, repository does not exist; {UNDONE}. What to do: {errors.ImageUnavailable.remedy}"
     )
+
+
+def test_a_secret_image_that_cannot_be_pulled_is_not_named(hosts: dict[Node, FakeHost]) -> None:
+    """By the Docker layer itself: a move starts containers for their volume, whose hooks do
+    not know the application's secrets to blank them."""
+    spec = ContainerSpec(name=WEB, image="web:tag-Zx81", sealed=("image",))
+    hosts[N1].missing_images.add(spec.image)
+    with pytest.raises(errors.ImageUnavailable) as failure:
+        DockerNode(N1, FakeClient(hosts[N1])).start_container(spec)  # type: ignore[arg-type]
+    said = str(failure.value)
+    assert "image [secret] is not on the node and could not be pulled: pull access denied for [secret], repository" in said
+    assert "web" not in said
 
 
 def test_no_free_host_port(hosts: dict[Node, FakeHost]) -> None:

@@ -99,7 +99,7 @@ def test_the_check_still_refuses_a_port_someone_else_publishes(hosts: dict[Node,
     assert reasons == ["application a30: external port 30030 is already taken on node node1 by container squatter"]
     # Another stack's application is not ours to move either.
     spec = container_spec(Application("b", "app:1", ports=(Port(80, 80),)), Owner("p", "other", "b"), None)
-    theirs = FakeContainer(hosts[N1], spec.name, spec.docker_labels(), {"80/tcp": ("0.0.0.0", 30031)})
+    theirs = FakeContainer(hosts[N1], spec.name, spec.recorded()[0], {"80/tcp": ("0.0.0.0", 30031)})
     hosts[N1].containers[spec.name] = theirs
     theirs.start()
     reasons = [f.reason for f in provider.check({}, props(31)).failures]

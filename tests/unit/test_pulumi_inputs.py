@@ -17,6 +17,7 @@ from typing import Any
 
 import pulumi
 import pytest
+from docker_fakes import fake_nodes
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 from pulumi_mocks import node_file, record
@@ -24,6 +25,8 @@ from pulumi_mocks import node_file, record
 from flocker_provider import provider_host, secret_values
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.errors import InvalidInput
+from flocker_provider.inputs import node_props
+from flocker_provider.models import Node
 from flocker_provider.progress import report
 from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS, learn, sealed
 from flocker_pulumi import FlockerApplication, FlockerVolume
@@ -242,3 +245,39 @@ def test_an_unknown_secret_node_is_a_check_failure_that_blanks_only_the_name() -
     failures = ApplicationProvider().check({}, props).failures
     assert [f.property for f in failures] == ["node"]
     assert "node-Zq81" not in failures[0].reason and failures[0].reason.startswith(f"unknown node '{SHOWN_AS}'")
+
+
+def test_the_inventory_is_as_secret_as_the_node_whose_name_it_holds() -> None:
+    def declare() -> None:
+        FlockerApplication("store", image="store:1", node=pulumi.Output.secret("node1"))
+        FlockerApplication("shipper", image="shipper:1", node="node2")
+
+    (_, _, store), (_, _, shipper), *_ = record(declare, "p").resources
+    assert rpc.is_rpc_secret(store["route_nodes"])
+    assert [n["node"] for n in rpc.unwrap_rpc_secret(store["route_nodes"])] == ["node1", "node2"]
+    # Not blanked for it: the node's own value is, and the other nodes' are no secrets.
+    assert ["route_nodes"] not in store[SECRET_PATHS]
+    assert not rpc.is_rpc_secret(shipper["route_nodes"])
+
+
+def test_secret_settings_are_in_no_label_of_the_container_and_unchanged_do_not_restart_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On stand-in nodes under the real Docker layer: a secret image, command and health check
+    are kept in the container's own environment, and the next update finds it up to date."""
+    nodes = tuple(Node(n["name"], n["address"], n["docker_host"]) for n in NODES)
+    hosts = fake_nodes(monkeypatch, nodes)
+    tag, word, check = "tag-Wq31", "word-Hk72", "check-Lp09"
+    props = app(
+        image=f"store:{tag}",
+        command=["serve", word],
+        health_check={"command": f"test -n {check}"},
+        route_nodes=[node_props(n) for n in nodes],
+        **{SECRET_PATHS: [["image"], ["command", 1], ["health_check"]]},
+    )
+    ApplicationProvider().create(props)
+    container = hosts[nodes[0]].containers["flocker-s-store"]
+    assert not [value for value in container.labels.values() if any(secret in value for secret in (tag, word, check))]
+    assert any(tag in entry and word in entry and check in entry for entry in container.attrs["Config"]["Env"])
+    ApplicationProvider().update("flocker-s-store", props, props)
+    assert hosts[nodes[0]].containers["flocker-s-store"] is container
+    ApplicationProvider().update("flocker-s-store", props, {**props, "command": ["serve", "word-other"]})
+    assert hosts[nodes[0]].containers["flocker-s-store"] is not container
