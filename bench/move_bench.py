@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the cluster harness lives with the integration tests
 
 from bench.report import client_timeline, parse_sizes, ratio_table, write_results  # noqa: E402
-from flocker_provider.transfer import parse_stream_total  # noqa: E402
+from flocker_provider.execution.transfer import parse_stream_total  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     STORE,
     ClusterNode,

@@ -22,14 +22,12 @@ from pulumi.dynamic import (
 )
 from pulumi.output import Unknown
 
-from . import labels as L
-from .containers import container_spec, router_spec
-from .docker_layer import NodeUnreachable, connect, translated
-from .engine_protocol import Engine
-from .errors import InvalidInput, PlanError, ProviderError, brief, told
-from .executor import Engines, execute
-from .host_port_choice import reserved_ports
-from .inputs import (
+from flocker_provider.docker_layer.docker_node import NodeUnreachable, connect, translated
+from flocker_provider.docker_layer.engine_protocol import Engine
+from flocker_provider.errors import InvalidInput, PlanError, ProviderError, brief, told
+from flocker_provider.execution.executor import Engines, execute
+from flocker_provider.execution.migration import move_volume, plan_line
+from flocker_provider.inputs import (
     ApplicationInputs,
     InvalidInputs,
     RoutingInputs,
@@ -39,11 +37,13 @@ from .inputs import (
     parse_application,
     parse_volume,
 )
-from .migration import move_volume, plan_line
-from .models import Node, Owner, Port, RunningContainer
-from .planner import Routing, plan_application, plan_volume
-from .progress import report
-from .secret_values import SECRET_PATHS, learn, redacted, sealed
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import container_spec, router_spec
+from flocker_provider.planning.host_port_choice import reserved_ports
+from flocker_provider.planning.models import Node, Owner, Port, RunningContainer
+from flocker_provider.planning.planner import Routing, plan_application, plan_volume
+from flocker_provider.progress import report
+from flocker_provider.secret_values import SECRET_PATHS, learn, redacted, sealed
 
 # Keys the provider adds to the outputs; everything else in the outputs is an input.
 APPLICATION_OUTPUTS = ("container_id", "addresses", "running")

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import labels as L
-from .containers import SEALED_VARIABLE
-from .models import (
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import SEALED_VARIABLE
+from flocker_provider.planning.models import (
     RESTART_POLICIES,
     Application,
     HealthCheck,
@@ -25,7 +25,7 @@ from .models import (
     TLSConfig,
     VolumeMount,
 )
-from .secret_values import secret_keys
+from flocker_provider.secret_values import secret_keys
 
 Failure = tuple[str, str]  # (property, reason)
 

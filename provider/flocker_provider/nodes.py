@@ -12,8 +12,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from .errors import NodeFileError
-from .models import Node, TLSConfig
+from flocker_provider.errors import NodeFileError
+from flocker_provider.planning.models import Node, TLSConfig
 
 DEFAULT_TEMPLATE = "ssh://root@{address}"
 NODES_FILE_ENV = "FLOCKER_NODES_FILE"

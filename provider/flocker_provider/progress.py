@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from .secret_values import redacted
+from flocker_provider.secret_values import redacted
 
 _lock = threading.Lock()
 

@@ -11,9 +11,9 @@ import runpy
 import sys
 import traceback
 
-from .engine_watch import end_with_engine
-from .errors import ProviderError
-from .secret_values import redacted
+from flocker_provider.engine_watch import end_with_engine
+from flocker_provider.errors import ProviderError
+from flocker_provider.secret_values import redacted
 
 _TRACEBACK = traceback.format_exc
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pulumi
 
-from flocker_provider.models import Node, TLSConfig
 from flocker_provider.nodes import (
     DEFAULT_TEMPLATE,
     Inventory,
@@ -22,6 +21,7 @@ from flocker_provider.nodes import (
     load_node_file,
     tls_from_dir,
 )
+from flocker_provider.planning.models import Node, TLSConfig
 
 
 @functools.cache

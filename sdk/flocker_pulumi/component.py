@@ -13,7 +13,7 @@ from typing import Any
 
 import pulumi
 
-from flocker_provider.models import Application, RestartPolicy
+from flocker_provider.planning.models import Application, RestartPolicy
 
 from .cluster import FlockerCluster
 from .flocker_config import ConfigError, Configuration, ConfiguredApplication, load_configuration

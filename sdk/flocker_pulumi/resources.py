@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import pulumi
 import pulumi.dynamic
 
-from flocker_provider import labels as L
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_IMAGE, node_props
-from flocker_provider.models import Owner
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.models import Owner
 from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS
 
 from .cluster import FlockerCluster

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from flocker_provider import labels as L
-from flocker_provider.containers import ContainerSpec, MountedContainer
-from flocker_provider.engine_protocol import VolumesAndContainers
+from flocker_provider.docker_layer.engine_protocol import VolumesAndContainers
 from flocker_provider.errors import ContainerFailed, NotOurs
-from flocker_provider.host_port_choice import HOST_PORT_COUNT, HOST_PORT_FIRST
-from flocker_provider.models import NodeVolumeState, Owner, Port, RunningContainer
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec, MountedContainer
+from flocker_provider.planning.host_port_choice import HOST_PORT_COUNT, HOST_PORT_FIRST
+from flocker_provider.planning.models import NodeVolumeState, Owner, Port, RunningContainer
 
 # Ends at once on docker stop's SIGTERM (a shell as process 1 ignores it otherwise, and the
 # stop would wait out its grace period).

@@ -21,10 +21,10 @@ from typing import Any
 
 import docker
 
-from flocker_provider import labels as L
-from flocker_provider.containers import RouterSpec
-from flocker_provider.docker_layer import DockerNode
+from flocker_provider.docker_layer.docker_node import DockerNode
 from flocker_provider.on_node.kernel_forwarding import rule_names
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import RouterSpec
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

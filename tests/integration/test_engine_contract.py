@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from flocker_provider.docker_layer import connect
-from flocker_provider.models import Node
+from flocker_provider.docker_layer.docker_node import connect
+from flocker_provider.planning.models import Node
 from tests.contract.engine_contract import EngineContract, Subject
 
 from .harness import ClusterNode

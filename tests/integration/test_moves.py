@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider import labels as L
-from flocker_provider.containers import ContainerSpec
-from flocker_provider.docker_layer import connect
-from flocker_provider.models import Node
-from flocker_provider.staging import HELD_LINE, staged_name
+from flocker_provider.docker_layer.docker_node import connect
+from flocker_provider.execution.staging import HELD_LINE, staged_name
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec
+from flocker_provider.planning.models import Node
 
 from .harness import (
     REPO,

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from flocker_provider.host_port_choice import host_port
+from flocker_provider.planning.host_port_choice import host_port
 
 from .harness import ClusterNode, Pulumi, eventually, http_json, http_text, ours, router_rules
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider.containers import SEALED_VARIABLE
-from flocker_provider.staging import GATE_ENTRYPOINT
+from flocker_provider.execution.staging import GATE_ENTRYPOINT
+from flocker_provider.planning.containers import SEALED_VARIABLE
 
 from .harness import STACK_LABEL, ClusterNode, Pulumi, eventually, http_json, ours
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider import ssh_tunnel
-from flocker_provider.containers import router_spec
-from flocker_provider.docker_layer import NodeUnreachable, connect
-from flocker_provider.models import Node
+from flocker_provider.docker_layer import ssh_tunnel
+from flocker_provider.docker_layer.docker_node import NodeUnreachable, connect
+from flocker_provider.planning.containers import router_spec
+from flocker_provider.planning.models import Node
 
 from .harness import STORE, ClusterNode, Pulumi, by_name, eventually, http_json, lost_writes, move_while_writing, ours, route_round_trip
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider.containers import router_spec
-from flocker_provider.docker_layer import NodeUnreachable, connect
-from flocker_provider.models import Node
+from flocker_provider.docker_layer.docker_node import NodeUnreachable, connect
 from flocker_provider.nodes import tls_from_dir
+from flocker_provider.planning.containers import router_spec
+from flocker_provider.planning.models import Node
 
 from .harness import ClusterNode, ours, route_round_trip
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from flocker_provider.docker_layer import connect
-from flocker_provider.models import Node
-from flocker_provider.transfer import DELTA_PORT, delta_receiver_command
+from flocker_provider.docker_layer.docker_node import connect
+from flocker_provider.execution.transfer import DELTA_PORT, delta_receiver_command
+from flocker_provider.planning.models import Node
 
 from .harness import ClusterNode, by_name
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from flocker_provider import labels as L
 from flocker_provider.errors import MoveFailed
-from flocker_provider.executor import Engines
+from flocker_provider.execution.executor import Engines
+from flocker_provider.execution.migration import TransferChannel
 from flocker_provider.inputs import parse_volume
-from flocker_provider.migration import TransferChannel
+from flocker_provider.planning import labels as L
 
 from .harness import ClusterNode
 

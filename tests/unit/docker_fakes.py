@@ -16,11 +16,13 @@ from types import SimpleNamespace
 import docker.errors
 import pytest
 
-from flocker_provider import dynamic_providers, executor, migration, router_lifecycle
-from flocker_provider.docker_layer import DockerNode
-from flocker_provider.executor import Engines
-from flocker_provider.models import Node
-from flocker_provider.route_writer import COMMAND
+from flocker_provider import dynamic_providers
+from flocker_provider.docker_layer import router_lifecycle
+from flocker_provider.docker_layer.docker_node import DockerNode
+from flocker_provider.docker_layer.route_writer import COMMAND
+from flocker_provider.execution import executor, migration
+from flocker_provider.execution.executor import Engines
+from flocker_provider.planning.models import Node
 
 _ids = itertools.count()
 

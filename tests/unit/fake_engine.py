@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from flocker_provider import labels as L
-from flocker_provider.containers import ContainerSpec, MountedContainer, RouterSpec, recorded_hash
-from flocker_provider.engine_protocol import ExitWatcher
+from flocker_provider.docker_layer.engine_protocol import ExitWatcher
 from flocker_provider.errors import ContainerFailed, NotOurs
-from flocker_provider.host_port_choice import host_ports
-from flocker_provider.models import Node, NodeVolumeState, Owner, RunningContainer
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec, MountedContainer, RouterSpec, recorded_hash
+from flocker_provider.planning.host_port_choice import host_ports
+from flocker_provider.planning.models import Node, NodeVolumeState, Owner, RunningContainer
 
 _ids = itertools.count()
 

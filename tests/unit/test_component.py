@@ -19,7 +19,7 @@ import pulumi.automation as auto
 import pytest
 from pulumi_mocks import Recorder, node_file, record
 
-from flocker_provider.models import Application, Link, Port
+from flocker_provider.planning.models import Application, Link, Port
 from flocker_pulumi import FilesError, FlockerApplication, FlockerDeployment
 from flocker_pulumi import cluster as cluster_module
 from flocker_pulumi.cli import flocker_deploy

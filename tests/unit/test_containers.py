@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from flocker_provider import labels as L
-from flocker_provider.containers import SEALED_VARIABLE, ContainerSpec, container_spec, recorded_hash
-from flocker_provider.models import Application, HealthCheck, Link, Owner, Port
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import SEALED_VARIABLE, ContainerSpec, container_spec, recorded_hash
+from flocker_provider.planning.models import Application, HealthCheck, Link, Owner, Port
 
 OWNER = Owner("p", "dev", "shipper")
 APP = Application(

@@ -8,9 +8,9 @@ import docker.errors
 import pytest
 from docker_fakes import FakeClient, FakeHost
 
-from flocker_provider import docker_layer
-from flocker_provider.docker_layer import DockerNode
-from flocker_provider.models import Node
+from flocker_provider.docker_layer import docker_node as docker_layer
+from flocker_provider.docker_layer.docker_node import DockerNode
+from flocker_provider.planning.models import Node
 
 N1 = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 

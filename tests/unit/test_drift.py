@@ -10,8 +10,8 @@ import pytest
 from flocker_provider import dynamic_providers
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.errors import PlanError
-from flocker_provider.executor import Engines
-from flocker_provider.models import Node, NodeVolumeState
+from flocker_provider.execution.executor import Engines
+from flocker_provider.planning.models import Node, NodeVolumeState
 
 NODE = {"node": "node1", "node_address": "10.0.0.1", "docker_host": "tcp://10.0.0.1:2375", "tls": None}
 VOLUME = {"name": "store", "project": "p", "stack": "s", **NODE, "volume_name": "flocker-s-store", "missing": False}

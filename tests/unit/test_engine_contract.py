@@ -8,9 +8,9 @@ import inspect
 import pytest
 from fake_engine import FakeEngine
 
-from flocker_provider.docker_layer import DockerNode
-from flocker_provider.engine_protocol import Engine, VolumesAndContainers
-from flocker_provider.models import Node
+from flocker_provider.docker_layer.docker_node import DockerNode
+from flocker_provider.docker_layer.engine_protocol import Engine, VolumesAndContainers
+from flocker_provider.planning.models import Node
 from tests.contract.engine_contract import EngineContract, Subject
 
 

@@ -17,14 +17,15 @@ import docker.errors
 import pytest
 from docker_fakes import FakeClient, FakeContainer, FakeContainers, FakeHost, fake_nodes
 
-from flocker_provider import dynamic_providers, errors, migration, provider_host
-from flocker_provider import labels as L
-from flocker_provider.containers import ContainerSpec
-from flocker_provider.docker_layer import DockerNode
+from flocker_provider import dynamic_providers, errors, provider_host
+from flocker_provider.docker_layer.docker_node import DockerNode
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
+from flocker_provider.execution import migration
 from flocker_provider.inputs import node_props
-from flocker_provider.models import Node
 from flocker_provider.nodes import load_node_file
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec
+from flocker_provider.planning.models import Node
 
 N1, N2 = NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2))
 WEB = "flocker-s-web"

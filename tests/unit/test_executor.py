@@ -9,13 +9,13 @@ from unittest import mock
 import pytest
 from fake_engine import FakeEngine
 
-from flocker_provider import labels as L
-from flocker_provider.containers import ContainerSpec, RouterSpec, router_spec
 from flocker_provider.errors import NodeUnreachable, NotOurs, ProviderError, RoutingFailed
-from flocker_provider.executor import Engines, Run, execute, run_change
-from flocker_provider.models import Node, Port
-from flocker_provider.move_context import MoveContext, MoveReport, Stops
-from flocker_provider.steps import InParallel, PointRoutes, RemoveVolume, Routes, Step, describe
+from flocker_provider.execution.executor import Engines, Run, execute, run_change
+from flocker_provider.execution.move_context import MoveContext, MoveReport, Stops
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec, RouterSpec, router_spec
+from flocker_provider.planning.models import Node, Port
+from flocker_provider.planning.steps import InParallel, PointRoutes, RemoveVolume, Routes, Step, describe
 
 NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2, 3))
 N1, N2, N3 = NODES

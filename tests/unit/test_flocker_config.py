@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider.models import Application, Link, Port, RestartPolicy, VolumeMount
+from flocker_provider.planning.models import Application, Link, Port, RestartPolicy, VolumeMount
 from flocker_pulumi.flocker_config import (
     ConfigError,
     Configuration,

@@ -10,12 +10,12 @@ import json
 import pytest
 from docker_fakes import FakeClient, FakeContainer, FakeHost, fake_nodes
 
-from flocker_provider.containers import container_spec, router_spec
-from flocker_provider.docker_layer import DockerNode
+from flocker_provider.docker_layer.docker_node import DockerNode
 from flocker_provider.dynamic_providers import ApplicationProvider
-from flocker_provider.host_port_choice import host_port, host_ports, reserved_ports
 from flocker_provider.inputs import node_props
-from flocker_provider.models import Application, Node, Owner, Port
+from flocker_provider.planning.containers import container_spec, router_spec
+from flocker_provider.planning.host_port_choice import host_port, host_ports, reserved_ports
+from flocker_provider.planning.models import Application, Node, Owner, Port
 
 NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2, 3))
 N1 = NODES[0]

@@ -1,6 +1,6 @@
 """The host port an application publishes on: stable across starts and nodes, outside the kernel's ephemeral range."""
 
-from flocker_provider.host_port_choice import host_port
+from flocker_provider.planning.host_port_choice import host_port
 
 
 def test_a_container_gets_the_same_host_port_every_time() -> None:

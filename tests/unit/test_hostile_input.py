@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from flocker_provider.inputs import InvalidInputs, parse_application, parse_volume
-from flocker_provider.models import Application
+from flocker_provider.planning.models import Application
 from flocker_pulumi.flocker_config import ConfigError, load_application_config, load_configuration, yaml_files
 from flocker_pulumi.flocker_config.yaml_files import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
 

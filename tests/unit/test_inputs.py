@@ -4,7 +4,7 @@ import pytest
 
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.inputs import parse_application, parse_volume
-from flocker_provider.models import HealthCheck
+from flocker_provider.planning.models import HealthCheck
 
 # Check probes every routing node for taken ports: these engines refuse at once, on this machine.
 NODE = {"node": "node1", "node_address": "127.0.0.1", "docker_host": "tcp://127.0.0.1:9", "tls": None}

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from flocker_provider.move_context import DeltaRound, MoveReport, StepTime, StreamRound
+from flocker_provider.execution.move_context import DeltaRound, MoveReport, StepTime, StreamRound
 
 RESULT = {"seconds": 0.5, "bytes_sent": 10, "bytes_read": 20, "files_read": 3, "pages_sent": 1, "total_size": 100, "dirty_bytes": 0}
 

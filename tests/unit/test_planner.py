@@ -2,10 +2,19 @@
 
 import pytest
 
-from flocker_provider.containers import ContainerSpec, MountedContainer, router_spec
-from flocker_provider.models import Node, NodeVolumeState, Port, RunningContainer
-from flocker_provider.planner import AfterFailure, MoveState, PlanError, Routing, plan_application, plan_move, plan_rollback, plan_volume
-from flocker_provider.steps import (
+from flocker_provider.planning.containers import ContainerSpec, MountedContainer, router_spec
+from flocker_provider.planning.models import Node, NodeVolumeState, Port, RunningContainer
+from flocker_provider.planning.planner import (
+    AfterFailure,
+    MoveState,
+    PlanError,
+    Routing,
+    plan_application,
+    plan_move,
+    plan_rollback,
+    plan_volume,
+)
+from flocker_provider.planning.steps import (
     ArmFinalCopy,
     ConfirmApplication,
     CreateVolume,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 from docker_fakes import FakeClient, FakeContainers, FakeHost, fake_nodes
 
-from flocker_provider.docker_layer import DockerNode
+from flocker_provider.docker_layer.docker_node import DockerNode
 from flocker_provider.dynamic_providers import ApplicationProvider
 from flocker_provider.inputs import node_props
-from flocker_provider.models import Node
+from flocker_provider.planning.models import Node
 
 NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2))
 # Options that give a container more than Docker's defaults.

@@ -26,7 +26,7 @@ from flocker_provider import provider_host, secret_values
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
 from flocker_provider.errors import InvalidInput
 from flocker_provider.inputs import node_props
-from flocker_provider.models import Node
+from flocker_provider.planning.models import Node
 from flocker_provider.progress import report
 from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS, learn, sealed
 from flocker_pulumi import FlockerApplication, FlockerVolume

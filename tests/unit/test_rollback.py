@@ -6,15 +6,16 @@ import pytest
 from docker_fakes import fake_nodes
 from test_errors import NODES, data, shown
 
-from flocker_provider import errors, migration
-from flocker_provider import labels as L
-from flocker_provider.containers import ContainerSpec, MountedContainer, router_spec
+from flocker_provider import errors
 from flocker_provider.dynamic_providers import VolumeProvider
 from flocker_provider.errors import NodeUnreachable
-from flocker_provider.migration import rollback_story
-from flocker_provider.models import Node, NodeVolumeState, Port
-from flocker_provider.planner import AfterFailure
-from flocker_provider.steps import InParallel, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, Routes
+from flocker_provider.execution import migration
+from flocker_provider.execution.migration import rollback_story
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec, MountedContainer, router_spec
+from flocker_provider.planning.models import Node, NodeVolumeState, Port
+from flocker_provider.planning.planner import AfterFailure
+from flocker_provider.planning.steps import InParallel, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, Routes
 
 N1 = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 N2 = Node("node2", "10.0.0.2", "tcp://10.0.0.2:2375")

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from flocker_provider.attached_exec import ArmedExec
-from flocker_provider.route_writer import RouteSession, problems, route_lines
+from flocker_provider.docker_layer.attached_exec import ArmedExec
+from flocker_provider.docker_layer.route_writer import RouteSession, problems, route_lines
 
 
 def test_one_line_per_route_in_port_order() -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from iptables_fake import FakeIptables
 
-from flocker_provider import on_node, route_writer
-from flocker_provider.containers import router_spec
+from flocker_provider import on_node
+from flocker_provider.docker_layer import route_writer
 from flocker_provider.on_node.kernel_forwarding import KernelForwarding, rule_names
 from flocker_provider.on_node.router import WAKE_FILE, Router
+from flocker_provider.planning.containers import router_spec
 
 LOOPBACK = "127.0.0.1"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider import ssh_tunnel
-from flocker_provider.ssh_tunnel import DEFAULT_SOCKET, SshTarget, TunnelError, parse
+from flocker_provider.docker_layer import ssh_tunnel
+from flocker_provider.docker_layer.ssh_tunnel import DEFAULT_SOCKET, SshTarget, TunnelError, parse
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider.staging import (
+from flocker_provider.execution.staging import (
     GATE_FILE,
     GATE_SCRIPT,
     HELD_LINE,

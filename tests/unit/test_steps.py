@@ -1,8 +1,8 @@
 """Changes of a plan as people read them, and steps put together to run at once."""
 
-from flocker_provider.containers import router_spec
-from flocker_provider.models import Node, Port
-from flocker_provider.steps import (
+from flocker_provider.planning.containers import router_spec
+from flocker_provider.planning.models import Node, Port
+from flocker_provider.planning.steps import (
     InParallel,
     PointRoutes,
     PrepareRoutes,

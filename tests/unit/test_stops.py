@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from flocker_provider.executor import Engines
-from flocker_provider.models import Node
-from flocker_provider.move_context import Stops
-from flocker_provider.steps import FinishStop, StopApplication, WatchExit
+from flocker_provider.execution.executor import Engines
+from flocker_provider.execution.move_context import Stops
+from flocker_provider.planning.models import Node
+from flocker_provider.planning.steps import FinishStop, StopApplication, WatchExit
 
 NODE = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
 STEP = StopApplication(NODE, "flocker-dev-es")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flocker_provider import on_node, transfer
-from flocker_provider.migration import stream_progress_line
-from flocker_provider.transfer import (
+from flocker_provider import on_node
+from flocker_provider.execution import transfer
+from flocker_provider.execution.migration import stream_progress_line
+from flocker_provider.execution.transfer import (
     DeltaFailed,
     StallWatch,
     delta_progress,

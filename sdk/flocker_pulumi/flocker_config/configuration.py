@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flocker_provider.models import Application
+from flocker_provider.planning.models import Application
 
 
 @dataclass(frozen=True)

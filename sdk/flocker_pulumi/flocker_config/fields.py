@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from flocker_provider.inputs import DOCKER_NAME, ENV_NAME, LINK_ALIAS, NODE_NAME, checked_mountpoint
-from flocker_provider.models import RESTART_POLICIES, RestartPolicy, VolumeMount
+from flocker_provider.planning.models import RESTART_POLICIES, RestartPolicy, VolumeMount
 
 from .errors import Where, describe
 from .image_names import parse_image_name

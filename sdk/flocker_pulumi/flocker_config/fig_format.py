@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from flocker_provider.models import Application, Link, Port, RestartPolicy, VolumeMount
+from flocker_provider.planning.models import Application, Link, Port, RestartPolicy, VolumeMount
 
 from . import fields
 from .errors import Where, describe

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flocker_provider.models import Application, Link, Port, RestartPolicy, VolumeMount
+from flocker_provider.planning.models import Application, Link, Port, RestartPolicy, VolumeMount
 
 from . import fields
 from .errors import Where

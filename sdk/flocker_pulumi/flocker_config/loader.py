@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flocker_provider.models import Application
+from flocker_provider.planning.models import Application
 
 from .cluster_checks import check_external_ports_unique, check_links_reach_a_port
 from .configuration import Configuration, ConfiguredApplication

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import PortTaken
-from .models import Node
+from flocker_provider.errors import PortTaken
+from flocker_provider.planning.models import Node
 
 HOST_PORT_FIRST = 20000
 HOST_PORT_COUNT = 12768  # up to 32767

@@ -16,19 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from . import labels as L
-from .docker_layer import connect
-from .engine_protocol import ArmedCommand
-from .errors import DeadlinePassed, DiskFull, MoveFailed, NodeUnreachable, ProviderError, brief, told
-from .executor import Engines, execute, execute_all
-from .inputs import VolumeInputs
-from .models import Node
-from .move_context import DeltaRound, MoveContext, MoveReport, Round, Stops, StreamRound
-from .planner import AfterFailure, MoveState, Routing, plan_move, plan_rollback
-from .progress import report
-from .staging import staged_name
-from .steps import Change, HandoffVolume, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, steps_of
-from .transfer import (
+from flocker_provider.docker_layer.docker_node import connect
+from flocker_provider.docker_layer.engine_protocol import ArmedCommand
+from flocker_provider.errors import DeadlinePassed, DiskFull, MoveFailed, NodeUnreachable, ProviderError, brief, told
+from flocker_provider.execution.executor import Engines, execute, execute_all
+from flocker_provider.execution.move_context import DeltaRound, MoveContext, MoveReport, Round, Stops, StreamRound
+from flocker_provider.execution.staging import staged_name
+from flocker_provider.execution.transfer import (
     DELTA_PORT,
     STREAM_PORT,
     Credentials,
@@ -51,6 +45,12 @@ from .transfer import (
     stream_receiver_command,
     stream_sender_command,
 )
+from flocker_provider.inputs import VolumeInputs
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.models import Node
+from flocker_provider.planning.planner import AfterFailure, MoveState, Routing, plan_move, plan_rollback
+from flocker_provider.planning.steps import Change, HandoffVolume, PointRoutes, RemoveStaged, RemoveVolume, RestartApplication, steps_of
+from flocker_provider.progress import report
 
 # Pre-copy goes on while the predicted phase 2 does not fit the move's downtime budget and
 # each round still shrinks it by a tenth; at most this many rounds (P.Haul's limit).

@@ -13,12 +13,12 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from . import labels as L
-from . import on_node
-from .attached_exec import ArmedExec, StreamedExec
-from .errors import DeadlinePassed, MoveFailed
-from .models import Node
-from .transfer import MOUNT
+from flocker_provider import on_node
+from flocker_provider.docker_layer.attached_exec import ArmedExec, StreamedExec
+from flocker_provider.errors import DeadlinePassed, MoveFailed
+from flocker_provider.execution.transfer import MOUNT
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.models import Node
 
 HELPER_START_SECONDS = 30
 HELPER_POLL = 0.05

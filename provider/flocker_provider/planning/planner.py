@@ -6,11 +6,11 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import labels as L
-from .containers import ContainerSpec, MountedContainer, RouterSpec
-from .errors import PlanError
-from .models import Node, NodeVolumeState, Port, RunningContainer
-from .steps import (
+from flocker_provider.errors import PlanError
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec, MountedContainer, RouterSpec
+from flocker_provider.planning.models import Node, NodeVolumeState, Port, RunningContainer
+from flocker_provider.planning.steps import (
     ArmFinalCopy,
     Change,
     ConfirmApplication,

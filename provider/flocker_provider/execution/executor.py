@@ -13,14 +13,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .docker_layer import connect, translated
-from .engine_protocol import Engine
-from .errors import ContainerFailed, NodeUnreachable, ProviderError, brief, together
-from .models import Node
-from .move_context import MoveContext, StepTime
-from .progress import report
-from .staging import SHELL, staged_name
-from .steps import (
+from flocker_provider.docker_layer.docker_node import connect, translated
+from flocker_provider.docker_layer.engine_protocol import Engine
+from flocker_provider.errors import ContainerFailed, NodeUnreachable, ProviderError, brief, together
+from flocker_provider.execution.move_context import MoveContext, StepTime
+from flocker_provider.execution.staging import SHELL, staged_name
+from flocker_provider.planning.models import Node
+from flocker_provider.planning.steps import (
     ArmFinalCopy,
     Change,
     ConfirmApplication,
@@ -48,6 +47,7 @@ from .steps import (
     WatchExit,
     describe,
 )
+from flocker_provider.progress import report
 
 # How long a created or replaced application must stay up once routed to: longer than a
 # command that fails at once takes to end, short enough not to slow every create much.

@@ -21,11 +21,12 @@ import docker.utils
 import requests.exceptions
 import urllib3.exceptions
 
-from . import labels as L
-from . import on_node, ssh_tunnel
-from .attached_exec import ExitWatch
-from .containers import ContainerSpec, MountedContainer, RouterSpec, recorded_hash
-from .errors import (
+from flocker_provider import on_node
+from flocker_provider.docker_layer import ssh_tunnel
+from flocker_provider.docker_layer.attached_exec import ExitWatch
+from flocker_provider.docker_layer.router_lifecycle import RouterLifecycle
+from flocker_provider.docker_layer.transfer_containers import TransferContainers
+from flocker_provider.errors import (
     ContainerFailed,
     DeadlinePassed,
     EngineRefused,
@@ -35,10 +36,7 @@ from .errors import (
     PortTaken,
     ProviderError,
 )
-from .host_port_choice import HOST_PORT_ATTEMPTS, host_ports, node_ports
-from .models import Node, NodeVolumeState, Owner, RunningContainer
-from .router_lifecycle import RouterLifecycle
-from .staging import (
+from flocker_provider.execution.staging import (
     GATE_ENTRYPOINT,
     HELD_LINE,
     LET_THROUGH_LINE,
@@ -49,7 +47,10 @@ from .staging import (
     is_staged,
     staged_name,
 )
-from .transfer_containers import TransferContainers
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import ContainerSpec, MountedContainer, RouterSpec, recorded_hash
+from flocker_provider.planning.host_port_choice import HOST_PORT_ATTEMPTS, host_ports, node_ports
+from flocker_provider.planning.models import Node, NodeVolumeState, Owner, RunningContainer
 
 API_TIMEOUT = 60
 # Docker 20.10's API, which every engine since serves too. Fixed rather than asked for: over

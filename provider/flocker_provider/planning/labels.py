@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .models import Owner
+from flocker_provider.planning.models import Owner
 
 PREFIX = "io.flocker-pulumi"
 MANAGED = f"{PREFIX}.managed"

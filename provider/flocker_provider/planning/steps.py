@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from .containers import ContainerSpec, RouterSpec
-from .models import Node, Port
-from .staging import staged_name
+from flocker_provider.execution.staging import staged_name
+from flocker_provider.planning.containers import ContainerSpec, RouterSpec
+from flocker_provider.planning.models import Node, Port
 
 
 @dataclass(frozen=True)

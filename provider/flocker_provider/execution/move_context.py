@@ -8,12 +8,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Protocol
 
-from .engine_protocol import ExitWatcher
-from .models import Node
-from .steps import Change, FinishStop, StopApplication, WatchExit
+from flocker_provider.docker_layer.engine_protocol import ExitWatcher
+from flocker_provider.planning.models import Node
+from flocker_provider.planning.steps import Change, FinishStop, StopApplication, WatchExit
 
 if TYPE_CHECKING:
-    from .executor import Engines
+    from flocker_provider.execution.executor import Engines
 
 # docker stop's grace period before SIGKILL, and how much longer the end of the
 # application's processes may take to be seen before the plain stop is waited for.

@@ -20,13 +20,13 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from . import labels as L
-from . import on_node
-from .containers import MountedContainer, RouterSpec
-from .errors import RoutingFailed
-from .models import Node
-from .on_node.router import TAKEOVER_FILE
-from .route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
+from flocker_provider import on_node
+from flocker_provider.docker_layer.route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
+from flocker_provider.errors import RoutingFailed
+from flocker_provider.on_node.router import TAKEOVER_FILE
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.containers import MountedContainer, RouterSpec
+from flocker_provider.planning.models import Node
 
 PROBE_TIMEOUT = 1.0
 # The router removes its iptables rules when it gets SIGTERM (well under a second); a router

@@ -14,8 +14,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from . import on_node
-from .on_node.delta_copy import PROGRESS, RESULT
+from flocker_provider import on_node
+from flocker_provider.on_node.delta_copy import PROGRESS, RESULT
 
 DELTA_PORT = 8730
 STREAM_PORT = 8731

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import Protocol
 
-from .containers import ContainerSpec, MountedContainer, RouterSpec
-from .models import Node, NodeVolumeState, Owner, RunningContainer
+from flocker_provider.planning.containers import ContainerSpec, MountedContainer, RouterSpec
+from flocker_provider.planning.models import Node, NodeVolumeState, Owner, RunningContainer
 
 
 class ExitWatcher(Protocol):

@@ -9,10 +9,10 @@ import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from . import labels as L
-from . import on_node
-from .models import Application, HealthCheck, Link, Owner, Port, RestartPolicy
-from .secret_values import SHOWN_AS
+from flocker_provider import on_node
+from flocker_provider.planning import labels as L
+from flocker_provider.planning.models import Application, HealthCheck, Link, Owner, Port, RestartPolicy
+from flocker_provider.secret_values import SHOWN_AS
 
 # The spec's fields each input becomes: a field is sealed when its input is a secret.
 SEALED_BY_INPUT = {

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .attached_exec import AttachedExec
-from .on_node.router import WAKE_FILE
+from flocker_provider.docker_layer.attached_exec import AttachedExec
+from flocker_provider.on_node.router import WAKE_FILE
 
 ROUTES_DIR = "/routes/ports"
 ACK_SECONDS = 10
