@@ -37,6 +37,7 @@ from .steps import (
     StartApplication,
     Step,
     StopApplication,
+    StopStray,
     VerifyVolume,
     WaitForApplication,
     WatchExit,
@@ -154,6 +155,8 @@ def _run_on(engine: Engine, step: OnNode, wait_timeout: float) -> None:
             engine.confirm_running(container, CONFIRM_SECONDS)
         case StopApplication(_, container):
             engine.stop_container(container)
+        case StopStray(_, container):
+            engine.stop_for_good(container)
         case RestartApplication(_, container):
             engine.start_existing(container)
         case RemoveApplication(_, container):

@@ -27,6 +27,7 @@ from .steps import (
     StageApplication,
     StartApplication,
     StopApplication,
+    StopStray,
     VerifyVolume,
     WaitForApplication,
     WatchExit,
@@ -92,6 +93,18 @@ def plan_application(
     steps += routing.remove(application, tuple(p.external for p in old_ports if p.external not in kept))
     steps += routing.remove(application, tuple(p.external for p in old_ports), dropped)
     return tuple(steps)
+
+
+def plan_strays(discovered: Mapping[Node, RunningContainer | None]) -> Plan:
+    """Stop the application's containers found running on nodes where it has no place
+    (``discovered``: on the other nodes of the inventory), started there by hand: it must
+    never run on two nodes at once, two writers on two copies of its data.
+
+    Before anything else is done for it: no route points at such a container (routes are
+    only ever written to where the application is placed), so stopping it first costs no
+    connection, and the copy that is placed never starts beside it. Stopped for good and
+    kept, not removed: what it wrote is not in the live copy."""
+    return tuple(StopStray(node, c.name) for node, c in _present(discovered) if c.running)
 
 
 def plan_volume(

@@ -63,6 +63,17 @@ class StopApplication:
 
 
 @dataclass(frozen=True)
+class StopStray:
+    """Stop, for good, a container of the application found running on a node where it must
+    not (started there by hand): its restart policy goes too, so that not even the engine's
+    own restart starts it again. Kept, not removed: what it wrote, in its volume there or in
+    its own file system, is not in the live copy, and only a person can say what to keep."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
 class RestartApplication:
     """Start again a container a failed move stopped: it kept its configuration and its data."""
 
@@ -190,6 +201,7 @@ Step = (
     | WaitForApplication
     | ConfirmApplication
     | StopApplication
+    | StopStray
     | RestartApplication
     | RemoveStaged
     | WatchExit
@@ -212,6 +224,7 @@ OnNode = (
     | WaitForApplication
     | ConfirmApplication
     | StopApplication
+    | StopStray
     | RestartApplication
     | RemoveStaged
     | RemoveApplication
@@ -236,6 +249,8 @@ def describe(step: Step) -> str:
             return f"confirm {container} stays up on {node.name}"
         case StopApplication(node, container):
             return f"stop {container} on {node.name}"
+        case StopStray(node, container):
+            return f"stop {container} on {node.name} for good (kept): the application must not run there"
         case RestartApplication(node, container):
             return f"start {container} again on {node.name}"
         case RemoveStaged(node, container):

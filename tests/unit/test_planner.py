@@ -4,7 +4,17 @@ import pytest
 
 from flocker_provider.containers import ContainerSpec, MountedContainer, router_spec
 from flocker_provider.models import Node, NodeVolumeState, Port, RunningContainer
-from flocker_provider.planner import AfterFailure, MoveState, PlanError, Routing, plan_application, plan_move, plan_rollback, plan_volume
+from flocker_provider.planner import (
+    AfterFailure,
+    MoveState,
+    PlanError,
+    Routing,
+    plan_application,
+    plan_move,
+    plan_rollback,
+    plan_strays,
+    plan_volume,
+)
 from flocker_provider.steps import (
     ArmFinalCopy,
     ConfirmApplication,
@@ -21,6 +31,7 @@ from flocker_provider.steps import (
     StageApplication,
     StartApplication,
     StopApplication,
+    StopStray,
     VerifyVolume,
     WaitForApplication,
     WatchExit,
@@ -105,6 +116,30 @@ def test_stopped_container_is_recreated() -> None:
         *route(N1),
         ConfirmApplication(N1, SPEC.name),
     )
+
+
+def test_a_copy_started_by_hand_on_another_node_is_stopped_for_good_and_routes_stay_on_the_placed_one() -> None:
+    # What the hook plans: the application's containers on the other nodes of the inventory
+    # (node3's is one left stopped by an earlier repair: nothing to do), then the application.
+    elsewhere = {N1: running(), N3: running(up=False)}
+    assert (*plan_strays(elsewhere), *plan((N2, SPEC), {N2: running()})) == (StopStray(N1, SPEC.name), *route(N2))
+
+
+def test_a_copy_started_by_hand_is_stopped_before_the_placed_one_starts_again() -> None:
+    # Never on two nodes at once, not even for the start; no route pointed at the stray.
+    assert (*plan_strays({N1: running(), N3: None}), *plan((N2, SPEC), {N2: running(up=False)})) == (
+        StopStray(N1, SPEC.name),
+        *route(None),
+        RemoveApplication(N2, SPEC.name),
+        StartApplication(N2, SPEC),
+        WaitForApplication(N2, SPEC.name),
+        *route(N2),
+        ConfirmApplication(N2, SPEC.name),
+    )
+
+
+def test_no_stray_plans_nothing() -> None:
+    assert plan_strays({N1: None, N3: running(up=False)}) == ()
 
 
 def test_stateless_move_routes_to_the_new_node_and_confirms_it_before_stopping_the_old() -> None:
