@@ -188,6 +188,7 @@ def plan_move(
             f"volume {volume} has no live copy on {source.name} to move to {destination.name}",
             remedy="run `pulumi refresh` to see where it is, then `pulumi up` again",
         )
+    _refuse_strays(volume, destination, state.destination_containers)
     running = [c for c in state.source_containers if c.running]
     arm = ArmFinalCopy(source, destination, volume)
     steps = [PushVolume(source, destination, volume, final=False), arm]
@@ -207,6 +208,21 @@ def plan_move(
         steps += _route_to(routing, destination, c)
     steps += [RemoveApplication(source, c.name) for c in state.source_containers]
     return _routes_prepared(routing, steps)
+
+
+def _refuse_strays(volume: str, destination: Node, present: tuple[MountedContainer, ...]) -> None:
+    """Before the handoff nothing of the move runs on the destination: one running there was
+    started by hand (the volume's move comes before the application's update, which would
+    stop it), and has written to the copy there, which the move would make the source's."""
+    for c in present:
+        if c.running:
+            remove = shlex.join(["docker", "-H", destination.docker_host, "rm", "-f", c.name])
+            raise PlanError(
+                f"{c.name} already runs on {destination.name}, started outside Pulumi, on the copy of {volume} there: "
+                "moving the volume there would overwrite what it wrote",
+                node=destination.name,
+                remedy=f"copy out of that volume what you need of it, remove the container (`{remove}`), then run `pulumi up` again",
+            )
 
 
 @dataclass(frozen=True)

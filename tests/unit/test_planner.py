@@ -309,6 +309,20 @@ def test_a_recorded_volume_gone_from_its_node_is_never_made_again_empty() -> Non
         plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=False)), ROUTING)
 
 
+def test_a_move_onto_a_copy_that_a_container_started_by_hand_writes_to_is_refused() -> None:
+    state = move_state(
+        destination_volume=NodeVolumeState("v", exists=True, retired=True),
+        destination_containers=(MountedContainer(SPEC.name, SPEC, running=True),),
+    )
+    with pytest.raises(PlanError) as refused:
+        plan_move("v", LABELS, N1, N2, state, ROUTING)
+    assert str(refused.value).startswith(
+        "node node2: flocker-dev-es already runs on node2, started outside Pulumi, on the copy of v there: "
+        "moving the volume there would overwrite what it wrote"
+    )
+    assert "`docker -H tcp://10.0.0.2:2375 rm -f flocker-dev-es`" in str(refused.value)
+
+
 def test_a_move_cut_short_before_the_handoff_is_staged_again_from_scratch() -> None:
     state = move_state(
         destination_volume=NodeVolumeState("v", exists=True),
