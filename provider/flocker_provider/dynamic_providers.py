@@ -8,6 +8,7 @@ plan and hands it to the executor. The engine gives diff/update/delete the old
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -24,7 +25,7 @@ from pulumi.output import Unknown
 
 from flocker_provider.docker_layer.docker_node import NodeUnreachable, connect, translated
 from flocker_provider.docker_layer.engine_protocol import Engine
-from flocker_provider.errors import InvalidInput, PlanError, ProviderError, brief, told
+from flocker_provider.errors import InvalidInput, NotOurs, PlanError, ProviderError, brief, told
 from flocker_provider.execution.executor import Engines, execute
 from flocker_provider.execution.migration import move_volume, plan_line
 from flocker_provider.inputs import (
@@ -41,16 +42,16 @@ from flocker_provider.planning import labels as L
 from flocker_provider.planning.containers import container_spec, router_spec
 from flocker_provider.planning.host_port_choice import reserved_ports
 from flocker_provider.planning.models import Node, Owner, Port, RunningContainer
-from flocker_provider.planning.planner import Routing, plan_application, plan_volume
+from flocker_provider.planning.planner import Routing, plan_application, plan_strays, plan_volume
 from flocker_provider.progress import report
 from flocker_provider.secret_values import SECRET_PATHS, learn, redacted, sealed
 
 # Keys the provider adds to the outputs; everything else in the outputs is an input.
-APPLICATION_OUTPUTS = ("container_id", "addresses", "running")
+APPLICATION_OUTPUTS = ("container_id", "addresses", "running", "strays")
 VOLUME_OUTPUTS = ("volume_name", "last_move", "retired_copies", "missing")
 _INTERNAL = ("__provider", SECRET_PATHS)
 # Outputs made of inputs under other names: secret when one of those is (secret_values.py).
-APPLICATION_DERIVED = {"addresses": ("node", "node_address", "ports")}
+APPLICATION_DERIVED = {"addresses": ("node", "node_address", "ports"), "strays": ("node", "route_nodes")}
 VOLUME_DERIVED = {key: ("node", "node_address", "docker_host", "tls") for key in ("last_move", "retired_copies")}
 # Inputs the SDK derives from `node` (the inventory's entry, and the inventory itself when
 # `node` is an Output): unknown with it during preview.
@@ -185,7 +186,12 @@ class ApplicationProvider(ResourceProvider):
         if stopped:
             # Also shown by a refresh, whose diff does not know of a node change to come.
             report(f"found: application {news.get('name')} is not running on {olds.get('node')}: the update starts it")
-        return DiffResult(changes=bool(changed) or stopped or _resealed(olds, news), replaces=[], delete_before_replace=False)
+        # Only a refresh finds them too: started by hand where the application has no place.
+        strays = olds.get("strays") or []
+        for stray in strays:
+            report(f"found: {_stray_line(str(news.get('name')), str(olds.get('node')), stray)}: the update stops it there")
+        changes = bool(changed) or stopped or bool(strays) or _resealed(olds, news)
+        return DiffResult(changes=changes, replaces=[], delete_before_replace=False)
 
     @_names("application")
     def create(self, props: dict) -> CreateResult:
@@ -217,15 +223,19 @@ class ApplicationProvider(ResourceProvider):
     def read(self, id_: str, props: dict) -> ReadResult:
         inputs = _parse_or_raise(parse_application, props)
         name = L.container_name(inputs.owner)
-        try:
-            with connect(inputs.node) as engine:
-                found = engine.discover_application(name)
-        except NodeUnreachable as exc:
-            return ReadResult(id_, sealed(_unread(props, exc, f"application {name}"), props, APPLICATION_DERIVED))
+        with Engines() as engines:
+            try:
+                found = engines[inputs.node].discover_application(name)
+            except NodeUnreachable as exc:
+                return ReadResult(id_, sealed(_unread(props, exc, f"application {name}"), props, APPLICATION_DERIVED))
+            strays = [_stray_record(engines[node], c, inputs) for node, c in _strays(engines, inputs, (inputs.node,)).items()]
         if found is None:
             report(f"found: application {inputs.owner.resource} is gone from {inputs.node.name}: the next `pulumi up` starts it again")
+            for stray in strays:  # no diff follows to say it: the create stops it
+                report(f"found: {_stray_line(inputs.owner.resource, inputs.node.name, stray)}: the next `pulumi up` stops it there")
             return ReadResult("", {})  # the engine drops it from state, `up` creates it
-        return ReadResult(id_, sealed({**props, "container_id": found.container_id, "running": found.running}, props, APPLICATION_DERIVED))
+        outs = {**props, "container_id": found.container_id, "running": found.running, "strays": strays}
+        return ReadResult(id_, sealed(outs, props, APPLICATION_DERIVED))
 
     @_names("application")
     def delete(self, _id: str, props: dict) -> None:
@@ -258,7 +268,7 @@ def _remove_application(inputs: ApplicationInputs) -> None:
             _left_behind(
                 engines,
                 [n for n in inputs.routing.nodes if n not in discovered],
-                f"application {name}",
+                f"application {name} left there by an interrupted move stays",
                 lambda engine: engine.container_owner_is(name, inputs.owner),
                 lambda engine: engine.discover_application(name),
             )
@@ -302,14 +312,82 @@ def _converge_application(
     with Engines() as engines, reserved_ports(inputs.routing.nodes, externals):
         _move_off_host_ports(inputs, externals, routing, engines)
         discovered = {node: engines[node].discover_application(spec.name) for node in dict.fromkeys(nodes)}
+        strays = _strays(engines, inputs, nodes)
+        for node, stray in strays.items():
+            report(_stopping_line(inputs, node, _stray_record(engines[node], stray, inputs)))
         plan = plan_application(inputs.owner.resource, (inputs.node, spec), discovered, routing, old_ports, dropped)
-        execute(plan, engines, inputs.wait_timeout)
+        execute((*plan_strays(strays), *plan), engines, inputs.wait_timeout)
         found = engines[inputs.node].discover_application(spec.name)
     return {
         "container_id": found.container_id if found else "",
         "running": found.running if found else False,
         "addresses": [f"{inputs.node.address}:{p.external}" for p in inputs.application.ports],
+        "strays": [],
     }
+
+
+def _strays(engines: Engines, inputs: ApplicationInputs, placed: tuple[Node, ...]) -> dict[Node, RunningContainer]:
+    """The application's containers running on the other nodes of the inventory, where it has
+    no place (started there by hand: `docker start`, or `docker run` with our labels)."""
+    name = L.container_name(inputs.owner)
+    found = _left_behind(
+        engines,
+        [n for n in inputs.routing.nodes if n not in placed],
+        f"whether application {inputs.owner.resource} also runs there is not known",
+        lambda engine: engine.container_owner_is(name, inputs.owner),
+        lambda engine: engine.discover_application(name),
+    )
+    return {node: c for node, c in found.items() if c is not None and c.running}
+
+
+def _stray_record(engine: Engine, stray: RunningContainer, inputs: ApplicationInputs) -> dict[str, Any]:
+    """What a refresh records of a stray container, for the diff to say: where, which, and
+    what copy of the application's volume is on its node (what it wrote to)."""
+    copy = None
+    if inputs.volume_name is not None:
+        try:
+            state = engine.discover_volume(inputs.volume_name)
+        except NotOurs:
+            copy = "not ours"
+        else:
+            copy = ("retired" if state.retired else "ours") if state.exists else None
+    return {
+        "node": engine.node.name,
+        "container": stray.name,
+        "container_id": stray.container_id,
+        "volume": inputs.volume_name,
+        "copy": copy,
+    }
+
+
+def _stray_line(resource: str, node: str, stray: dict[str, Any]) -> str:
+    return (
+        f"application {resource} also runs on {stray['node']} (container {stray['container']} "
+        f"{str(stray['container_id'])[:12]}), not only on {node}"
+    )
+
+
+def _stopping_line(inputs: ApplicationInputs, node: Node, stray: dict[str, Any]) -> str:
+    """Said before the stray is stopped: what is kept of it, where, and what to do with it."""
+    live = f"not in the live copy on {inputs.node.name}"
+    volume = stray["volume"]
+    if stray["copy"] == "retired":
+        wrote = (
+            f"what it wrote is in volume {volume} there, the retired copy of an earlier move, {live}; that copy stays as it "
+            f"is, marked retired (a move back to {node.name} copies the live data over it, and `pulumi destroy` removes it: "
+            "copy out what you need first)"
+        )
+    elif stray["copy"] == "not ours":
+        wrote = f"what it wrote is in volume {volume} there, which flocker-pulumi did not make and leaves alone, {live}"
+    elif stray["copy"] is not None:
+        wrote = f"what it wrote is in volume {volume} there, {live}; that volume stays as it is"
+    else:
+        wrote = f"what it wrote stays with it, {live}"
+    remove = shlex.join(["docker", "-H", node.docker_host, "rm", stray["container"]])
+    return (
+        f"{_stray_line(inputs.owner.resource, inputs.node.name, stray)}: stopping it there for good (its restart policy too), "
+        f"kept, not removed: {wrote}. Remove the container once you have what you need (`{remove}`)"
+    )
 
 
 def _move_off_host_ports(inputs: ApplicationInputs, externals: list[int], routing: Routing, engines: Engines) -> None:
@@ -402,7 +480,7 @@ class VolumeProvider(ResourceProvider):
                 _left_behind(
                     engines,
                     [n for n in inputs.routing.nodes if n not in discovered],
-                    f"a copy of {inputs.name}",
+                    f"a copy of {inputs.name} left there by an interrupted move stays",
                     lambda engine: engine.volume_owner_is(inputs.name, inputs.owner),
                     lambda engine: engine.discover_volume(inputs.name),
                 )
@@ -431,18 +509,18 @@ def _unread(props: dict, exc: NodeUnreachable, what: str) -> dict:
 
 
 def _left_behind(
-    engines: Engines, nodes: list[Node], what: str, owned: Callable[[Engine], bool], discover: Callable[[Engine], T]
+    engines: Engines, nodes: list[Node], unreachable: str, owned: Callable[[Engine], bool], discover: Callable[[Engine], T]
 ) -> dict[Node, T]:
-    """What a resource being deleted has on the other nodes of the inventory, which the
-    state does not know of (left by an interrupted move). Only the resource's own (``owned``);
-    a node that does not answer keeps it, said so."""
+    """What a resource has on the other nodes of the inventory, which the state does not know
+    of (left by an interrupted move, started there by hand). Only the resource's own
+    (``owned``); for a node that does not answer, ``unreachable`` says what that leaves."""
     found = {}
     for node in nodes:
         try:
             if owned(engines[node]):
                 found[node] = discover(engines[node])
         except NodeUnreachable as exc:
-            report(f"warning: {brief(exc)}; {what} left there by an interrupted move stays")
+            report(f"warning: {brief(exc)}; {unreachable}")
     return found
 
 

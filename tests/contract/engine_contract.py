@@ -130,6 +130,19 @@ class EngineContract:
         engine.wait_running(spec.name, timeout=30)
         assert engine.discover_application(spec.name) == RunningContainer(spec.name, container_id, True, spec.config_hash())
 
+    def test_a_container_stopped_for_good_is_kept_stopped_with_the_volume_it_mounts(self, subject: Subject) -> None:
+        engine, volume = subject.engine, f"{subject.prefix}-data"
+        engine.create_volume(volume, L.owner_labels(subject.owner("data"), L.KIND_VOLUME))
+        spec = subject.spec("web", volume=volume)
+        container_id = engine.start_container(spec)
+        engine.stop_for_good(spec.name, timeout=5)
+        engine.stop_for_good(spec.name, timeout=5)  # stopped already: nothing to do
+        assert engine.discover_application(spec.name) == RunningContainer(spec.name, container_id, False, spec.config_hash())
+        assert engine.mounting_containers(volume) == (MountedContainer(spec.name, spec, False),)
+        engine.remove_container(spec.name, timeout=5)
+        engine.stop_for_good(spec.name, timeout=5)  # gone: nothing to do
+        assert engine.discover_application(spec.name) is None
+
     def test_a_removed_container_is_gone_and_removing_it_again_does_nothing(self, subject: Subject) -> None:
         engine, spec = subject.engine, subject.spec("web")
         engine.start_container(spec)
@@ -148,6 +161,7 @@ class EngineContract:
             lambda: engine.discover_application(name),
             lambda: engine.start_existing(name),
             lambda: engine.stop_container(name, timeout=5),
+            lambda: engine.stop_for_good(name, timeout=5),
             lambda: engine.remove_container(name, timeout=5),
         ):
             with pytest.raises(NotOurs) as refused:

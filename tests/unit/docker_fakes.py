@@ -55,6 +55,7 @@ class FakeContainer:
         self.status = "created"
         self.bindings = {key: [{"HostIp": ip, "HostPort": str(port)}] for key, (ip, port) in (ports or {}).items()}
         self.routes: dict[int, bytes] = {}
+        self.restart_policy = "as created"
         self.vanishing = False  # removed by someone else between a list and its inspect
 
     @property
@@ -87,6 +88,9 @@ class FakeContainer:
 
     def reload(self) -> None:
         pass
+
+    def update(self, restart_policy: dict) -> None:
+        self.restart_policy = restart_policy["Name"]
 
     def logs(self, tail: int | None = None) -> bytes:
         return b""

@@ -27,6 +27,8 @@ class _Container:
     volume: str | None = None
     running: bool = False
     environment: tuple[str, ...] = ()  # Config.Env, as Docker would hold it
+    # False once stopped for good: its restart policy is gone (the engine restarting would not start it).
+    restarts: bool = True
     id: str = field(default_factory=lambda: f"fake-{next(_ids)}")
 
 
@@ -135,6 +137,12 @@ class FakeEngine:
         container = self._find(name)
         if container is not None:
             container.running = False
+
+    def stop_for_good(self, name: str, timeout: int = 10) -> None:
+        container = self._find(name)
+        if container is not None:
+            container.running = False
+            container.restarts = False
 
     def remove_container(self, name: str, timeout: int = 10) -> None:
         if self._find(name) is not None:

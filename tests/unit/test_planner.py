@@ -12,6 +12,7 @@ from flocker_provider.planning.planner import (
     plan_application,
     plan_move,
     plan_rollback,
+    plan_strays,
     plan_volume,
 )
 from flocker_provider.planning.steps import (
@@ -33,6 +34,7 @@ from flocker_provider.planning.steps import (
     StageApplication,
     StartApplication,
     StopApplication,
+    StopStray,
     VerifyVolume,
     WaitForApplication,
     WatchExit,
@@ -124,6 +126,30 @@ def test_stopped_container_is_recreated() -> None:
         *route(N1),
         ConfirmApplication(N1, SPEC.name),
     )
+
+
+def test_a_copy_started_by_hand_on_another_node_is_stopped_for_good_and_routes_stay_on_the_placed_one() -> None:
+    # What the hook plans: the application's containers on the other nodes of the inventory
+    # (node3's is one left stopped by an earlier repair: nothing to do), then the application.
+    elsewhere = {N1: running(), N3: running(up=False)}
+    assert (*plan_strays(elsewhere), *plan((N2, SPEC), {N2: running()})) == (StopStray(N1, SPEC.name), *route(N2))
+
+
+def test_a_copy_started_by_hand_is_stopped_before_the_placed_one_starts_again() -> None:
+    # Never on two nodes at once, not even for the start; no route pointed at the stray.
+    assert (*plan_strays({N1: running(), N3: None}), *plan((N2, SPEC), {N2: running(up=False)})) == (
+        StopStray(N1, SPEC.name),
+        *route(None),
+        RemoveApplication(N2, SPEC.name),
+        StartApplication(N2, SPEC),
+        WaitForApplication(N2, SPEC.name),
+        *route(N2),
+        ConfirmApplication(N2, SPEC.name),
+    )
+
+
+def test_no_stray_plans_nothing() -> None:
+    assert plan_strays({N1: None, N3: running(up=False)}) == ()
 
 
 def test_stateless_move_routes_to_the_new_node_and_confirms_it_before_stopping_the_old() -> None:
@@ -316,6 +342,20 @@ def test_a_recorded_volume_gone_from_its_node_is_never_made_again_empty() -> Non
     assert "pulumi state delete" in message
     with pytest.raises(PlanError, match="volume v is missing"):
         plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=False)), ROUTING)
+
+
+def test_a_move_onto_a_copy_that_a_container_started_by_hand_writes_to_is_refused() -> None:
+    state = move_state(
+        destination_volume=NodeVolumeState("v", exists=True, retired=True),
+        destination_containers=(MountedContainer(SPEC.name, SPEC, running=True),),
+    )
+    with pytest.raises(PlanError) as refused:
+        plan_move("v", LABELS, N1, N2, state, ROUTING)
+    assert str(refused.value).startswith(
+        "node node2: flocker-dev-es already runs on node2, started outside Pulumi, on the copy of v there: "
+        "moving the volume there would overwrite what it wrote"
+    )
+    assert "`docker -H tcp://10.0.0.2:2375 rm -f flocker-dev-es`" in str(refused.value)
 
 
 def test_a_move_cut_short_before_the_handoff_is_staged_again_from_scratch() -> None:

@@ -547,6 +547,16 @@ class DockerNode(RouterLifecycle, TransferContainers):
         if container is not None and container.status == "running":
             container.stop(timeout=timeout)
 
+    def stop_for_good(self, name: str, timeout: int = 10) -> None:
+        container = self.find_container(name)
+        if container is None:
+            return
+        # First: Docker starts a stopped container whose policy is "always" again when the
+        # engine restarts (a node's reboot), however it was stopped.
+        container.update(restart_policy={"Name": "no"})
+        if container.status == "running":
+            container.stop(timeout=timeout)
+
     def remove_container(self, name: str, timeout: int = 10) -> None:
         container = self.find_container(name)
         if container is None:

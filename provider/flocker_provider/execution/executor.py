@@ -42,6 +42,7 @@ from flocker_provider.planning.steps import (
     StartApplication,
     Step,
     StopApplication,
+    StopStray,
     VerifyVolume,
     WaitForApplication,
     WatchExit,
@@ -145,6 +146,7 @@ def run_change(change: Change, run: Run) -> None:
             | WaitForApplication()
             | ConfirmApplication()
             | StopApplication()
+            | StopStray()
             | RestartApplication()
             | RemoveStaged()
             | RemoveApplication()
@@ -238,6 +240,8 @@ def _run_on(engine: Engine, step: OnNode, wait_timeout: float) -> None:
             engine.confirm_running(container, CONFIRM_SECONDS)
         case StopApplication(_, container):
             engine.stop_container(container)
+        case StopStray(_, container):
+            engine.stop_for_good(container)
         case RestartApplication(_, container):
             engine.start_existing(container)
         case RemoveApplication(_, container):

@@ -30,6 +30,7 @@ from flocker_provider.planning.steps import (
     StageApplication,
     StartApplication,
     StopApplication,
+    StopStray,
     VerifyVolume,
     WaitForApplication,
     WatchExit,
@@ -101,6 +102,18 @@ def plan_application(
     steps += routing.remove(application, tuple(p.external for p in old_ports if p.external not in kept))
     steps += routing.remove(application, tuple(p.external for p in old_ports), dropped)
     return tuple(steps)
+
+
+def plan_strays(discovered: Mapping[Node, RunningContainer | None]) -> Plan:
+    """Stop the application's containers found running on nodes where it has no place
+    (``discovered``: on the other nodes of the inventory), started there by hand: it must
+    never run on two nodes at once, two writers on two copies of its data.
+
+    Before anything else is done for it: no route points at such a container (routes are
+    only ever written to where the application is placed), so stopping it first costs no
+    connection, and the copy that is placed never starts beside it. Stopped for good and
+    kept, not removed: what it wrote is not in the live copy."""
+    return tuple(StopStray(node, c.name) for node, c in _present(discovered) if c.running)
 
 
 def plan_volume(
@@ -184,6 +197,7 @@ def plan_move(
             f"volume {volume} has no live copy on {source.name} to move to {destination.name}",
             remedy="run `pulumi refresh` to see where it is, then `pulumi up` again",
         )
+    _refuse_strays(volume, destination, state.destination_containers)
     running = [c for c in state.source_containers if c.running]
     arm = ArmFinalCopy(source, destination, volume)
     steps = [PushVolume(source, destination, volume, final=False), arm]
@@ -205,6 +219,21 @@ def plan_move(
         # The engine's own end of a stop goes on in the background until here (move_context.Stops).
         steps += [*([FinishStop(source, c.name)] if c.running else []), RemoveApplication(source, c.name)]
     return _routes_prepared(routing, steps)
+
+
+def _refuse_strays(volume: str, destination: Node, present: tuple[MountedContainer, ...]) -> None:
+    """Before the handoff nothing of the move runs on the destination: one running there was
+    started by hand (the volume's move comes before the application's update, which would
+    stop it), and has written to the copy there, which the move would make the source's."""
+    for c in present:
+        if c.running:
+            remove = shlex.join(["docker", "-H", destination.docker_host, "rm", "-f", c.name])
+            raise PlanError(
+                f"{c.name} already runs on {destination.name}, started outside Pulumi, on the copy of {volume} there: "
+                "moving the volume there would overwrite what it wrote",
+                node=destination.name,
+                remedy=f"copy out of that volume what you need of it, remove the container (`{remove}`), then run `pulumi up` again",
+            )
 
 
 @dataclass(frozen=True)

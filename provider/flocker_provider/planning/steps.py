@@ -75,6 +75,17 @@ class FinishStop:
 
 
 @dataclass(frozen=True)
+class StopStray:
+    """Stop, for good, a container of the application found running on a node where it must
+    not (started there by hand): its restart policy goes too, so that not even the engine's
+    own restart starts it again. Kept, not removed: what it wrote, in its volume there or in
+    its own file system, is not in the live copy, and only a person can say what to keep."""
+
+    node: Node
+    container: str
+
+
+@dataclass(frozen=True)
 class RestartApplication:
     """Start again a container a failed move stopped: it kept its configuration and its data."""
 
@@ -208,6 +219,7 @@ Step = (
     | ConfirmApplication
     | StopApplication
     | FinishStop
+    | StopStray
     | RestartApplication
     | RemoveStaged
     | WatchExit
@@ -241,6 +253,7 @@ OnNode = (
     | WaitForApplication
     | ConfirmApplication
     | StopApplication
+    | StopStray
     | RestartApplication
     | RemoveStaged
     | RemoveApplication
@@ -301,6 +314,8 @@ def _line(step: Step, where: str) -> str:
             return f"confirm {container} stays up on {where}"
         case StopApplication(_, container):
             return f"stop {container} on {where}"
+        case StopStray(_, container):
+            return f"stop {container} on {where} for good (kept): the application must not run there"
         case FinishStop(_, container):
             return f"finish stopping {container} on {where}"
         case RestartApplication(_, container):
