@@ -58,7 +58,8 @@ WRITER = (
     "        for _ in range(1024): f.write(os.urandom(1 << 20))\\n"
     "    open('/data/ready', 'w').close()\\n"
     "else:\\n"
-    "    time.sleep(30)  # moved: give the test time to compare both copies\\n"
+    "    while not os.path.exists('/data/go'):  # moved: still until told, however long the test compares both copies\\n"
+    "        time.sleep(1)\\n"
     "while True:\\n"
     "    rewrite(); time.sleep(2)\\n"
 )
