@@ -29,7 +29,9 @@ from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS, learn, sealed
 from flocker_pulumi import FlockerApplication, FlockerVolume
 from flocker_pulumi import resources as resources_module
 
-NODES = [{"name": f"node{i}", "address": f"10.9.0.{i}", "docker_host": f"tcp://10.9.0.{i}:2375"} for i in (1, 2)]
+NODES = [
+    {"name": f"node{i}", "address": f"10.9.0.{i}", "docker_host": f"tcp://10.9.0.{i}:2375", "insecure_plain_tcp": True} for i in (1, 2)
+]
 SECRET = "hunter2-Zq81x"
 
 
