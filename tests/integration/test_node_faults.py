@@ -253,7 +253,7 @@ def test_a_move_to_a_node_whose_disk_fills_fails_naming_it_and_removes_the_parti
     partial copy is gone from the destination."""
     small = next((n for n in nodes if n.volumes_mb), None)
     if small is None:
-        pytest.skip("no node with a small disk (FLOCKER_NODE5_DISK_MB=64 scripts/cluster.sh up 5)")
+        pytest.skip("no node with a small disk (FLOCKER_NODE5_DISK_MB=64 scripts/cluster.sh up 5, as `make test` starts it)")
     node1 = by_name(nodes, "node1")
     store = serving_store(nodes, workdir, stack_name, cleanup, 2 * small.volumes_mb)
     container = f"flocker-{stack_name}-store"
