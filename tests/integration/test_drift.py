@@ -3,6 +3,7 @@ refused where repairing would lose data."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -70,7 +71,10 @@ def test_a_container_stopped_or_removed_by_hand_is_repaired_and_a_deleted_volume
     # Restored as the message says, from the backup: the next `up` starts the store on it.
     create = re.search(r"restore it on node1 \(`([^`]+)`", output)
     assert create, output
-    subprocess.run(shlex.split(create.group(1)), check=True, capture_output=True)
+    # The command names the engine, not its certificates: Docker's CLI takes those from its
+    # environment, as a shell after `eval "$(make -s env)"` and DOCKER_TLS_VERIFY=1 has them.
+    tls = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": node1.tls} if node1.tls else {}
+    subprocess.run(shlex.split(create.group(1)), check=True, capture_output=True, env={**os.environ, **tls})
     helper = with_helper(node1, name)
     assert helper.put_archive("/", backup)
     helper.remove()
