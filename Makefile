@@ -23,10 +23,14 @@ help:
 	@echo "make bench  - benchmarks; results in bench/results/"
 	@echo 'eval "$$(make -s env)" - this shell gets the pulumi and flocker-deploy of .venv, and the local state'
 
-# For a shell of one's own: the same engine, state and node file as `make up`.
+# For a shell of one's own: the same engine, state and node file as `make up`, and for `docker
+# --tlsverify -H tcp://NODE:2376`, the local cluster's client certificate (the node file names it;
+# DOCKER_TLS_VERIFY is left alone: set, it would send a plain `docker` to tcp://localhost:2376).
 env:
 	@echo 'export PATH="$(VENV)/bin:$$PATH" PULUMI_BACKEND_URL="$(PULUMI_BACKEND_URL)" PULUMI_CONFIG_PASSPHRASE="$(PULUMI_CONFIG_PASSPHRASE)"'
 	@echo 'export PULUMI_SKIP_UPDATE_CHECK=true PULUMI_PYTHON_CMD="$(PULUMI_PYTHON_CMD)" FLOCKER_NODES_FILE="$(FLOCKER_NODES_FILE)"'
+	@tls="$$(grep -o '"tls": "[^"]*"' "$(FLOCKER_NODES_FILE)" 2>/dev/null | head -n 1 | cut -d'"' -f4)"; \
+	  if [ -n "$$tls" ]; then echo "export DOCKER_CERT_PATH=\"$$tls\""; fi
 
 install:
 	@bash scripts/install.sh

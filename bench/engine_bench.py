@@ -105,9 +105,10 @@ def log(message: str) -> None:
 class CountingProxy:
     """A TCP proxy in front of one engine, counting the HTTP requests it carries. After an
     upgrade (an exec attached) the stream is not HTTP: what it carries is not counted then,
-    unless it happens to look like a request line, which route lines never do."""
+    unless it happens to look like a request line, which route lines never do. It reads the
+    requests, so it passes them on to the engine's unix socket (its TCP port speaks TLS only)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: str) -> None:
         self.target = target
         self.counts: Counter[tuple[bytes, bytes]] = Counter()
         self._lock = threading.Lock()
@@ -121,7 +122,8 @@ class CountingProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.target)
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
@@ -152,7 +154,7 @@ class CountingProxy:
 @contextlib.contextmanager
 def proxied(nodes: list[ClusterNode], workdir: Path) -> Iterator[tuple[Path, list[CountingProxy]]]:
     """A node file whose engines are reached through counting proxies, and the proxies."""
-    proxies = [CountingProxy((node.address, int(node.docker_host.rsplit(":", 1)[1]))) for node in nodes]
+    proxies = [CountingProxy(node.engine_socket) for node in nodes]
     entries = [
         {"name": node.name, "address": node.address, "docker_host": f"tcp://127.0.0.1:{proxy.port}"}
         for node, proxy in zip(nodes, proxies, strict=True)

@@ -115,9 +115,29 @@ debian_mirror() {
   echo "$url"
 }
 
-node_hosts() {
+# Each node's engine and its "tls" directory (empty if it has none), a tab between: the node
+# file scripts/cluster.sh writes, an entry without braces inside it.
+node_engines() {
+  local entry
   [ -f "$NODES_FILE" ] || die "no node file $NODES_FILE: run scripts/cluster.sh up first"
-  grep -o '"docker_host"[[:space:]]*:[[:space:]]*"[^"]*"' "$NODES_FILE" | sed 's/.*"\([^"]*\)"$/\1/'
+  grep -o '{[^{}]*}' "$NODES_FILE" | while IFS= read -r entry; do
+    printf '%s\t%s\n' "$(field "$entry" docker_host)" "$(field "$entry" tls)"
+  done
+}
+
+field() {   # entry key: a string value of the entry
+  grep -o "\"$2\"[[:space:]]*:[[:space:]]*\"[^\"]*\"" <<<"$1" | sed 's/.*"\([^"]*\)"$/\1/' || true
+}
+
+declare -A TLS_OF   # docker-host -> its client certificates' directory (Docker's file names)
+docker_at() {   # docker-host docker-arguments...
+  local h="$1" tls; shift
+  tls="${TLS_OF[$h]:-}"
+  if [ -n "$tls" ]; then
+    docker --tlsverify --tlscacert "$tls/ca.pem" --tlscert "$tls/cert.pem" --tlskey "$tls/key.pem" -H "$h" "$@"
+  else
+    docker -H "$h" "$@"
+  fi
 }
 
 root_key() {   # include trim-version: a root file system's identity
@@ -237,12 +257,12 @@ build_root_tars() {   # docker-host
 # Each imported root carries its key in one label (flocker.base-key, whichever root it is),
 # so that a node with the right one is not imported again.
 root_current() {   # docker-host image key
-  [ "$(docker -H "$1" image inspect --format '{{index .Config.Labels "flocker.base-key"}}' "$2" 2>/dev/null)" = "$3" ]
+  [ "$(docker_at "$1" image inspect --format '{{index .Config.Labels "flocker.base-key"}}' "$2" 2>/dev/null)" = "$3" ]
 }
 
 import_root() {   # docker-host tarball image key
   log "importing $3 on $1"
-  docker -H "$1" import \
+  docker_at "$1" import \
     --change "LABEL flocker.base-key=$4" \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \
@@ -252,7 +272,7 @@ import_root() {   # docker-host tarball image key
 # True if the node has all images of this exact key (labels written at build/import time).
 node_current() {   # docker-host
   local labels r
-  labels="$(docker -H "$1" image inspect --format '{{index .Config.Labels "flocker.images-key"}}' \
+  labels="$(docker_at "$1" image inspect --format '{{index .Config.Labels "flocker.images-key"}}' \
       "${REFS[@]}" 2>/dev/null)" || return 1
   [ "$(printf '%s\n' "$labels" | sort -u)" = "$IMAGES_KEY" ] || return 1
   for r in "${ROOTS[@]}"; do root_current "$1" "$(root_image "$r")" "${ROOT_KEY[$r]}" || return 1; done
@@ -277,7 +297,7 @@ build_on() {   # docker-host
     # The classic builder (DOCKER_BUILDKIT=0) works with any client, needs no buildx plugin,
     # and uses the local base image as is; --network none: builds must not reach out.
     # Its output (and the client's deprecation notice for it) is shown only on failure.
-    DOCKER_BUILDKIT=0 docker -H "$h" build --network none --pull=false \
+    DOCKER_BUILDKIT=0 docker_at "$h" build --network none --pull=false \
       --label "flocker.images-key=$IMAGES_KEY" -t "flocker/$name:local" "$context" >"$CACHE/build.log" 2>&1 ||
       { cat "$CACHE/build.log" >&2; die "docker build of $name failed"; }
     rm -f "$CACHE/build.log"
@@ -300,7 +320,11 @@ main() {
   flock 9
   IMAGES_KEY="$(images_key)"
   local images_tar="$CACHE/images-$IMAGES_KEY.tar" hosts=() need=() have="" h t0=$SECONDS pids=() failed=0 i
-  mapfile -t hosts < <(node_hosts)
+  local engine tls
+  while IFS=$'\t' read -r engine tls; do
+    hosts+=("$engine")
+    TLS_OF[$engine]="$tls"
+  done < <(node_engines)
   [ ${#hosts[@]} -gt 0 ] || die "no nodes in $NODES_FILE"
   for h in "${hosts[@]}"; do
     if node_current "$h"; then have="${have:-$h}"; else need+=("$h"); fi
@@ -321,7 +345,7 @@ main() {
     fi
     mkdir -p "$CACHE"
     log "saving images to $images_tar"
-    docker -H "$have" save -o "$images_tar.tmp" "${ROOT_REFS[@]}" "${REFS[@]}"
+    docker_at "$have" save -o "$images_tar.tmp" "${ROOT_REFS[@]}" "${REFS[@]}"
     mv -f "$images_tar.tmp" "$images_tar"
     # Keep the cache bounded: older image sets can be rebuilt from the root tarballs.
     find "$CACHE" -maxdepth 1 -name 'images-*.tar' ! -name "images-$IMAGES_KEY.tar" -delete
@@ -329,7 +353,7 @@ main() {
   # Loads run in parallel: each engine unpacks on its own, the tarball is read from page cache.
   for h in "${need[@]}"; do
     log "loading images onto $h"
-    docker -H "$h" load -q -i "$images_tar" >/dev/null &
+    docker_at "$h" load -q -i "$images_tar" >/dev/null &
     pids+=($!)
   done
   for i in "${!pids[@]}"; do

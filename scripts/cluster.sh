@@ -11,9 +11,13 @@
 #   scripts/cluster.sh start-node I  # start it again and wait until it answers
 #   scripts/cluster.sh status        # nodes and whether each engine answers (exit 3 if any does not)
 #
-# The engines listen on plain TCP (no TLS) on addresses that exist only inside this
-# machine. That is acceptable for a throw-away local test cluster only: real hosts must
-# use TLS (dockerd --tlsverify, client certificates), as Flocker's agents did.
+# The engines listen on TCP port 2376 with TLS and insist on a client certificate
+# (dockerd --tlsverify), as real hosts must: a container on any node can reach every
+# node's address, and a root dockerd that answered it would be the machine's. The first
+# `up` of a cluster makes its CA, under its state directory (tls/), a server certificate
+# per node for the node's address, and one client certificate (tls/client: Docker's
+# ca.pem, cert.pem, key.pem, the key readable by the user who ran `sudo` only); `down`
+# removes them. The node file names that directory as each node's "tls".
 #
 # Writes the node file .cluster/nodes.json in the repository root (or $FLOCKER_NODES_FILE).
 #
@@ -48,17 +52,24 @@ NODES_FILE="${FLOCKER_NODES_FILE:-$repo/.cluster/nodes.json}"
 die() { echo "cluster: $*" >&2; exit 1; }
 log() { echo "cluster: $*" >&2; }
 
+TLS="$LIB/tls"
+CLIENT_TLS="$TLS/client"
+ENGINE_PORT=2376
+
 ns_name() { echo "flk$TAG-node$1"; }
 veth_name() { echo "flk${TAG}veth$1"; }
 node_addr() { echo "$PREFIX.$((249 + $1))"; }
 node_run() { echo "$RUN/node$1"; }
 node_lib() { echo "$LIB/node$1"; }
+node_tls() { echo "$TLS/node$1"; }
+engine_url() { echo "tcp://$(node_addr "$1"):$ENGINE_PORT"; }
 
 # CI may start on a fresh machine where none of this is installed yet.
 ensure_packages() {
   local missing=() pair
   for pair in unshare:util-linux dockerd:docker.io containerd:containerd runc:runc docker-proxy:docker.io \
-              ip:iproute2 iptables:iptables nsenter:util-linux setsid:util-linux flock:util-linux; do
+              ip:iproute2 iptables:iptables nsenter:util-linux setsid:util-linux flock:util-linux \
+              openssl:openssl; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -93,8 +104,9 @@ dockerd_pid() {   # run-dir
   live_pid "$1/docker.pid" "$1/docker.sock" || live_pid "$1/dockerd.launched" "$1/docker.sock"
 }
 
-engine_answers() {   # i
-  timeout 5 docker -H "tcp://$(node_addr "$1"):2375" info --format '{{.ID}}' >/dev/null 2>&1
+engine_answers() {   # i: over TLS with the client certificate, as every client of the cluster
+  timeout 5 docker --tlsverify --tlscacert "$CLIENT_TLS/ca.pem" --tlscert "$CLIENT_TLS/cert.pem" \
+    --tlskey "$CLIENT_TLS/key.pem" -H "$(engine_url "$1")" info --format '{{.ID}}' >/dev/null 2>&1
 }
 
 # Processes whose network namespace is node i's: its dockerd, containerd, docker-proxy,
@@ -207,6 +219,54 @@ ensure_netns() {   # i
   ip -n "$ns" route replace default via "$GATEWAY"
 }
 
+# ---------------------------------------------------------------------------- certificates
+
+# Elliptic-curve keys: made in milliseconds, and Docker, Go and Python's ssl all take them.
+new_key() {   # file
+  (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null) ||
+    die "openssl could not make a key $1"
+}
+
+signed() {   # key cert subject extensions...: a certificate for key, signed by the cluster's CA
+  local key="$1" cert="$2" subject="$3" ext; shift 3
+  ext="$(printf '%s\n' "basicConstraints=critical,CA:FALSE" "$@")"
+  openssl req -new -key "$key" -subj "$subject" 2>/dev/null |
+    openssl x509 -req -CA "$TLS/ca.pem" -CAkey "$TLS/ca-key.pem" -CAcreateserial -days 825 -out "$cert.tmp" \
+      -extfile <(echo "$ext") 2>/dev/null || die "openssl could not sign $cert"
+  mv -f "$cert.tmp" "$cert"
+}
+
+# The CA once per cluster (a CA made again would leave every certificate it signed untrusted),
+# then what is missing of the client's and the nodes' certificates.
+ensure_certificates() {   # node numbers...
+  local i dir
+  mkdir -p "$TLS"; chmod 755 "$TLS"
+  if [ ! -s "$TLS/ca.pem" ]; then
+    log "making the cluster's CA in $TLS"
+    new_key "$TLS/ca-key.pem"
+    openssl req -x509 -new -key "$TLS/ca-key.pem" -subj "/CN=flocker-cluster$SUFFIX CA" -days 825 -out "$TLS/ca.pem.tmp" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null ||
+      die "openssl could not make the CA"
+    mv -f "$TLS/ca.pem.tmp" "$TLS/ca.pem"
+    rm -rf "$CLIENT_TLS" "$TLS"/node*   # signed by a CA that is gone
+  fi
+  if [ ! -s "$CLIENT_TLS/cert.pem" ]; then
+    mkdir -p "$CLIENT_TLS"
+    new_key "$CLIENT_TLS/key.pem"
+    signed "$CLIENT_TLS/key.pem" "$CLIENT_TLS/cert.pem" "/CN=flocker-cluster$SUFFIX client" "extendedKeyUsage=clientAuth"
+    cp "$TLS/ca.pem" "$CLIENT_TLS/ca.pem"
+    # The key is the keys to every node: the user who ran `sudo` (tests, pulumi) and root only.
+    chown "${SUDO_UID:-0}:${SUDO_GID:-0}" "$CLIENT_TLS/key.pem"
+  fi
+  for i in "$@"; do
+    dir="$(node_tls "$i")"
+    [ -s "$dir/cert.pem" ] && continue
+    mkdir -p "$dir"; chmod 700 "$dir"
+    new_key "$dir/key.pem"
+    signed "$dir/key.pem" "$dir/cert.pem" "/CN=node$i" "subjectAltName=IP:$(node_addr "$i")" "extendedKeyUsage=serverAuth"
+  done
+}
+
 # ---------------------------------------------------------------------------- engines
 
 volumes_image() { echo "$(node_lib "$1")/volumes.img"; }
@@ -234,8 +294,8 @@ mount_small_disk() {   # i; before its dockerd starts
 }
 
 start_engine() {   # i
-  local i="$1" ns run lib addr logf pid deadline
-  ns="$(ns_name "$i")"; run="$(node_run "$i")"; lib="$(node_lib "$i")"; addr="$(node_addr "$i")"
+  local i="$1" ns run lib logf deadline
+  ns="$(ns_name "$i")"; run="$(node_run "$i")"; lib="$(node_lib "$i")"
   logf="$LOGDIR/node$i.log"
   mkdir -p "$run" "$lib/docker" "$lib/containerd" "$LOGDIR"
 
@@ -301,7 +361,8 @@ EOF
         --pidfile "$run/docker.pid" \
         --containerd "$run/containerd.sock" \
         -H "unix://$run/docker.sock" \
-        -H "tcp://$addr:2375" --tls=false \
+        -H "$(engine_url "$i")" \
+        --tlsverify --tlscacert "$TLS/ca.pem" --tlscert "$(node_tls "$i")/cert.pem" --tlskey "$(node_tls "$i")/key.pem" \
         --dns 127.0.0.1 \
         >>"$logf" 2>&1 </dev/null 9<&- &
     # Not into docker.pid: dockerd refuses to start when that names a live pid, even its own.
@@ -319,7 +380,7 @@ wait_engine() {   # i
     fi
     if [ $SECONDS -ge $deadline ]; then
       tail -n 30 "$LOGDIR/node$i.log" >&2
-      die "engine of node$i did not answer on tcp://$(node_addr "$i"):2375 within ${ENGINE_DEADLINE}s; log: $LOGDIR/node$i.log"
+      die "engine of node$i did not answer on $(engine_url "$i") within ${ENGINE_DEADLINE}s; log: $LOGDIR/node$i.log"
     fi
     sleep 0.5
   done
@@ -367,11 +428,11 @@ write_nodes_file() {
     for i in $(existing_nodes); do
       [ $first = 1 ] || printf ', '
       first=0
-      # engine_socket, netns and volumes_mb are not read by the provider: the SSH test reaches
-      # the engine through the first, the registry test runs a registry in the second, the
-      # full-disk test looks for the third.
-      printf '{"name": "node%s", "address": "%s", "docker_host": "tcp://%s:2375", "engine_socket": "%s/docker.sock", "netns": "%s"' \
-        "$i" "$(node_addr "$i")" "$(node_addr "$i")" "$(node_run "$i")" "$(ns_name "$i")"
+      # engine_socket, netns and volumes_mb are not read by the provider: the SSH test and the
+      # proxies of tests and benchmarks reach the engine through the first, the registry test
+      # runs a registry in the second, the full-disk test looks for the third.
+      printf '{"name": "node%s", "address": "%s", "docker_host": "%s", "tls": "%s", "engine_socket": "%s/docker.sock", "netns": "%s"' \
+        "$i" "$(node_addr "$i")" "$(engine_url "$i")" "$CLIENT_TLS" "$(node_run "$i")" "$(ns_name "$i")"
       [ -e "$(volumes_image "$i")" ] && printf ', "volumes_mb": %s' "$(( $(stat -c %s "$(volumes_image "$i")") >> 20 ))"
       printf '}'
     done
@@ -395,6 +456,8 @@ cmd_up() {
   # Nodes 1..N plus any node already in the cluster: up never shrinks a cluster.
   nodes="$( { seq 1 "$n"; existing_nodes; } | sort -nu)"
   for i in $nodes; do ensure_netns "$i"; done
+  # shellcheck disable=SC2086  # one node number a word
+  ensure_certificates $nodes
   for i in $nodes; do start_engine "$i"; done   # start all, then wait: engines boot in parallel
   for i in $nodes; do wait_engine "$i"; done
   write_nodes_file
@@ -422,6 +485,7 @@ cmd_down() {
     [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$(node_lib "$i")/docker" "$(volumes_image "$i")"
     rmdir "$(node_lib "$i")" 2>/dev/null || true
   done
+  rm -rf "$TLS"
   rmdir "$LIB" 2>/dev/null || true
   rm -f "$NODES_FILE"
   rmdir "$(dirname "$NODES_FILE")" 2>/dev/null || true
@@ -450,7 +514,7 @@ cmd_status() {
   for i in $(existing_nodes); do
     any=1
     if engine_answers "$i"; then state=up; else state=down; all_up=3; fi
-    printf '%-6s %-15s tcp://%s:2375  %s\n' "node$i" "$(node_addr "$i")" "$(node_addr "$i")" "$state"
+    printf '%-6s %-15s %s  %s\n' "node$i" "$(node_addr "$i")" "$(engine_url "$i")" "$state"
   done
   [ $any = 1 ] || { echo "no cluster"; return 3; }
   return $all_up

@@ -383,7 +383,7 @@ def _stopping_line(inputs: ApplicationInputs, node: Node, stray: dict[str, Any])
         wrote = f"what it wrote is in volume {volume} there, {live}; that volume stays as it is"
     else:
         wrote = f"what it wrote stays with it, {live}"
-    remove = shlex.join(["docker", "-H", node.docker_host, "rm", stray["container"]])
+    remove = shlex.join(node.docker_cli("rm", stray["container"]))
     return (
         f"{_stray_line(inputs.owner.resource, inputs.node.name, stray)}: stopping it there for good (its restart policy too), "
         f"kept, not removed: {wrote}. Remove the container once you have what you need (`{remove}`)"

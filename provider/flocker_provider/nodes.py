@@ -4,13 +4,19 @@ A node is named in a resource by a name from the node file (``.cluster/nodes.jso
 of the local cluster, or one you write for real hosts) or by a bare address. A bare
 address is reached through a template, ``ssh://root@{address}`` by default, as
 Flocker reached its nodes over SSH.
+
+An engine on plain TCP (no TLS) off this machine is refused unless its node file entry says
+``"insecure_plain_tcp": true``: whoever reaches that port drives a root dockerd, and any
+container on any node can reach it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from flocker_provider.errors import NodeFileError
 from flocker_provider.planning.models import Node, TLSConfig
@@ -19,6 +25,7 @@ DEFAULT_TEMPLATE = "ssh://root@{address}"
 NODES_FILE_ENV = "FLOCKER_NODES_FILE"
 TEMPLATE_ENV = "FLOCKER_DOCKER_HOST_TEMPLATE"
 TLS_DIR_ENV = "FLOCKER_TLS_DIR"
+INSECURE_KEY = "insecure_plain_tcp"
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,41 @@ class Inventory:
         if self.source is not None and not _looks_like_address(ref):
             known = ", ".join(n.name for n in self.nodes) or "none"
             raise LookupError(f"unknown node '{ref}': not in {self.source} (known: {known}) and not an address")
-        return Node(name=ref, address=ref, docker_host=self.template.format(address=ref), tls=self.tls)
+        node = Node(name=ref, address=ref, docker_host=self.template.format(address=ref), tls=self.tls)
+        why = plain_tcp_refusal(node)
+        if why is not None:
+            raise LookupError(
+                f"node {ref}: {why}; set flocker:tlsDir (ca.pem, cert.pem, key.pem) for engines run with --tlsverify, "
+                f'reach it over SSH (an ssh:// template), or list it in a node file with "{INSECURE_KEY}": true'
+            )
+        return node
 
 
 def _looks_like_address(ref: str) -> bool:
     # An IPv4/IPv6 literal or a dotted host name: anything else is a typo of a node name.
     return ":" in ref or ref.count(".") >= 1
+
+
+def plain_tcp_refusal(node: Node) -> str | None:
+    """What is wrong with reaching ``node``'s engine as it is given, if anything: plain TCP
+    without TLS to an address off this machine. Loopback stays open: what ends there (a
+    tunnel, a proxy of one's own) is this machine's."""
+    parts = urlsplit(node.docker_host)
+    if node.tls is not None or parts.scheme not in ("tcp", "http") or _is_loopback(parts.hostname or ""):
+        return None
+    return (
+        f"{node.docker_host} is plain TCP without TLS: whoever reaches that port, any container on any node "
+        "included, drives the engine as root"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def tls_from_dir(path: str) -> TLSConfig:
@@ -73,7 +109,18 @@ def _node_from_entry(entry: object, path: str, index: int) -> Node:
     elif isinstance(tls, str):
         tls_config = tls_from_dir(tls)
     docker_host = entry.get("docker_host") or DEFAULT_TEMPLATE.format(address=entry["address"])
-    return Node(name=entry["name"], address=entry["address"], docker_host=docker_host, tls=tls_config)
+    node = Node(name=entry["name"], address=entry["address"], docker_host=docker_host, tls=tls_config)
+    insecure = entry.get(INSECURE_KEY, False)
+    if not isinstance(insecure, bool):
+        raise NodeFileError(f"{path}: nodes[{index}] ({node.name}): {INSECURE_KEY}: expected true or false, got {insecure!r}")
+    why = None if insecure else plain_tcp_refusal(node)
+    if why is not None:
+        raise NodeFileError(
+            f'{path}: nodes[{index}] ({node.name}): {why}; give the entry "tls" (a directory with ca.pem, cert.pem, '
+            "key.pem) for an engine run with --tlsverify, on port 2376, reach it over SSH (ssh://user@host), or, on a "
+            f'network no one else reaches, opt in with "{INSECURE_KEY}": true in the entry'
+        )
+    return node
 
 
 def load_node_file(path: str, template: str = DEFAULT_TEMPLATE, tls: TLSConfig | None = None) -> Inventory:

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.tls
 
-from flocker_provider.docker_layer.docker_node import DockerNode
+from flocker_provider.docker_layer.docker_node import API_VERSION, DockerNode
+from flocker_provider.nodes import tls_from_dir
 from flocker_provider.on_node.kernel_forwarding import rule_names
 from flocker_provider.planning import labels as L
 from flocker_provider.planning.containers import RouterSpec
+from flocker_provider.planning.models import Node
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -55,12 +58,28 @@ class ClusterNode:
     name: str
     address: str
     docker_host: str
+    tls: str = ""  # the client certificates' directory (Docker's ca.pem, cert.pem, key.pem), if it has TLS
     engine_socket: str = ""  # the engine's unix socket on this machine
     netns: str = ""  # the node's network namespace
     volumes_mb: int = 0  # the size of a filesystem of its own under its volumes (FLOCKER_NODE<I>_DISK_MB), if any
 
     def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.docker_host, timeout=60)
+        """A client of the node's engine as the provider's connect() makes one: the API version
+        fixed, not asked for before the next line, where REQUESTS_CA_BUNDLE and the like stop
+        overriding the node's CA."""
+        tls = self.provider_node().tls
+        tls_config = tls and docker.tls.TLSConfig(client_cert=(tls.client_cert, tls.client_key), ca_cert=tls.ca_cert, verify=True)
+        client = docker.DockerClient(base_url=self.docker_host, tls=tls_config, timeout=60, version=API_VERSION)
+        client.api.trust_env = False
+        return client
+
+    def provider_node(self) -> Node:
+        """The node as the provider takes it from the node file."""
+        return Node(self.name, self.address, self.docker_host, tls_from_dir(self.tls) if self.tls else None)
+
+    def entry(self) -> dict[str, str]:
+        """Its entry in a node file of a test's own."""
+        return {"name": self.name, "address": self.address, "docker_host": self.docker_host, **({"tls": self.tls} if self.tls else {})}
 
 
 def load_nodes(path: str | os.PathLike[str] | None = None) -> list[ClusterNode] | None:
@@ -69,10 +88,8 @@ def load_nodes(path: str | os.PathLike[str] | None = None) -> list[ClusterNode] 
     if not path or not Path(path).exists():
         return None
     data = json.loads(Path(path).read_text())
-    return [
-        ClusterNode(n["name"], n["address"], n["docker_host"], n.get("engine_socket", ""), n.get("netns", ""), n.get("volumes_mb", 0))
-        for n in data["nodes"]
-    ]
+    keys = ("tls", "engine_socket", "netns", "volumes_mb")
+    return [ClusterNode(n["name"], n["address"], n["docker_host"], **{k: n[k] for k in keys if k in n}) for n in data["nodes"]]
 
 
 class Pulumi:

@@ -71,6 +71,8 @@ def test_a_container_stopped_or_removed_by_hand_is_repaired_and_a_deleted_volume
     # Restored as the message says, from the backup: the next `up` starts the store on it.
     create = re.search(r"restore it on node1 \(`([^`]+)`", output)
     assert create, output
+    # As typed: the command carries the node's client certificates (the cluster speaks TLS).
+    assert "--tlsverify" in create.group(1), create.group(1)
     subprocess.run(shlex.split(create.group(1)), check=True, capture_output=True)
     helper = with_helper(node1, name)
     assert helper.put_archive("/", backup)

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import pytest
 
 from flocker_provider.docker_layer.docker_node import connect
-from flocker_provider.planning.models import Node
 from tests.contract.engine_contract import EngineContract, Subject
 
 from .harness import ClusterNode
@@ -35,7 +34,7 @@ def subject(nodes: list[ClusterNode]) -> Iterator[Subject]:
         client.volumes.create(name=name)
 
     try:
-        with connect(Node(node.name, node.address, node.docker_host)) as engine:
+        with connect(node.provider_node()) as engine:
             yield Subject(engine, prefix, IMAGE, foreign_container, foreign_volume)
     finally:
         # Docker's name filters match anywhere in the name: the prefix is checked again here.

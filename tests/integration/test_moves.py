@@ -13,7 +13,6 @@ from flocker_provider.docker_layer.docker_node import connect
 from flocker_provider.execution.staging import HELD_LINE, staged_name
 from flocker_provider.planning import labels as L
 from flocker_provider.planning.containers import ContainerSpec
-from flocker_provider.planning.models import Node
 
 from .harness import (
     REPO,
@@ -139,7 +138,7 @@ def test_a_staged_container_left_by_a_killed_move_never_runs_and_is_cleaned_up(
     volume_labels = source.client().volumes.get(name).attrs["Labels"]
     for left in ("node2", "node3"):
         node = by_name(nodes, left)
-        with connect(Node(node.name, node.address, node.docker_host)) as engine:
+        with connect(node.provider_node()) as engine:
             engine.create_volume(name, volume_labels)
             assert engine.stage_container(spec)
         time.sleep(1.5)  # past a round of the gate's loop

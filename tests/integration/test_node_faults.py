@@ -54,9 +54,11 @@ class EngineProxy:
     """An engine's API forwarded from a port of this machine, connection by connection,
     that runs ``fault`` in the middle of the first request matching ``trigger``, before it
     reaches the engine, and then drops that connection: a fault at an exact point of a
-    provider's conversation with the engine, not at a moment of a race with its output."""
+    provider's conversation with the engine, not at a moment of a race with its output.
+    It reads the requests, so it takes them in plain TCP on loopback, and passes them on to
+    the engine's unix socket (its TCP port speaks TLS only)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.trigger: re.Pattern[bytes] | None = None
         self.fault: Callable[[], None] = lambda: None
@@ -75,7 +77,9 @@ class EngineProxy:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            upstream = socket.create_connection(self.upstream, timeout=5)
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.settimeout(5)
+            upstream.connect(self.upstream)
         except OSError:  # the engine is down: so is its proxy
             client.close()
             return
@@ -111,12 +115,10 @@ def proxied(nodes: list[ClusterNode], workdir: Path) -> Iterator[tuple[Path, Eng
     """A node file like the cluster's, with node2's engine reached through an EngineProxy.
     Set up before ``cleanup``, so that the stack's destroy still goes through it."""
     node2 = by_name(nodes, "node2")
-    address, port = node2.docker_host.removeprefix("tcp://").rsplit(":", 1)
-    proxy = EngineProxy((address, int(port)))
+    proxy = EngineProxy(node2.engine_socket)
     file = workdir / "nodes-proxied.json"
     entries = [
-        {"name": n.name, "address": n.address, "docker_host": f"tcp://127.0.0.1:{proxy.port}" if n == node2 else n.docker_host}
-        for n in nodes
+        {"name": n.name, "address": n.address, "docker_host": f"tcp://127.0.0.1:{proxy.port}"} if n == node2 else n.entry() for n in nodes
     ]
     file.write_text(json.dumps({"nodes": entries}))
     yield file, proxy
@@ -251,7 +253,7 @@ def test_a_move_to_a_node_whose_disk_fills_fails_naming_it_and_removes_the_parti
     partial copy is gone from the destination."""
     small = next((n for n in nodes if n.volumes_mb), None)
     if small is None:
-        pytest.skip("no node with a small disk (FLOCKER_NODE5_DISK_MB=64 scripts/cluster.sh up 5)")
+        pytest.skip("no node with a small disk (FLOCKER_NODE5_DISK_MB=64 scripts/cluster.sh up 5, as `make test` starts it)")
     node1 = by_name(nodes, "node1")
     store = serving_store(nodes, workdir, stack_name, cleanup, 2 * small.volumes_mb)
     container = f"flocker-{stack_name}-store"

@@ -217,7 +217,7 @@ FlockerApplication("web", image="flocker/logpage:local", node="node1", ports=[{"
 def test_a_node_added_to_the_cluster_gets_routes_without_a_restart(nodes: list[ClusterNode], workdir: Path, stack_name: str) -> None:
     node1, node4 = by_name(nodes, "node1"), by_name(nodes, "node4")
     three = workdir / "three-nodes.json"
-    three.write_text(json.dumps({"nodes": [{"name": n.name, "address": n.address, "docker_host": n.docker_host} for n in nodes[:3]]}))
+    three.write_text(json.dumps({"nodes": [n.entry() for n in nodes[:3]]}))
     pulumi = Pulumi(workdir, stack_name)
     pulumi.env["FLOCKER_NODES_FILE"] = str(three)
     pulumi.write_program(GROWING)

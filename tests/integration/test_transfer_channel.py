@@ -15,7 +15,6 @@ import pytest
 
 from flocker_provider.docker_layer.docker_node import connect
 from flocker_provider.execution.transfer import DELTA_PORT, delta_receiver_command
-from flocker_provider.planning.models import Node
 
 from .harness import ClusterNode, by_name
 
@@ -44,7 +43,7 @@ def receiver(nodes: list[ClusterNode]) -> Iterator[tuple[int, object]]:
     name = f"flocker-channel-{uuid.uuid4().hex[:8]}"
     labels = {LABEL: "true"}
     try:
-        with connect(Node(destination.name, destination.address, destination.docker_host)) as engine:
+        with connect(destination.provider_node()) as engine:
             engine.create_volume(name, labels)
             helper = engine.run_helper(
                 "flocker/base:local",

@@ -8,7 +8,7 @@ import pytest
 from flocker_provider.errors import MoveFailed
 from flocker_provider.execution.executor import Engines
 from flocker_provider.execution.migration import TransferChannel
-from flocker_provider.inputs import parse_volume
+from flocker_provider.inputs import node_props, parse_volume
 from flocker_provider.planning import labels as L
 
 from .harness import ClusterNode
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.cluster
 
 
 def volume_on(node: ClusterNode, stack: str):
-    where = {"node": node.name, "node_address": node.address, "docker_host": node.docker_host}
-    return parse_volume({"name": "verified", "project": "p", "stack": stack, **where})
+    return parse_volume({"name": "verified", "project": "p", "stack": stack, **node_props(node.provider_node())})
 
 
 def test_verification_finds_a_difference_the_copy_did_not_fix(nodes: list[ClusterNode], stack_name: str) -> None:

@@ -19,7 +19,9 @@ from flocker_provider.secret_values import SECRET_PATHS
 from flocker_pulumi import FlockerApplication, FlockerCluster, FlockerDeployment, FlockerVolume
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "elk"
-STACK_NODES = [{"name": f"node{i}", "address": f"10.9.0.{i}", "docker_host": f"tcp://10.9.0.{i}:2375"} for i in (1, 2)]
+STACK_NODES = [
+    {"name": f"node{i}", "address": f"10.9.0.{i}", "docker_host": f"tcp://10.9.0.{i}:2375", "insecure_plain_tcp": True} for i in (1, 2)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +31,10 @@ def stack_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 def cluster_file(tmp_path: Path, name: str, network: str, count: int = 2) -> Path:
     path = tmp_path / f"{name}.json"
-    nodes = [{"name": f"node{i}", "address": f"{network}.{i}", "docker_host": f"tcp://{network}.{i}:2375"} for i in range(1, count + 1)]
+    nodes = [
+        {"name": f"node{i}", "address": f"{network}.{i}", "docker_host": f"tcp://{network}.{i}:2375", "insecure_plain_tcp": True}
+        for i in range(1, count + 1)
+    ]
     path.write_text(json.dumps({"nodes": nodes}))
     return path
 
@@ -158,6 +163,7 @@ def test_a_cluster_from_a_list_of_nodes() -> None:
         "lab",
         [{"name": "a", "address": "10.4.0.1"}, {"name": "b", "address": "10.4.0.2", "tls": "/certs"}],
         docker_host_template="tcp://{address}:2376",
+        tls_dir="/client",
     )
 
     def program() -> None:
@@ -171,15 +177,32 @@ def test_a_cluster_from_a_list_of_nodes() -> None:
     assert found["Volume/x"]["tls"] == {"ca_cert": "/certs/ca.pem", "client_cert": "/certs/cert.pem", "client_key": "/certs/key.pem"}
     assert found["Volume/y"]["node_error"] == "unknown node 'typo': not in cluster lab (known: a, b) and not an address"
     assert found["Volume/z"]["docker_host"] == "tcp://10.4.0.9:2376"
+    assert found["Volume/z"]["tls"] == {"ca_cert": "/client/ca.pem", "client_cert": "/client/cert.pem", "client_key": "/client/key.pem"}
 
     missing = r"^FlockerCluster lab: nodes\[0\]: missing address; correct the nodes given to FlockerCluster lab$"
     with pytest.raises(pulumi.RunError, match=missing):
         FlockerCluster.from_nodes("lab", [{"name": "a"}])
 
 
+def test_a_plain_tcp_node_is_refused_before_anything_runs() -> None:
+    """Through the SDK: a cluster given a plain node fails the program with the message, no
+    traceback (pulumi's RunError); a plain bare address fails the resource's check."""
+    with pytest.raises(pulumi.RunError, match=r"^FlockerCluster lab: nodes\[0\] \(a\): tcp://10.0.0.1:2375 is plain TCP"):
+        FlockerCluster.from_nodes("lab", [{"name": "a", "address": "10.0.0.1", "docker_host": "tcp://10.0.0.1:2375"}])
+    templated = FlockerCluster.from_nodes("lab", [], docker_host_template="tcp://{address}:2375")
+
+    def program() -> None:
+        FlockerVolume("v", node="10.0.0.9", cluster=templated)
+
+    assert declared(program)["Volume/v"]["node_error"].startswith("node 10.0.0.9: tcp://10.0.0.9:2375 is plain TCP without TLS")
+
+
 def test_a_deployment_declares_its_children_on_its_cluster(two: tuple[FlockerCluster, FlockerCluster]) -> None:
     _, west = two
-    three = [{"name": a, "address": a, "docker_host": f"tcp://{a}:2375"} for a in ("172.16.255.250", "172.16.255.251", "172.16.255.252")]
+    three = [
+        {"name": a, "address": a, "docker_host": f"tcp://{a}:2375", "insecure_plain_tcp": True}
+        for a in ("172.16.255.250", "172.16.255.251", "172.16.255.252")
+    ]
     article = FlockerCluster.from_nodes("article", three)
 
     def program() -> None:

@@ -35,7 +35,11 @@ Declared = tuple[str, str, str]  # (type, name, inputs as canonical JSON)
 @pytest.fixture
 def article_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A node file naming each of the article's addresses after itself, so nodes resolve the same every run."""
-    yield from node_file(tmp_path, monkeypatch, [{"name": a, "address": a, "docker_host": f"tcp://{a}:2375"} for a in ARTICLE_ADDRESSES])
+    yield from node_file(
+        tmp_path,
+        monkeypatch,
+        [{"name": a, "address": a, "docker_host": f"tcp://{a}:2375", "insecure_plain_tcp": True} for a in ARTICLE_ADDRESSES],
+    )
 
 
 def children(recorder: Recorder) -> list[Declared]:
@@ -386,7 +390,10 @@ def test_where_table_lists_every_application() -> None:
 def test_an_address_and_its_node_name_are_one_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, article_nodes: Path) -> None:
     # deployment.yml names nodes by address while the node file names them node1...: the
     # implicit volume must land on the same (resolved) node as its application.
-    nodes = [{"name": f"node{i}", "address": a, "docker_host": f"tcp://{a}:2375"} for i, a in enumerate(ARTICLE_ADDRESSES, 1)]
+    nodes = [
+        {"name": f"node{i}", "address": a, "docker_host": f"tcp://{a}:2375", "insecure_plain_tcp": True}
+        for i, a in enumerate(ARTICLE_ADDRESSES, 1)
+    ]
     article_nodes.write_text(json.dumps({"nodes": nodes}))
     cluster_module._stack_inventory.cache_clear()
     declared = children(record_program(article()))

@@ -40,7 +40,10 @@ elk = load_program()
 @pytest.fixture
 def nodes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The local cluster's node names, at addresses of their own: nodes resolve the same every run."""
-    nodes = [{"name": f"node{i}", "address": f"192.0.2.{i}", "docker_host": f"tcp://192.0.2.{i}:2375"} for i in range(1, 5)]
+    nodes = [
+        {"name": f"node{i}", "address": f"192.0.2.{i}", "docker_host": f"tcp://192.0.2.{i}:2375", "insecure_plain_tcp": True}
+        for i in range(1, 5)
+    ]
     yield from node_file(tmp_path, monkeypatch, nodes)
     set_all_config({})
 

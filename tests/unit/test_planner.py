@@ -3,7 +3,7 @@
 import pytest
 
 from flocker_provider.planning.containers import ContainerSpec, MountedContainer, router_spec
-from flocker_provider.planning.models import Node, NodeVolumeState, Port, RunningContainer
+from flocker_provider.planning.models import Node, NodeVolumeState, Port, RunningContainer, TLSConfig
 from flocker_provider.planning.planner import (
     AfterFailure,
     MoveState,
@@ -328,6 +328,17 @@ def test_move_back_to_a_retired_copy_is_a_normal_push() -> None:
 def test_nothing_to_move_is_an_error() -> None:
     with pytest.raises(PlanError, match="no live copy on node1"):
         plan_move("v", LABELS, N1, N2, move_state(source_volume=NodeVolumeState("v", exists=True, retired=True)), ROUTING)
+
+
+def test_the_restore_command_of_a_node_on_tls_carries_its_certificates() -> None:
+    """Typed as given, the command must reach an engine that wants a client certificate."""
+    node = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2376", TLSConfig("/c/ca.pem", "/c/cert.pem", "/c/key.pem"))
+    with pytest.raises(PlanError) as missing:
+        plan_volume((node, "v", LABELS), {node: NodeVolumeState("v", exists=False)}, recorded=True)
+    assert (
+        "`docker -H tcp://10.0.0.1:2376 --tlsverify --tlscacert=/c/ca.pem --tlscert=/c/cert.pem --tlskey=/c/key.pem volume create"
+        in str(missing.value)
+    )
 
 
 def test_a_recorded_volume_gone_from_its_node_is_never_made_again_empty() -> None:

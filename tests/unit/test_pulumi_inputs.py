@@ -32,7 +32,9 @@ from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS, learn, sealed
 from flocker_pulumi import FlockerApplication, FlockerVolume
 from flocker_pulumi import resources as resources_module
 
-NODES = [{"name": f"node{i}", "address": f"10.9.0.{i}", "docker_host": f"tcp://10.9.0.{i}:2375"} for i in (1, 2)]
+NODES = [
+    {"name": f"node{i}", "address": f"10.9.0.{i}", "docker_host": f"tcp://10.9.0.{i}:2375", "insecure_plain_tcp": True} for i in (1, 2)
+]
 SECRET = "hunter2-Zq81x"
 
 
@@ -252,7 +254,9 @@ def test_the_inventory_is_as_secret_as_the_node_whose_name_it_holds() -> None:
         FlockerApplication("store", image="store:1", node=pulumi.Output.secret("node1"))
         FlockerApplication("shipper", image="shipper:1", node="node2")
 
-    (_, _, store), (_, _, shipper), *_ = record(declare, "p").resources
+    # By name: the store registers once its secret node is resolved, after the shipper or before.
+    declared = {name: inputs for _, name, inputs in record(declare, "p").resources}
+    store, shipper = declared["store"], declared["shipper"]
     assert rpc.is_rpc_secret(store["route_nodes"])
     assert [n["node"] for n in rpc.unwrap_rpc_secret(store["route_nodes"])] == ["node1", "node2"]
     # Not blanked for it: the node's own value is, and the other nodes' are no secrets.

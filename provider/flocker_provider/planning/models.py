@@ -29,6 +29,14 @@ class Node:
     docker_host: str
     tls: TLSConfig | None = None
 
+    def docker_cli(self, *args: str) -> list[str]:
+        """The ``docker`` command line that runs ``args`` against this node's engine, for the
+        commands our messages tell people to run (with its client certificates, if it has them)."""
+        tls = []
+        if self.tls is not None:
+            tls = ["--tlsverify", f"--tlscacert={self.tls.ca_cert}", f"--tlscert={self.tls.client_cert}", f"--tlskey={self.tls.client_key}"]
+        return ["docker", "-H", self.docker_host, *tls, *args]
+
 
 @dataclass(frozen=True)
 class Port:

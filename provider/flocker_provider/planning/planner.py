@@ -138,7 +138,7 @@ def plan_volume(
 
 def volume_missing(volume: str, node: Node, labels: tuple[tuple[str, str], ...]) -> PlanError:
     """A volume the state has, gone from its node (deleted by hand, a node that lost its disk)."""
-    create = shlex.join(["docker", "-H", node.docker_host, "volume", "create", *(f"--label={k}={v}" for k, v in labels), volume])
+    create = shlex.join(node.docker_cli("volume", "create", *(f"--label={k}={v}" for k, v in labels), volume))
     return PlanError(
         f"volume {volume} is missing, where the last operation left it (deleted outside Pulumi, or the node lost it); "
         "flocker-pulumi does not create an empty volume in place of one that held data",
@@ -227,7 +227,7 @@ def _refuse_strays(volume: str, destination: Node, present: tuple[MountedContain
     stop it), and has written to the copy there, which the move would make the source's."""
     for c in present:
         if c.running:
-            remove = shlex.join(["docker", "-H", destination.docker_host, "rm", "-f", c.name])
+            remove = shlex.join(destination.docker_cli("rm", "-f", c.name))
             raise PlanError(
                 f"{c.name} already runs on {destination.name}, started outside Pulumi, on the copy of {volume} there: "
                 "moving the volume there would overwrite what it wrote",
