@@ -1031,13 +1031,13 @@ class Source:
                 ]
                 # Changed pages next to each other go in one piece.
                 while changed:
-                    end = 1
-                    while end < len(changed) and changed[end] == changed[0] + end:
-                        end += 1
-                    low, high = changed[0], changed[end - 1] + 1
+                    adjacent = 1
+                    while adjacent < len(changed) and changed[adjacent] == changed[0] + adjacent:
+                        adjacent += 1
+                    low, high = changed[0], changed[adjacent - 1] + 1
                     with block[low * PAGE : high * PAGE] as piece:
                         run.add(offset + low * PAGE, piece, fresh[low:high])
-                    del changed[:end]
+                    del changed[:adjacent]
         except FileNotFoundError:
             pass  # removed while read: sent as it was, deleted next round
         run.send()
