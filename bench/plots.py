@@ -236,29 +236,57 @@ def timeline_plot(shown: list[tuple[Workload, Move]], path: Path) -> None:
 
 
 def routing_plot(document: dict[str, Any], path: Path) -> list[str]:
-    """Each path's throughput over direct, round by round (the rounds run all paths in turn)."""
-    paths = document["paths"]
-    direct = paths["direct"]["rounds_mib_s"]
-    routed = {name: p for name, p in paths.items() if name != "direct" and "rounds_mib_s" in p}
+    """What a route adds, one panel a figure: node3's kernel route against a bare DNAT rule
+    there, and routed against direct with the links at 1 Gbit/s; bars the median of the
+    rounds, dots the rounds, the paired median ratio and its target in the title."""
+    ratios, targets = document["ratios"], targets_of(document)
+    panels = [
+        (
+            "kernel_route_over_bare_dnat_paired_median",
+            document["bare_dnat"],
+            ("bare DNAT rule", "our kernel route"),
+            "Kernel route against a bare DNAT rule\n(node3, same target, unlimited)",
+        ),
+        (
+            "routed_over_direct_at_1gbit_paired_median",
+            document["limited"],
+            ("direct", "routed via node3"),
+            "Routed via node3 against direct\n(links at 1 Gbit/s)",
+        ),
+    ]
     figure = canvas()
-    ax = figure.add_subplot()
+    figure.subplots_adjust(wspace=0.35)
     lines = []
-    for x, (name, p) in enumerate(routed.items()):
-        ratios = [r / d for r, d in zip(p["rounds_mib_s"], direct, strict=True)]
-        median = statistics.median(ratios)
-        ax.plot([x] * len(ratios), ratios, "o", alpha=0.4, color="tab:blue", label="one round" if x == 0 else None)
-        ax.plot([x - 0.2, x + 0.2], [median, median], "-", linewidth=3, color="tab:red", label="median of the rounds" if x == 0 else None)
-        lines.append(f"{name}: median {median:.3f} of direct ({p['median_throughput_mib_s']:.0f} MiB/s)")
-    target = targets_of(document).get("routed_over_direct_paired_median")
-    if target:
-        ax.axhline(target[1], color="grey", linestyle="--", label=f"target of the non-hosting route: {target[0]} {target[1]}")
-    ax.axhline(1.0, color="black", linewidth=0.8, label=f"direct ({paths['direct']['median_throughput_mib_s']:.0f} MiB/s median)")
-    ax.set_xticks(range(len(routed)), list(routed))
-    ax.set(xlabel="path", ylabel="throughput / direct in the same round (ratio)", title="Routed against direct throughput")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    axes = figure.subplots(1, 2)
+    for ax, (name, found, (baseline, routed), title) in zip(axes, panels, strict=True):
+        bars = [(baseline, found["baseline_mib_s"], "tab:grey"), (routed, found["routed_mib_s"], "tab:blue")]
+        for x, (label, rounds, color) in enumerate(bars):
+            ax.bar(x, statistics.median(rounds), width=0.6, color=color, alpha=0.7, label=f"{label}: median of {len(rounds)} rounds")
+            ax.plot([x] * len(rounds), rounds, ".", color="black", markersize=3, alpha=0.5, label="one round" if x == 0 else None)
+        op, target = targets.get(name, ("", None))
+        verdict = f" (target {op} {target})" if target is not None else ""
+        ax.set_xticks(range(len(bars)), [label for label, _, _ in bars])
+        ax.set(ylabel="throughput (MiB/s)", title=f"{title}\npaired median ×{ratios[name]:.3f}{verdict}")
+        ax.title.set_fontsize("medium")
+        ax.grid(True, axis="y", alpha=0.3)
+        lines.append(
+            f"{name}: {ratios[name]:.3f}{verdict}; medians {statistics.median(found['routed_mib_s']):.0f} MiB/s routed,"
+            f" {statistics.median(found['baseline_mib_s']):.0f} MiB/s {baseline}"
+        )
+    line_rate = document["limited"]["line_rate_mib_s"]
+    axes[1].axhline(line_rate, color="tab:red", linestyle="--", label=f"the links' rate: {line_rate:.1f} MiB/s")
+    for ax in axes:
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.4)  # room for the legend above the bars
+        ax.legend(fontsize="x-small", loc="upper right")
     save(figure, path)
-    return lines
+    move = document["move"]
+    return [
+        *lines,
+        f"Unlimited, as context: routed over direct {ratios['routed_over_direct_paired_median']:.3f} (paired median;"
+        f" direct {document['paths']['direct']['median_throughput_mib_s']:.0f} MiB/s median over veths)",
+        f"During a move: {move['routed_via_node3']['failed']} failed connections through node3, longest hold"
+        f" {move['router_node3']['max_hold_seconds']} s",
+    ]
 
 
 def image(out: Path, path: Path, alt: str) -> str:
@@ -344,13 +372,15 @@ def build(results: Path, out: Path, plots: Path) -> None:
             " recording, or their benchmark does not record one."
         )
 
-    lines += ["", "### Routed against direct throughput", ""]
+    lines += ["", "### What a route adds to throughput", ""]
     if "routing" in documents:
         try:
             context = routing_plot(documents["routing"], plots / "routing.png")
-            lines += [image(out, plots / "routing.png", "routed against direct throughput"), ""] + [f"- {line}." for line in context]
+            lines += [image(out, plots / "routing.png", "what a route adds to throughput"), ""] + [f"- {line}." for line in context]
         except (KeyError, TypeError, ValueError) as error:
-            lines.append(f"Not plotted: routing.json has no per-round throughput of a direct path ({type(error).__name__}: {error}).")
+            lines.append(
+                f"Not plotted: routing.json has no rounds against a bare DNAT rule and at 1 Gbit/s ({type(error).__name__}: {error})."
+            )
     else:
         lines.append("No routing results to plot.")
     out.write_text("\n".join(lines) + "\n")

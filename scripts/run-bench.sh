@@ -13,8 +13,8 @@
 # of the stand-in's, PostgreSQL's and OpenSearch's moves, BENCH_ENGINE_SIZES the stacks of the
 # engine-overhead benchmark (3,50,200); BENCH_QUICK=1 runs each at its smallest size only
 # (those unset; the engine benchmark at 3 and 50, a slope needs two). BENCH_ONLY (e.g. "move") runs only the named benchmarks.
-# The cluster (4 nodes) and images are brought up if needed; the cluster is stopped
-# afterwards only if this script started it.
+# The cluster (5 nodes: the engine benchmark spreads its stacks over five) and images are
+# brought up if needed; the cluster is stopped afterwards only if this script started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
@@ -30,7 +30,7 @@ if [ "$(bash scripts/cluster.sh status 2>/dev/null || true)" = "no cluster" ]; t
   started_cluster=1
   trap 'bash scripts/cluster.sh down' EXIT
 fi
-bash scripts/cluster.sh up 4
+bash scripts/cluster.sh up 5
 bash scripts/build-images.sh
 
 mkdir -p "$results"

@@ -468,13 +468,32 @@ def in_namespace(node: ClusterNode, *command: str) -> str:
 
 
 @contextlib.contextmanager
-def slowed(node: ClusterNode) -> Iterator[None]:
-    """``node``'s traffic out at 200 Mbit/s, so that a copy from it takes seconds to cut into."""
-    in_namespace(node, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "200mbit", "burst", "64kb", "latency", "100ms")
+def rate_limited(device: str, rate: str, burst: str, node: ClusterNode | None = None) -> Iterator[None]:
+    """What leaves ``device`` (``node``'s, in its namespace, else this machine's) at ``rate``
+    (a token bucket of ``burst`` bytes) until the end of the block. `replace`, not `add`: a
+    limit a killed run left on the device is taken over, and removed at the end."""
+    command = ["ip", "netns", "exec", node.netns, "tc"] if node else ["tc"]
+    qdisc = [*command, "qdisc", "replace", "dev", device, "root", "tbf", "rate", rate, "burst", burst, "latency", "100ms"]
+    subprocess.run(qdisc, check=True, capture_output=True, text=True)
     try:
         yield
     finally:
-        in_namespace(node, "tc", "qdisc", "del", "dev", "eth0", "root")
+        subprocess.run([*command, "qdisc", "del", "dev", device, "root"], check=True, capture_output=True, text=True)
+
+
+def slowed(node: ClusterNode) -> contextlib.AbstractContextManager[None]:
+    """``node``'s traffic out at 200 Mbit/s, so that a copy from it takes seconds to cut into."""
+    return rate_limited("eth0", "200mbit", "64kb", node)
+
+
+def host_veth(node: ClusterNode) -> str:
+    """The name, on this machine, of the other end of ``node``'s eth0 (a veth on the cluster's
+    bridge): the link a node's incoming traffic leaves this machine's side by."""
+    peer = in_namespace(node, "cat", "/sys/class/net/eth0/iflink").strip()
+    for device in Path("/sys/class/net").iterdir():
+        if (device / "ifindex").read_text().strip() == peer:
+            return device.name
+    raise LookupError(f"{node.name}: no device here has ifindex {peer} (the peer of its eth0)")
 
 
 def transfer_helpers(nodes: list[ClusterNode]) -> list[str]:
