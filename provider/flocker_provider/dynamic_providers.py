@@ -33,6 +33,7 @@ from flocker_provider.inputs import (
     InvalidInputs,
     RoutingInputs,
     VolumeInputs,
+    inventory_entries,
     node_from_props,
     node_props,
     parse_application,
@@ -164,7 +165,12 @@ def _resealed(olds: dict, news: dict) -> bool:
 
 def _changed_keys(olds: dict, news: dict, outputs: tuple[str, ...]) -> list[str]:
     keys = (set(olds) | set(news)) - set(outputs) - set(_INTERNAL)
-    return sorted(k for k in keys if olds.get(k) != news.get(k))
+    return sorted(k for k in keys if _comparable(k, olds.get(k)) != _comparable(k, news.get(k)))
+
+
+def _comparable(key: str, value: Any) -> Any:
+    # The inventory recorded as a list by earlier versions is the same as its text now: no update.
+    return inventory_entries(value) if key == "route_nodes" else value
 
 
 class ApplicationProvider(ResourceProvider):

@@ -12,7 +12,7 @@ import pulumi
 import pulumi.dynamic
 
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
-from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_IMAGE, node_props
+from flocker_provider.inputs import DEFAULT_HOLD_SECONDS, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_IMAGE, inventory_text, node_props
 from flocker_provider.planning import labels as L
 from flocker_provider.planning.models import Owner
 from flocker_provider.secret_values import SECRET_PATHS, SHOWN_AS
@@ -119,7 +119,7 @@ def routing_inputs(node: pulumi.Input[str], hold_seconds: pulumi.Input[float] | 
     """Every node of the cluster routes every application's external ports. The inventory is
     an Output of ``node`` when that is one: a secret node's name, among the inventory's, is
     then encrypted in the state with it (it is known, and unknown in preview, with ``node``)."""
-    route_nodes = [node_props(n) for n in cluster.nodes]
+    route_nodes = inventory_text(cluster.nodes)
     return {
         "route_nodes": _then(node, lambda _: route_nodes),
         "hold_seconds": _then(hold_seconds, _hold),

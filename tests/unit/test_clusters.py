@@ -53,8 +53,8 @@ def declared(program: Callable[[], Any]) -> dict[str, dict[str, Any]]:
     return {f"{typ.rsplit(':', 1)[-1]}/{name}": {k: v for k, v in props.items() if k != SECRET_PATHS} for typ, name, props in recorded}
 
 
-def addresses(route_nodes: list[dict[str, Any]]) -> list[str]:
-    return [node["node_address"] for node in route_nodes]
+def addresses(route_nodes: str) -> list[str]:
+    return [node["node_address"] for node in json.loads(route_nodes)]
 
 
 def test_each_resource_is_placed_and_routed_on_its_own_cluster(two: tuple[FlockerCluster, FlockerCluster]) -> None:
@@ -173,7 +173,7 @@ def test_a_cluster_from_a_list_of_nodes() -> None:
 
     found = declared(program)
     # A listed node without docker_host is reached as a node file's is, over SSH.
-    assert [n["docker_host"] for n in found["Volume/x"]["route_nodes"]] == ["ssh://root@10.4.0.1", "ssh://root@10.4.0.2"]
+    assert [n["docker_host"] for n in json.loads(found["Volume/x"]["route_nodes"])] == ["ssh://root@10.4.0.1", "ssh://root@10.4.0.2"]
     assert found["Volume/x"]["tls"] == {"ca_cert": "/certs/ca.pem", "client_cert": "/certs/cert.pem", "client_key": "/certs/key.pem"}
     assert found["Volume/y"]["node_error"] == "unknown node 'typo': not in cluster lab (known: a, b) and not an address"
     assert found["Volume/z"]["docker_host"] == "tcp://10.4.0.9:2376"

@@ -1,9 +1,11 @@
 """Input validation: what `pulumi preview` reports as check failures, before any change."""
 
+import json
+
 import pytest
 
 from flocker_provider.dynamic_providers import ApplicationProvider, VolumeProvider
-from flocker_provider.inputs import parse_application, parse_volume
+from flocker_provider.inputs import inventory_text, node_from_props, parse_application, parse_volume
 from flocker_provider.planning.models import HealthCheck
 
 # Check probes every routing node for taken ports: these engines refuse at once, on this machine.
@@ -147,6 +149,24 @@ def test_routing_nodes_include_the_hosting_node_sorted_by_name() -> None:
     routing = parse_application(app(route_nodes=[NODE3], hold_seconds=5.0)).routing
     assert [n.name for n in routing.nodes] == ["node1", "node3"]
     assert routing.hold_seconds == 5.0
+
+
+def test_the_inventory_as_text_routes_as_the_list_recorded_by_earlier_versions_does() -> None:
+    text = inventory_text([node_from_props(NODE), node_from_props(NODE3)])
+    assert json.loads(text) == [NODE, NODE3]
+    assert parse_application(app(route_nodes=text)).routing == parse_application(app(route_nodes=[NODE, NODE3])).routing
+
+
+def test_an_inventory_recorded_as_a_list_is_no_change_against_its_text() -> None:
+    # A stack recorded before the inventory became text: its next `up` updates nothing.
+    text = inventory_text([node_from_props(NODE), node_from_props(NODE3)])
+    assert ApplicationProvider().diff("id", app(route_nodes=[NODE, NODE3]), app(route_nodes=text)).changes is False
+    assert ApplicationProvider().diff("id", app(route_nodes=[NODE]), app(route_nodes=text)).changes is True
+
+
+def test_an_inventory_text_that_is_no_list_of_nodes_is_named() -> None:
+    assert failures(app(route_nodes="[{")) == [("route_nodes", "expected a list of nodes or its JSON text, got '[{'")]
+    assert failures(app(route_nodes='["node1"]')) == [("route_nodes[0]", "expected a node, got 'node1'")]
 
 
 @pytest.mark.parametrize("hold", [0, -1, "30", True, 7200])

@@ -258,7 +258,7 @@ def test_the_inventory_is_as_secret_as_the_node_whose_name_it_holds() -> None:
     declared = {name: inputs for _, name, inputs in record(declare, "p").resources}
     store, shipper = declared["store"], declared["shipper"]
     assert rpc.is_rpc_secret(store["route_nodes"])
-    assert [n["node"] for n in rpc.unwrap_rpc_secret(store["route_nodes"])] == ["node1", "node2"]
+    assert [n["node"] for n in json.loads(rpc.unwrap_rpc_secret(store["route_nodes"]))] == ["node1", "node2"]
     # Not blanked for it: the node's own value is, and the other nodes' are no secrets.
     assert ["route_nodes"] not in store[SECRET_PATHS]
     assert not rpc.is_rpc_secret(shipper["route_nodes"])
