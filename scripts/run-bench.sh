@@ -44,7 +44,7 @@ done
 {
   echo "# Benchmark results"
   echo
-  echo "Written $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores; each ratio compares numbers taken in one run of its benchmark."
+  echo "Written $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores by a run of $((SECONDS / 60)) min $((SECONDS % 60)) s${BENCH_QUICK:+ (BENCH_QUICK=$BENCH_QUICK)}${BENCH_ONLY:+ (BENCH_ONLY=$BENCH_ONLY)}; each ratio compares numbers taken in one run of its benchmark."
   # Every benchmark's newest summary, also of those BENCH_ONLY skipped this time.
   for script in bench/*_bench.py; do
     summary="$results/$(basename "$script" _bench.py).md"
