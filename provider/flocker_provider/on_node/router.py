@@ -56,15 +56,15 @@ from typing import Any
 
 from .kernel_forwarding import KernelForwarding
 from .router_log import log
-from .routes import ROUTE_FILE, RouteError, format_target, parse_route
+from .routes import ROUTE_FILE, DirectoryChanges, RouteError, format_target, parse_route
 from .splicing import Copy, Splice
 
 # Both are part of a move's downtime: the provider waits until a hold is acknowledged, which
 # happens at the next poll (at once when the writer wakes the router with SIGUSR1, see
 # WAKE_FILE), and a connection held for a starting application waits up to one retry
 # interval longer than it must (the route reaches a staged application a few tens of
-# milliseconds before it listens). A poll is a scandir of a handful of files, a failed
-# connect one local round trip: cheap at these rates.
+# milliseconds before it listens). A poll is one stat of the routes directory unless that
+# changed (routes.DirectoryChanges), a failed connect one local round trip: cheap at these rates.
 POLL_INTERVAL = 0.03
 # The router's pid, beside the routes directory: a route writer that finds it sends SIGUSR1 to
 # have the file read now. Only a router that handles the signal writes it (the default action
@@ -192,6 +192,7 @@ class Router:
         # Stat signature of each route file as last read, so unchanged files are not re-parsed every poll
         # and a malformed file is logged once rather than ten times a second.
         self._seen: dict[int, tuple[int, int, int]] = {}
+        self._changes = DirectoryChanges(self.routes_dir)
         # Route files applied to a port not listened on yet: acknowledged once it is, so that a
         # port held by someone else fails the provider's write instead of passing silently.
         self._unacknowledged: dict[int, bytes] = {}
@@ -206,6 +207,8 @@ class Router:
 
     def poll(self) -> None:
         try:
+            if self._changes.unchanged():
+                return
             entries = list(os.scandir(self.routes_dir))
         except OSError as error:
             # Keep serving the last known routes: a missing mount is more likely transient than a wish to drop everything.
@@ -214,6 +217,7 @@ class Router:
                 log(f"cannot read routes directory {self.routes_dir}: {error}")
             return
         self._dir_error = None
+        self._changes.read()
         present: set[int] = set()
         for entry in entries:
             match = ROUTE_FILE.match(entry.name)
