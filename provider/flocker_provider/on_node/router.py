@@ -50,7 +50,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,15 @@ CONNECT_ATTEMPT_TIMEOUT = 1.0
 LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 64
 
-# Kernel forwarding (kernel_forwarding.py). A target is probed this often until it accepts (then its DNAT rule goes in),
-# and checked this often afterwards, so that a target that stops accepting (a crashed
+# Kernel forwarding (kernel_forwarding.py). A target is probed until it accepts (then its DNAT
+# rule goes in), first after PROBE_INTERVAL, then twice as long after each refusal up to
+# PROBE_INTERVAL_MAX: a target that refuses for long (an application that does not listen, or
+# has not started) costs hundreds of routes' routers a connect each per PROBE_INTERVAL_MAX, not
+# per half second; a proxied connection that reaches it proves it at once anyway. A proven
+# target is checked every HEALTH_INTERVAL, so that one that stops accepting (a crashed
 # application) is taken out of the kernel's hands and new connections are held by the proxy again.
 PROBE_INTERVAL = 0.5
+PROBE_INTERVAL_MAX = 8.0
 HEALTH_INTERVAL = 1.0
 
 
@@ -425,6 +430,7 @@ class Router:
         A proxied connection that reaches the target proves it too (usually first, during a
         move); the probe is for targets nobody connects to through the proxy.
         """
+        waits = probe_waits()
         while True:
             try:
                 sock = await self._connect(target, CONNECT_ATTEMPT_TIMEOUT)
@@ -434,7 +440,9 @@ class Router:
                 sock.close()
                 accepts = True
             self._proven(route, target, accepts)
-            await asyncio.sleep(HEALTH_INTERVAL if accepts else PROBE_INTERVAL)
+            if accepts:
+                waits = probe_waits()
+            await asyncio.sleep(HEALTH_INTERVAL if accepts else next(waits))
 
     # Connections
 
@@ -629,6 +637,14 @@ class Router:
                 self.kernel.stop()
             self.write_stats()
             log("stopped")
+
+
+def probe_waits() -> Iterator[float]:
+    """The waits after each of a target's refusals in a row: PROBE_INTERVAL, doubled each time up to PROBE_INTERVAL_MAX."""
+    wait = PROBE_INTERVAL
+    while True:
+        yield wait
+        wait = min(wait * 2, PROBE_INTERVAL_MAX)
 
 
 def _set_nodelay(sock: socket.socket) -> None:
