@@ -32,8 +32,8 @@ Kernel forwarding (``--kernel-forwarding``, kernel_forwarding.py): once a route'
 another node has accepted a connection, iptables rules DNAT new connections to it, and the
 proxy's listener underneath holds them again whenever the route changes.
 
-Counters are written every second to ``<routes-dir>/../router-stats.json`` so that tests and the
-provider can check how a cutover went (how many connections were held, for how long).
+Counters are written to ``<routes-dir>/../router-stats.json`` every second they changed, so that
+tests and the provider can check how a cutover went (how many connections were held, for how long).
 """
 
 from __future__ import annotations
@@ -207,6 +207,7 @@ class Router:
         self.connections: set[Splice | Copy] = set()
         self._dir_error: str | None = None
         self._stats_error: str | None = None
+        self._stats_written: str | None = None
 
     # Route files
 
@@ -576,10 +577,14 @@ class Router:
         kernel = self.kernel if self.kernel is not None and self.kernel.enabled else None
         self.stats.kernel_backend = kernel.backend if kernel is not None else None
         self.stats.kernel_ports = sorted(kernel.applied[0]) if kernel is not None else []
+        text = json.dumps(self.stats.as_dict(), sort_keys=True) + "\n"
+        if text == self._stats_written:
+            return  # an idle router writes nothing (on the routes volume, every second)
         temporary = self.stats_path.with_name(f".{self.stats_path.name}.{os.getpid()}.tmp")
         try:
-            temporary.write_text(json.dumps(self.stats.as_dict(), sort_keys=True) + "\n")
+            temporary.write_text(text)
             os.replace(temporary, self.stats_path)
+            self._stats_written = text
             self._stats_error = None
         except OSError as error:
             if self._stats_error != str(error):
