@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from iptables_fake import FakeIptables
 from flocker_provider import on_node
 from flocker_provider.docker_layer import route_writer
 from flocker_provider.on_node.kernel_forwarding import KernelForwarding, rule_names
-from flocker_provider.on_node.router import WAKE_FILE, Router
+from flocker_provider.on_node.router import PROBE_INTERVAL, PROBE_INTERVAL_MAX, WAKE_FILE, Router, probe_waits
 from flocker_provider.planning.containers import router_spec
 
 LOOPBACK = "127.0.0.1"
@@ -460,6 +461,14 @@ def test_router_dnats_a_proven_target_and_takes_the_rule_away_at_a_hold(tmp_path
     for table, chain in (("nat", NAMES.dnat), ("nat", NAMES.snat), ("filter", NAMES.accept)):
         assert ["iptables-nft", "-t", table, "-X", chain] in after_last_restore
     assert not kernel.enabled
+
+
+def test_a_refusing_target_is_probed_less_and_less_often() -> None:
+    """Hundreds of routes to applications that do not listen must not cost their routers a connect each per half second."""
+    waits = list(itertools.islice(probe_waits(), 10))
+    assert waits[0] == PROBE_INTERVAL
+    assert all(later == min(earlier * 2, PROBE_INTERVAL_MAX) for earlier, later in itertools.pairwise(waits))
+    assert waits[-1] == PROBE_INTERVAL_MAX
 
 
 def while_a_router_runs(routes: Path, check: Callable[[], Awaitable[None]]) -> None:

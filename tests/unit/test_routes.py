@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
-from flocker_provider.on_node.routes import DEFAULT_HOLD_SECONDS, ROUTE_FILE, RouteError, format_target, parse_route
+from flocker_provider.on_node.routes import (
+    DEFAULT_HOLD_SECONDS,
+    RESCAN_SECONDS,
+    ROUTE_FILE,
+    SETTLE_SECONDS,
+    DirectoryChanges,
+    RouteError,
+    format_target,
+    parse_route,
+)
 
 
 def test_a_route_names_its_target_and_hold() -> None:
@@ -33,3 +46,49 @@ def test_targets_are_written_as_they_are_read_and_only_port_files_are_routes() -
         assert format_target(parse_route(f'{{"target": "{text}"}}'.encode())[0]) == text
     assert format_target(None) == "hold"
     assert [name for name in ("9200.json", ".9200.json.tmp", "applied.json", "123456.json") if ROUTE_FILE.match(name)] == ["9200.json"]
+
+
+def test_a_directory_is_read_again_when_a_file_is_replaced_or_removed_in_it(tmp_path: Path) -> None:
+    monotonic = [0.0]
+    changes = DirectoryChanges(tmp_path, monotonic=lambda: monotonic[0])
+
+    def mtime_ago(seconds: float) -> None:
+        stamp = time.time_ns() - int(seconds * 1e9)
+        os.utime(tmp_path, ns=(stamp, stamp))
+
+    mtime_ago(2 * SETTLE_SECONDS)
+    assert not changes.unchanged()  # never read
+    changes.read()
+    assert changes.unchanged()
+
+    (tmp_path / ".80.json.tmp").write_text("{}")
+    os.replace(tmp_path / ".80.json.tmp", tmp_path / "80.json")
+    assert not changes.unchanged()
+    changes.read()
+    # Read within the timestamp's granularity of the change: a later one could carry the same mtime.
+    assert not changes.unchanged()
+    changes.read()
+    mtime_ago(2 * SETTLE_SECONDS)  # as if time had passed since the change
+    assert not changes.unchanged()
+    changes.read()
+    assert changes.unchanged()
+
+    (tmp_path / "80.json").unlink()
+    assert not changes.unchanged()
+
+
+def test_a_directory_is_read_again_anyway_for_files_written_in_place(tmp_path: Path) -> None:
+    monotonic = [0.0]
+    changes = DirectoryChanges(tmp_path, monotonic=lambda: monotonic[0])
+    stamp = time.time_ns() - int(2 * SETTLE_SECONDS * 1e9)
+    os.utime(tmp_path, ns=(stamp, stamp))
+    changes.unchanged()
+    changes.read()
+    assert changes.unchanged()
+    monotonic[0] += RESCAN_SECONDS
+    assert not changes.unchanged()
+
+
+def test_a_directory_that_is_gone_cannot_be_looked_at(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        DirectoryChanges(tmp_path / "missing").unchanged()

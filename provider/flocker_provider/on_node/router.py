@@ -32,8 +32,8 @@ Kernel forwarding (``--kernel-forwarding``, kernel_forwarding.py): once a route'
 another node has accepted a connection, iptables rules DNAT new connections to it, and the
 proxy's listener underneath holds them again whenever the route changes.
 
-Counters are written every second to ``<routes-dir>/../router-stats.json`` so that tests and the
-provider can check how a cutover went (how many connections were held, for how long).
+Counters are written to ``<routes-dir>/../router-stats.json`` every second they changed, so that
+tests and the provider can check how a cutover went (how many connections were held, for how long).
 """
 
 from __future__ import annotations
@@ -50,21 +50,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 from .kernel_forwarding import KernelForwarding
 from .router_log import log
-from .routes import ROUTE_FILE, RouteError, format_target, parse_route
+from .routes import ROUTE_FILE, DirectoryChanges, RouteError, format_target, parse_route
 from .splicing import Copy, Splice
 
 # Both are part of a move's downtime: the provider waits until a hold is acknowledged, which
 # happens at the next poll (at once when the writer wakes the router with SIGUSR1, see
 # WAKE_FILE), and a connection held for a starting application waits up to one retry
 # interval longer than it must (the route reaches a staged application a few tens of
-# milliseconds before it listens). A poll is a scandir of a handful of files, a failed
-# connect one local round trip: cheap at these rates.
+# milliseconds before it listens). A poll is one stat of the routes directory unless that
+# changed (routes.DirectoryChanges), a failed connect one local round trip: cheap at these rates.
 POLL_INTERVAL = 0.03
 # The router's pid, beside the routes directory: a route writer that finds it sends SIGUSR1 to
 # have the file read now. Only a router that handles the signal writes it (the default action
@@ -89,10 +89,15 @@ CONNECT_ATTEMPT_TIMEOUT = 1.0
 LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 64
 
-# Kernel forwarding (kernel_forwarding.py). A target is probed this often until it accepts (then its DNAT rule goes in),
-# and checked this often afterwards, so that a target that stops accepting (a crashed
+# Kernel forwarding (kernel_forwarding.py). A target is probed until it accepts (then its DNAT
+# rule goes in), first after PROBE_INTERVAL, then twice as long after each refusal up to
+# PROBE_INTERVAL_MAX: a target that refuses for long (an application that does not listen, or
+# has not started) costs hundreds of routes' routers a connect each per PROBE_INTERVAL_MAX, not
+# per half second; a proxied connection that reaches it proves it at once anyway. A proven
+# target is checked every HEALTH_INTERVAL, so that one that stops accepting (a crashed
 # application) is taken out of the kernel's hands and new connections are held by the proxy again.
 PROBE_INTERVAL = 0.5
+PROBE_INTERVAL_MAX = 8.0
 HEALTH_INTERVAL = 1.0
 
 
@@ -192,6 +197,7 @@ class Router:
         # Stat signature of each route file as last read, so unchanged files are not re-parsed every poll
         # and a malformed file is logged once rather than ten times a second.
         self._seen: dict[int, tuple[int, int, int]] = {}
+        self._changes = DirectoryChanges(self.routes_dir)
         # Route files applied to a port not listened on yet: acknowledged once it is, so that a
         # port held by someone else fails the provider's write instead of passing silently.
         self._unacknowledged: dict[int, bytes] = {}
@@ -201,11 +207,14 @@ class Router:
         self.connections: set[Splice | Copy] = set()
         self._dir_error: str | None = None
         self._stats_error: str | None = None
+        self._stats_written: str | None = None
 
     # Route files
 
     def poll(self) -> None:
         try:
+            if self._changes.unchanged():
+                return
             entries = list(os.scandir(self.routes_dir))
         except OSError as error:
             # Keep serving the last known routes: a missing mount is more likely transient than a wish to drop everything.
@@ -214,6 +223,7 @@ class Router:
                 log(f"cannot read routes directory {self.routes_dir}: {error}")
             return
         self._dir_error = None
+        self._changes.read()
         present: set[int] = set()
         for entry in entries:
             match = ROUTE_FILE.match(entry.name)
@@ -421,6 +431,7 @@ class Router:
         A proxied connection that reaches the target proves it too (usually first, during a
         move); the probe is for targets nobody connects to through the proxy.
         """
+        waits = probe_waits()
         while True:
             try:
                 sock = await self._connect(target, CONNECT_ATTEMPT_TIMEOUT)
@@ -430,7 +441,9 @@ class Router:
                 sock.close()
                 accepts = True
             self._proven(route, target, accepts)
-            await asyncio.sleep(HEALTH_INTERVAL if accepts else PROBE_INTERVAL)
+            if accepts:
+                waits = probe_waits()
+            await asyncio.sleep(HEALTH_INTERVAL if accepts else next(waits))
 
     # Connections
 
@@ -564,10 +577,14 @@ class Router:
         kernel = self.kernel if self.kernel is not None and self.kernel.enabled else None
         self.stats.kernel_backend = kernel.backend if kernel is not None else None
         self.stats.kernel_ports = sorted(kernel.applied[0]) if kernel is not None else []
+        text = json.dumps(self.stats.as_dict(), sort_keys=True) + "\n"
+        if text == self._stats_written:
+            return  # an idle router writes nothing (on the routes volume, every second)
         temporary = self.stats_path.with_name(f".{self.stats_path.name}.{os.getpid()}.tmp")
         try:
-            temporary.write_text(json.dumps(self.stats.as_dict(), sort_keys=True) + "\n")
+            temporary.write_text(text)
             os.replace(temporary, self.stats_path)
+            self._stats_written = text
             self._stats_error = None
         except OSError as error:
             if self._stats_error != str(error):
@@ -625,6 +642,14 @@ class Router:
                 self.kernel.stop()
             self.write_stats()
             log("stopped")
+
+
+def probe_waits() -> Iterator[float]:
+    """The waits after each of a target's refusals in a row: PROBE_INTERVAL, doubled each time up to PROBE_INTERVAL_MAX."""
+    wait = PROBE_INTERVAL
+    while True:
+        yield wait
+        wait = min(wait * 2, PROBE_INTERVAL_MAX)
 
 
 def _set_nodelay(sock: socket.socket) -> None:

@@ -8,11 +8,55 @@ What the router does with them is in router.py.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 DEFAULT_HOLD_SECONDS = 30.0
 
 ROUTE_FILE = re.compile(r"^([0-9]{1,5})\.json$")
+
+# File timestamps are coarse (the kernel's tick, a few milliseconds): a change can get the
+# mtime of the one before it. A directory counts as unchanged only once it was read this long
+# after its mtime, so that no later change can share that mtime.
+SETTLE_SECONDS = 1.0
+# A file written in place (not replaced) changes only itself: the directory is read anyway this often.
+RESCAN_SECONDS = 1.0
+
+
+class DirectoryChanges:
+    """Whether a file can have been added to, replaced in or removed from a directory since it
+    was last read, from the directory's own stat: each of those changes the directory's mtime.
+
+    The router polls its routes directory every 30 ms; reading it means a stat per route file,
+    which with 200 routes kept an idle router at 1.8 % of a core (0.5 % when only looked at).
+    The provider's writers replace route files with a rename and remove them (route_writer.py,
+    router_lifecycle.py).
+    """
+
+    def __init__(self, path: Path, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._wall = wall
+        self._monotonic = monotonic
+        # (device, inode, mtime) at the last look, if settled; and at the last read.
+        self._looked: tuple[int, int, int] | None = None
+        self._read: tuple[int, int, int] | None = None
+        self._read_again_at = 0.0
+
+    def unchanged(self) -> bool:
+        """True if nothing can have changed since the last ``read``. Raises OSError if the directory cannot be looked at."""
+        now = self._wall()
+        st = os.stat(self.path)
+        settled = now - st.st_mtime_ns / 1e9 >= SETTLE_SECONDS
+        self._looked = (st.st_dev, st.st_ino, st.st_mtime_ns) if settled else None
+        return self._looked is not None and self._looked == self._read and self._monotonic() < self._read_again_at
+
+    def read(self) -> None:
+        """The directory was read, after the last ``unchanged``."""
+        self._read = self._looked
+        self._read_again_at = self._monotonic() + RESCAN_SECONDS
 
 
 class RouteError(ValueError):
