@@ -296,6 +296,30 @@ def test_a_big_file_is_read_in_parts_by_both_readers_and_stays_exact(pair, monke
     assert run("verify")["equal"]
 
 
+def test_a_part_s_pages_that_did_not_land_as_sent_fail_the_round_and_the_next_repairs_it(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part of a big file is read back by the destination at the part's own end: a page
+    written wrong there fails the round, and the next round (which asks what the destination
+    holds) sends it again."""
+    source, destination, run = pair
+    monkeypatch.setattr(delta_copy, "PARALLEL_BYTES", 4 * BLOCK)
+    big = source / "base" / "16397"
+    write(big, os.urandom(12 * BLOCK))
+    run("send")
+    rewrite_pages(big, [1, 90])  # one page in each part
+    pwrite = os.pwrite
+
+    def lands_wrong(fd: int, data: Any, offset: int) -> int:
+        return pwrite(fd, bytes(len(data)) if offset == 90 * PAGE else data, offset)
+
+    monkeypatch.setattr(delta_copy.os, "pwrite", lands_wrong)
+    assert f"the page at {90 * PAGE} differs from the source's after writing it" in run("send", "--final")["error"]
+    monkeypatch.setattr(delta_copy.os, "pwrite", pwrite)
+    again = run("send", "--final")
+    assert again["pages_sent"] >= 1 and "error" not in again, again
+    assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
 def test_rounds_under_a_writer_never_send_a_page_other_than_the_one_they_hashed(pair) -> None:
     """Phase 1 reads files the application is writing: what a round hashes and what it sends
     must be the same bytes, or the destination's check of what it wrote fails the move."""

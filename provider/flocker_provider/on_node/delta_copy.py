@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 try:
@@ -120,42 +120,42 @@ def watch_liveness(conn: socket.socket, stall: float) -> None:
 
 class Wire:
     """Messages over a connection, buffered both ways: a round sends thousands of 8 KiB
-    pages, and a syscall (and a copy) for each header and each page cost more than the page."""
+    pages, and a syscall for each header and each page cost more than the page. What is
+    sent is kept as the buffers it was given (a page is a view of the mapping it was hashed
+    from) and goes out with one ``sendmsg`` per many of them: copying 100 MB of pages into
+    one buffer first cost the reader as much as its hashing."""
 
     FLUSH_AT = 1 << 20
+    IOV_MAX = 1024  # buffers one sendmsg takes (Linux's IOV_MAX)
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self._reader = conn.makefile("rb", buffering=self.FLUSH_AT)
-        self._out = bytearray()
+        self._out: list[Any] = []
+        self._size = 0
 
-    def write(self, kind: bytes, *parts: bytes) -> None:
-        start = self.begin(kind)
-        for part in parts:
-            self._out += part
-        self.end(start)
-
-    def begin(self, kind: bytes) -> int:
-        """A message written piece by piece into the buffer (``append``), its length set at ``end``."""
-        start = len(self._out)
-        self._out += struct.pack(">cI", kind, 0)
-        return start
-
-    def append(self, part: Any) -> None:
-        self._out += part
-
-    def end(self, start: int) -> None:
-        struct.pack_into(">I", self._out, start + 1, len(self._out) - start - 5)
-        if len(self._out) >= self.FLUSH_AT:
+    def write(self, kind: bytes, *parts: Any) -> None:
+        """A message of ``parts`` (bytes-like), sent at the next flush or once enough is waiting."""
+        size = sum(len(part) for part in parts)
+        self._out.append(struct.pack(">cI", kind, size))
+        self._out += [part for part in parts if len(part)]
+        self._size += 5 + size
+        if self._size >= self.FLUSH_AT:
             self.flush()
 
-    def pending(self, start: int) -> int:
-        return len(self._out) - start
-
     def flush(self) -> None:
-        if self._out:
-            self.conn.sendall(self._out)
-            self._out.clear()
+        """Everything written so far, sent: after it the buffers written may change or go."""
+        buffers, self._out, self._size = self._out, [], 0
+        first = 0
+        while first < len(buffers):
+            sent = self.conn.sendmsg(buffers[first : first + self.IOV_MAX])
+            while sent:
+                size = len(buffers[first])
+                if sent < size:  # sent in part: the rest goes next
+                    buffers[first] = memoryview(buffers[first])[sent:]
+                    break
+                sent -= size
+                first += 1
 
     def read_exactly(self, size: int) -> bytes:
         return self._reader.read(size)
@@ -179,17 +179,17 @@ def little_endian(digests: array.array) -> bytes:
     """Digests as they travel, whatever this node's byte order."""
     if sys.byteorder == "little":
         return digests.tobytes()
-    swapped = Digests(digests)
+    swapped = array.array(digests.typecode, digests)
     swapped.byteswap()
     return swapped.tobytes()
 
 
-def from_little_endian(data: bytes) -> array.array:
-    digests = Digests()
-    digests.frombytes(data)
+def from_little_endian(data: Any, typecode: str = "Q") -> array.array:
+    numbers = array.array(typecode)
+    numbers.frombytes(data)
     if sys.byteorder != "little":
-        digests.byteswap()
-    return digests
+        numbers.byteswap()
+    return numbers
 
 
 def _encode(value: Any) -> Any:
@@ -256,9 +256,10 @@ def stat_key(info: os.stat_result) -> list[int]:
     return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
-def block_digests(path: str, size: int, start: int = 0) -> Iterator[tuple[int, int, memoryview]]:
-    """(offset, digest, block) of each block of the file from ``start`` (a multiple of BLOCK)
-    up to ``size``, read through mmap windows."""
+def blocks(path: str, size: int, start: int = 0, unmapping: Callable[[], None] | None = None) -> Iterator[tuple[int, memoryview]]:
+    """(offset, block) of each block of the file from ``start`` (a multiple of BLOCK) up to
+    ``size``, read through mmap windows; ``unmapping`` is called before a window is
+    unmapped, to let go of views of it kept meanwhile (pages waiting to be sent)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         size = min(size, os.fstat(fd).st_size)  # shrunk since its stat: the rest is gone
@@ -271,11 +272,16 @@ def block_digests(path: str, size: int, start: int = 0) -> Iterator[tuple[int, i
             try:
                 for offset in range(0, length, BLOCK):
                     block = view[offset : offset + BLOCK]
-                    yield window_start + offset, _hash(block), block
+                    yield window_start + offset, block
                     block.release()
+                if unmapping is not None:
+                    unmapping()
             finally:
                 view.release()
-                window.close()
+                # After a failure, pages that were waiting to be sent may still hold views of
+                # the window: it is unmapped once they are gone.
+                with contextlib.suppress(BufferError):
+                    window.close()
     except (ValueError, OSError) as exc:  # truncated under the mmap (SIGBUS is not raised for a read past EOF here)
         raise CopyError(f"reading {path}: {exc}") from exc
     finally:
@@ -344,7 +350,7 @@ class Destination:
         self.table: dict[str, dict[str, Any]] | None = None  # built from the disk at the first request
         self.stats = {"bytes_written": 0}
         self._touched_dirs: set[str] = set()
-        self._parts: dict[str, list[tuple[int, array.array]]] = {}  # what parts of a file wrote, until its end
+        self._parts: dict[str, list[tuple[int, array.array]]] = {}  # what parts of a file wrote, checked, until its end
 
     def full(self, path: str) -> str:
         """The path under the root; never outside it, not even through a symlink on the way."""
@@ -374,8 +380,8 @@ class Destination:
             if first != path:
                 return {"k": "f", "link": first}  # its contents and metadata are the first path's
             entry["d"], entry["q"] = Digests(), Digests()
-            for _, digest, block in block_digests(full, info.st_size):
-                entry["d"].append(digest)
+            for _, block in blocks(full, info.st_size):
+                entry["d"].append(_hash(block))
                 entry["q"].extend(page_digests(block))
             entry["s"] = stat_key(info)
         return entry
@@ -492,34 +498,54 @@ class Destination:
         known = self.table.get(path)
         if known is not None and (known.get("k") != "f" or "link" in known):
             known = None
-        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        # Read and write: what is written is read back through a mapping of it.
+        fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self._touched_dirs.add(os.path.dirname(path))
-        # A part of a big file ("r", from another reader's connection) only writes; the file's
-        # own end, once every part is applied, checks what they all wrote.
-        session.open = (path, fd, known, [] if "r" in entry else self._parts.pop(path, []))
+        session.open = (path, fd, known, [])
 
     def _write(self, payload: bytes, session: Session) -> None:
+        """Runs of pages: their bytes one run after another, then where each run goes and its
+        length, the digests of its pages, and how many runs and pages."""
         if session.open is None:
-            raise CopyError("a block outside a file")
+            raise CopyError("pages outside a file")
         _, fd, _, written = session.open
-        (offset,), (count,) = struct.unpack_from(">Q", payload), struct.unpack_from(">I", payload, len(payload) - 4)
-        data = memoryview(payload)[8 : -4 - 8 * count]
-        if os.pwrite(fd, data, offset) != len(data):
-            raise CopyError(f"a short write at {offset} (is the disk full?)")
-        written.append((offset // PAGE, from_little_endian(payload[-4 - 8 * count : -4])))
-        self.stats["bytes_written"] += len(data)
+        runs, count = struct.unpack_from("<II", payload, len(payload) - 8)
+        digests_at = len(payload) - 8 - 8 * count
+        lengths_at = digests_at - 4 * runs
+        offsets_at = lengths_at - 8 * runs
+        if offsets_at < 0:
+            raise CopyError("a malformed message of pages")
+        offsets = from_little_endian(payload[offsets_at:lengths_at])
+        lengths = from_little_endian(payload[lengths_at:digests_at], "I")
+        digests = from_little_endian(payload[digests_at:-8])
+        data = memoryview(payload)
+        position = page = 0
+        for offset, length in zip(offsets, lengths, strict=True):
+            pages = -(-length // PAGE)
+            if offset % PAGE or position + length > offsets_at:
+                raise CopyError("a malformed message of pages")
+            if os.pwrite(fd, data[position : position + length], offset) != length:
+                raise CopyError(f"a short write at {offset} (is the disk full?)")
+            written.append((offset // PAGE, digests[page : page + pages]))
+            position += length
+            page += pages
+        if (position, page) != (offsets_at, count):
+            raise CopyError("a malformed message of pages")
+        self.stats["bytes_written"] += position
 
     def _end_file(self, entry: dict[str, Any], session: Session) -> None:
         if session.open is None:
             raise CopyError("the end of a file that was not begun")
         path, fd, known, written = session.open
         session.open = None
-        if "r" in entry:
-            os.close(fd)
-            self._parts.setdefault(path, []).extend(written)
-            return
         try:
+            if "r" in entry:
+                # A part of a big file, from one reader's connection: what it wrote is read back
+                # now, while the other reader still sends, not all at the file's own end.
+                self._parts.setdefault(path, []).extend(self._read_back(path, fd, os.fstat(fd).st_size, written))
+                return
             os.ftruncate(fd, entry["z"])
+            checked = self._parts.pop(path, []) + self._read_back(path, fd, entry["z"], written)
         finally:
             os.close(fd)
         full = self.full(path)
@@ -529,12 +555,7 @@ class Destination:
         old_pages = (known or {}).get("q") or Digests()
         # Past the old end, what was not written is a hole: zeros.
         pages = old_pages[:count] + Digests(zero_digest(size - number * PAGE) for number in range(len(old_pages), count))
-        # What was written is read back from the disk and must be what the source sent (a page
-        # whose length changed, the old last one or the new, differs, so it was sent too).
-        for first, digests, read in self._read_pages(full, size, written):
-            if read != digests:
-                number = first + next(n for n, (a, b) in enumerate(zip(read, digests, strict=True)) if a != b)
-                raise CopyError(f"{path}: the page at {number * PAGE} differs from the source's after writing it")
+        for first, read in checked:
             pages[first : first + len(read)] = read
         stored = {key: value for key, value in entry.items() if key != "p"}
         stored["q"] = pages  # from this disk; block digests are made again if the source asks (T)
@@ -542,19 +563,22 @@ class Destination:
         assert self.table is not None
         self.table[path] = stored
 
-    def _read_pages(self, full: str, size: int, written: list[tuple[int, array.array]]) -> Iterator[tuple[int, array.array, array.array]]:
-        """(first page number, the source's digests, this disk's) of each run of pages written,
-        read back through a mapping (no copy)."""
+    def _read_back(self, path: str, fd: int, size: int, written: list[tuple[int, array.array]]) -> list[tuple[int, array.array]]:
+        """(first page number, this disk's digests) of each run of pages written, read back
+        through a mapping (no copy): each must be what the source sent (a page whose length
+        changed, the old last one or the new, differs, so it was sent too)."""
         if not size or not written:
-            return
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            with mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED) as mapped, memoryview(mapped) as view:
-                for first, digests in written:
-                    start = first * PAGE
-                    yield first, digests, Digests(_hash(view[o : o + PAGE]) for o in range(start, start + len(digests) * PAGE, PAGE))
-        finally:
-            os.close(fd)
+            return []
+        checked = []
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED) as mapped, memoryview(mapped) as view:
+            for first, digests in written:
+                start = first * PAGE
+                read = Digests(_hash(view[o : o + PAGE]) for o in range(start, start + len(digests) * PAGE, PAGE))
+                if read != digests:
+                    number = first + next(n for n, (a, b) in enumerate(zip(read, digests, strict=True)) if a != b)
+                    raise CopyError(f"{path}: the page at {number * PAGE} differs from the source's after writing it")
+                checked.append((first, read))
+        return checked
 
     def _set_directory_times(self) -> None:
         """Directory times are set last, deepest first: every entry made inside one changes it."""
@@ -656,41 +680,43 @@ def _read_share(source: Source, share: list[Any], result: Any) -> None:
         os._exit(0)  # no cleanup of the parent's objects (its connection, its buffers)
 
 
-class Run:
-    """Changed pages that follow one another, written with one message straight into the
-    wire's buffer: where, the pages, their digests (the destination checks what it wrote)."""
+class Pages:
+    """Changed pages, sent in as few messages as they fit: where each run of adjacent pages
+    goes, the pages (views of what was hashed, not copies) and their digests (the destination
+    checks what it wrote). A message is cut at the wire's flush size, so memory stays bounded."""
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.start: int | None = None  # where the message begins in the buffer, while one is open
-        self.next = 0  # the offset a page must have to belong to this run
-        self.digests = Digests()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.pieces: list[memoryview] = []
+        self.offsets, self.lengths, self.digests = Digests(), array.array("I"), Digests()
+        self.size = 0
+        self.next = -1  # the offset a page must have to extend the last run
 
     def add(self, offset: int, pages: memoryview, digests: list[int]) -> None:
         """Pages that follow one another from ``offset``, with their digests."""
-        wire = self.source.wire
-        if self.start is not None and (self.next != offset or wire.pending(self.start) >= Wire.FLUSH_AT):
+        if self.size + len(pages) > Wire.FLUSH_AT:
             self.send()
-        if self.start is None:
-            self.start = wire.begin(b"W")
-            wire.append(struct.pack(">Q", offset))
-        wire.append(pages)
-        self.next = offset + len(pages)
+        if offset == self.next:
+            self.lengths[-1] += len(pages)
+        else:
+            self.offsets.append(offset)
+            self.lengths.append(len(pages))
+        self.pieces.append(pages)
         self.digests.extend(digests)
+        self.size += len(pages)
+        self.next = offset + len(pages)
         self.source.counts["pages_sent"] += len(digests)
         self.source.counts["bytes_sent"] += len(pages)
 
     def send(self) -> None:
-        if self.start is not None:
-            wire, start = self.source.wire, self.start
-            self.start = None
-            wire.append(little_endian(self.digests))
-            wire.append(struct.pack(">I", len(self.digests)))
-            self.digests = Digests()
-            try:
-                wire.end(start)
-            except OSError as exc:
-                raise self.source.failed(exc) from exc
+        if self.pieces:
+            counts = struct.pack("<II", len(self.offsets), len(self.digests))
+            trailer = little_endian(self.offsets) + little_endian(self.lengths) + little_endian(self.digests) + counts
+            self.source.send(b"W", *self.pieces, trailer)
+            self._clear()
 
 
 class Source:
@@ -769,11 +795,17 @@ class Source:
             done.set()
             ticker.join()
 
-    def send(self, kind: bytes, *parts: bytes, flush: bool = False) -> None:
+    def send(self, kind: bytes, *parts: Any, flush: bool = False) -> None:
         try:
             self.wire.write(kind, *parts)
             if flush:
                 self.wire.flush()
+        except OSError as exc:
+            raise self.failed(exc) from exc
+
+    def flush(self) -> None:
+        try:
+            self.wire.flush()
         except OSError as exc:
             raise self.failed(exc) from exc
 
@@ -998,14 +1030,20 @@ class Source:
         old_blocks, old_count = len(old_digests), len(old_pages)
         digests, pages = Digests(), Digests()
         size = start
-        run = Run(self)  # changed pages next to each other go in one message
+        sending = Pages(self)
+
+        def unmapping() -> None:  # the pages waiting to be sent are views of the window
+            sending.send()
+            self.flush()
+
         try:
-            for offset, digest, block in block_digests(full, end, start):
+            for offset, block in blocks(full, end, start, unmapping):
                 self.progress()
                 index = offset // BLOCK
                 size = offset + len(block)
                 first = index * PAGES
                 count = -(-len(block) // PAGE)
+                digest = _hash(block)
                 if index < old_blocks and old_digests[index] == digest and min(old_count - first, PAGES) == count:
                     digests.append(digest)
                     pages.extend(old_pages[first : first + count])
@@ -1035,12 +1073,11 @@ class Source:
                     while adjacent < len(changed) and changed[adjacent] == changed[0] + adjacent:
                         adjacent += 1
                     low, high = changed[0], changed[adjacent - 1] + 1
-                    with block[low * PAGE : high * PAGE] as piece:
-                        run.add(offset + low * PAGE, piece, fresh[low:high])
+                    sending.add(offset + low * PAGE, block[low * PAGE : high * PAGE], fresh[low:high])
                     del changed[:adjacent]
         except FileNotFoundError:
             pass  # removed while read: sent as it was, deleted next round
-        run.send()
+        sending.send()
         self.counts["bytes_read"] += size - start
         return digests, pages, size
 
