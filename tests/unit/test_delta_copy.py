@@ -320,6 +320,29 @@ def test_a_part_s_pages_that_did_not_land_as_sent_fail_the_round_and_the_next_re
     assert run("verify")["equal"]
 
 
+def test_a_file_where_most_blocks_changed_is_hashed_by_page_and_stays_exact(pair) -> None:
+    """A checkpoint writes pages all over a table: past the first blocks, pages are hashed
+    first and a changed block's digest is left unknown. Only the changed pages are sent, in
+    the final round and the rounds before it, and the rounds after still find what changed."""
+    source, destination, run = pair
+    table = source / "base" / "16384"
+    write(table, os.urandom(64 * BLOCK + 3 * PAGE))
+    run("send")
+    rng = random.Random(5)
+    dirty = [block * 8 + rng.randrange(8) for block in rng.sample(range(64), 48)] + [64 * 8 + 2]
+    rewrite_pages(table, dirty)
+    delta = run("send")
+    assert delta["pages_sent"] == len(dirty), delta
+    assert tree(destination) == tree(source)
+    again = sorted(set(rng.sample(dirty, 10) + [3, 8 * 20]))  # pages of blocks whose digests are unknown now, and others
+    rewrite_pages(table, again)
+    delta = run("send", "--final")
+    assert delta["pages_sent"] == len(again), delta
+    assert tree(destination) == tree(source)
+    assert run("send")["pages_sent"] == 0
+    assert run("verify")["equal"]
+
+
 def test_rounds_under_a_writer_never_send_a_page_other_than_the_one_they_hashed(pair) -> None:
     """Phase 1 reads files the application is writing: what a round hashes and what it sends
     must be the same bytes, or the destination's check of what it wrote fails the move."""

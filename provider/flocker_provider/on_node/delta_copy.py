@@ -327,6 +327,19 @@ def page_digests(block: Any) -> list[int]:
     return [_hash(block[offset : offset + PAGE]) for offset in range(0, len(block), PAGE)]
 
 
+# Where many blocks changed (a checkpoint's pages all over a table), a block's own digest is
+# work thrown away: its pages are hashed anyway. There pages are hashed first and a changed
+# block's digest is left unknown (0 matches nothing: the next round compares it page by
+# page). Measured here with XXH3: 0.15 s/GiB by 64 KiB block, 0.20 s/GiB by 8 KiB page, so
+# pages first pays once more than a quarter of the blocks changed.
+DENSE_AFTER = 16  # blocks of a file seen before how many of them changed decides
+
+
+def dense(seen: int, changed: int) -> bool:
+    """Whether the next block of a file is hashed by page first, after ``changed`` of its ``seen`` blocks."""
+    return seen > DENSE_AFTER and changed * 4 > seen
+
+
 def summary(table: dict[str, dict[str, Any]]) -> list[list[str]]:
     return [[path, entry_digest(table[path])] for path in sorted(table)]
 
@@ -1036,6 +1049,7 @@ class Source:
             sending.send()
             self.flush()
 
+        seen = changed_blocks = 0
         try:
             for offset, block in blocks(full, end, start, unmapping):
                 self.progress()
@@ -1043,23 +1057,36 @@ class Source:
                 size = offset + len(block)
                 first = index * PAGES
                 count = -(-len(block) // PAGE)
-                digest = _hash(block)
-                if index < old_blocks and old_digests[index] == digest and min(old_count - first, PAGES) == count:
-                    digests.append(digest)
-                    pages.extend(old_pages[first : first + count])
-                    continue
-                if not self.stable:
-                    # A copy, hashed again: the application may write the block between our
-                    # hash of the mapping and the send, and what is kept and sent must be what
-                    # the digests say (the destination checks; a block digest of the mapping
-                    # with pages of the copy would hide a later return to the mapping's
-                    # contents). A change after the copy shows in the file's stat: read again.
-                    block = memoryview(bytes(block))
-                    digest = _hash(block)
-                digests.append(digest)
-                fresh = page_digests(block)
-                pages.extend(fresh)
                 known = old_pages[first : first + PAGES]
+                comparable = index < old_blocks and min(old_count - first, PAGES) == count
+                seen += 1
+                if dense(seen, changed_blocks):
+                    if not self.stable:
+                        block = memoryview(bytes(block))  # what is hashed is what is sent (below)
+                    fresh = page_digests(block)
+                    if comparable and fresh == known.tolist():
+                        digests.append(old_digests[index])
+                        pages.extend(known)
+                        continue
+                    digests.append(0)
+                else:
+                    digest = _hash(block)
+                    if comparable and old_digests[index] == digest:
+                        digests.append(digest)
+                        pages.extend(known)
+                        continue
+                    if not self.stable:
+                        # A copy, hashed again: the application may write the block between our
+                        # hash of the mapping and the send, and what is kept and sent must be what
+                        # the digests say (the destination checks; a block digest of the mapping
+                        # with pages of the copy would hide a later return to the mapping's
+                        # contents). A change after the copy shows in the file's stat: read again.
+                        block = memoryview(bytes(block))
+                        digest = _hash(block)
+                    digests.append(digest)
+                    fresh = page_digests(block)
+                changed_blocks += 1
+                pages.extend(fresh)
                 changed = [
                     number
                     for number, page_digest in enumerate(fresh)
