@@ -291,7 +291,8 @@ def test_a_big_file_is_read_in_parts_by_both_readers_and_stays_exact(pair, monke
     with big.open("r+b") as file:
         file.truncate(6 * BLOCK + 100)
     rewrite_pages(big, [2])
-    run("send", "--final")
+    final = run("send", "--final")
+    assert "error" not in final, final
     assert tree(destination) == tree(source)
     assert run("verify")["equal"]
 

@@ -355,7 +355,7 @@ class Session:
     table knew of it, the pages written with their digests)."""
 
     def __init__(self) -> None:
-        self.open: tuple[str, int, dict[str, Any] | None, list[tuple[int, array.array]]] | None = None
+        self.open: tuple[str, int, dict[str, Any] | None, list[tuple[int, int, array.array]]] | None = None
 
 
 class Destination:
@@ -542,7 +542,7 @@ class Destination:
                 raise CopyError("a malformed message of pages")
             if os.pwrite(fd, data[position : position + length], offset) != length:
                 raise CopyError(f"a short write at {offset} (is the disk full?)")
-            written.append((offset // PAGE, digests[page : page + pages]))
+            written.append((offset, length, digests[page : page + pages]))
             position += length
             page += pages
         if (position, page) != (offsets_at, count):
@@ -579,21 +579,23 @@ class Destination:
         assert self.table is not None
         self.table[path] = stored
 
-    def _read_back(self, path: str, fd: int, size: int, written: list[tuple[int, array.array]]) -> list[tuple[int, array.array]]:
-        """(first page number, this disk's digests) of each run of pages written, read back
-        through a mapping (no copy): each must be what the source sent (a page whose length
-        changed, the old last one or the new, differs, so it was sent too)."""
+    def _read_back(self, path: str, fd: int, size: int, written: list[tuple[int, int, array.array]]) -> list[tuple[int, array.array]]:
+        """(first page number, this disk's digests) of each run of pages written (where, how
+        long, the source's digests), read back through a mapping (no copy): each must be
+        what the source sent (a page whose length changed, the old last one or the new,
+        differs, so it was sent too; a part of a file may write its new, shorter last page
+        before the file's end truncates it, so a run's last page is read as long as it was sent)."""
         if not size or not written:
             return []
         checked = []
         with mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED) as mapped, memoryview(mapped) as view:
-            for first, digests in written:
-                start = first * PAGE
-                read = Digests(_hash(view[o : o + PAGE]) for o in range(start, start + len(digests) * PAGE, PAGE))
+            for offset, length, digests in written:
+                end = offset + length
+                read = Digests(_hash(view[o : min(o + PAGE, end)]) for o in range(offset, end, PAGE))
                 if read != digests:
-                    number = first + next(n for n, (a, b) in enumerate(zip(read, digests, strict=True)) if a != b)
-                    raise CopyError(f"{path}: the page at {number * PAGE} differs from the source's after writing it")
-                checked.append((first, read))
+                    number = next(n for n, (a, b) in enumerate(zip(read, digests, strict=True)) if a != b)
+                    raise CopyError(f"{path}: the page at {offset + number * PAGE} differs from the source's after writing it")
+                checked.append((offset // PAGE, read))
         return checked
 
     def _set_directory_times(self) -> None:
