@@ -218,8 +218,9 @@ class TransferChannel:
         self.predicted: float | None = None
 
     def __enter__(self) -> TransferChannel:
-        for node in (self.source, self.destination):
+        for node in (self.source, self.destination):  # what a move cut short left
             self.engines[node].remove_transfer_containers(self.volume)
+            self.engines[node].forget_retirement(self.volume)
         destination = self.engines[self.destination]
         # The image first: a node without it fails the move before it changes anything.
         for node in (self.source, self.destination):
@@ -238,6 +239,8 @@ class TransferChannel:
         for node in (self.source, self.destination):
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
                 self.engines[node].remove_transfer_containers(self.volume)
+                # Made ahead and not used: the move ended before its handoff.
+                self.engines[node].forget_retirement(self.volume)
 
     def _start_receiver(self, role: str, command: list[str], port: int, ready: bytes) -> tuple[str, int]:
         """A helper on the destination, published on an ephemeral port, once it listens."""
@@ -371,8 +374,10 @@ class TransferChannel:
         """Start phase 2's round and the verification now, connected and waiting for a line on
         stdin: both run while the application is stopped, and an exec's start (40-100 ms)
         plus Python's and the state's load would be part of it. A transport that cannot
-        hijack a connection runs them as plain execs then."""
+        hijack a connection runs them as plain execs then. The source's retirement marker
+        is made now too (``prepare_handoff``)."""
         self._disarm()
+        self.prepare_handoff()
         port = self._delta_port()
         engine, helper = self.engines[self.source], self._source_helper()
         env = {"FLOCKER_SECRET": self.credentials.password}
@@ -384,6 +389,14 @@ class TransferChannel:
             self._armed["verify"] = engine.arm_in_helper(helper, verify, env)
         except Exception:  # any failure to hijack a connection means the same: plain execs
             self._disarm()
+
+    def prepare_handoff(self) -> None:
+        """The source's retirement marker, made before the application stops, for the handoff
+        to rename. Creating a container syncs the node's file system (Docker mounts and
+        unmounts an overlay for it): in the handoff, with phase 2's pages dirty on a node
+        that shares it, that cost 0.03 s at 0.26 GB and 0.13 s at 2 GB of PostgreSQL here."""
+        with contextlib.suppress(Exception):  # any failure means the same: the handoff makes the marker itself
+            self.engines[self.source].prepare_retirement(self.volume, self.image, self.volume_labels)
 
     def _disarm(self) -> None:
         for armed in self._armed.values():
