@@ -273,13 +273,14 @@ def test_a_big_file_is_read_in_parts_by_both_readers_and_stays_exact(pair, monke
     truncation come out exact, and only the changed pages are sent."""
     source, destination, run = pair
     monkeypatch.setattr(delta_copy, "PARALLEL_BYTES", 4 * BLOCK)
+    monkeypatch.setattr(delta_copy, "PART_BYTES", 4 * BLOCK)
     big = source / "base" / "16397"
     write(big, os.urandom(10 * BLOCK + 3 * PAGE))
     write(source / "small", b"small")
     assert run("send")["files_read"] == 2
-    rewrite_pages(big, [0, 9, 41, 71, 82])  # in the first part, in the second, the last page
+    rewrite_pages(big, [0, 9, 41, 71, 82])  # in the first part, in the second, in the third, the last page
     delta = run("send")
-    assert (delta["readers"], delta["parts"], delta["files_read"], delta["pages_sent"]) == (2, 2, 1, 5), delta
+    assert (delta["readers"], delta["parts"], delta["files_read"], delta["pages_sent"]) == (2, 3, 1, 5), delta
     assert tree(destination) == tree(source)
     with big.open("r+b") as file:  # extended: a hole, then pages of data
         file.truncate(14 * BLOCK)
@@ -303,10 +304,11 @@ def test_a_part_s_pages_that_did_not_land_as_sent_fail_the_round_and_the_next_re
     holds) sends it again."""
     source, destination, run = pair
     monkeypatch.setattr(delta_copy, "PARALLEL_BYTES", 4 * BLOCK)
+    monkeypatch.setattr(delta_copy, "PART_BYTES", 4 * BLOCK)
     big = source / "base" / "16397"
     write(big, os.urandom(12 * BLOCK))
     run("send")
-    rewrite_pages(big, [1, 90])  # one page in each part
+    rewrite_pages(big, [1, 90])  # in the first part and in the last
     pwrite = os.pwrite
 
     def lands_wrong(fd: int, data: Any, offset: int) -> int:
