@@ -854,6 +854,10 @@ class Source:
 
     def ask(self, kind: bytes, payload: bytes = b"", timeout: float = TIMEOUT) -> Any:
         self.send(kind, payload, flush=True)
+        return self.answer(timeout)
+
+    def answer(self, timeout: float = TIMEOUT) -> Any:
+        """The destination's answer to what was asked last."""
         self.wire.conn.settimeout(max(timeout, self.stall))
         with self.waiting():
             answer, body = self.wire.read()
@@ -862,7 +866,9 @@ class Source:
             raise CopyError(f"the destination failed: {body.decode(errors='replace')}")
         return unpacked(body)
 
-    def round(self) -> dict[str, Any]:
+    def round(self) -> None:
+        """One round, up to the commit asked for (``C``): its answer, once the destination has
+        applied everything, is read with ``answer`` (meanwhile the state can be saved)."""
         entries = list(walk(self.root))
         self._renames(entries)
         seen: set[str] = set()
@@ -878,7 +884,7 @@ class Source:
         for path in sorted((p for p in self.table if p not in seen), reverse=True):
             if path in self.table:  # not removed with a directory above it already
                 self._delete(path)
-        return self.ask(b"C")
+        self.send(b"C", flush=True)
 
     def _read_pending(self) -> None:
         """The files to read, by as many processes as there are cores (two at most) when there
@@ -1225,11 +1231,13 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
             # A copy this program did not write (the first stream, an earlier move's): what
             # the destination holds, hashed there. Its stats are of its own disk, not ours.
             source.table = {path: {**entry, "s": None} for path, entry in source.ask(b"T", timeout=10 * TIMEOUT).items()}
-        answer = source.round()
+        source.round()
+        # Saved while the destination applies the end of the round (on a failure it is removed below).
+        save_state(args.state, source.table)
+        answer = source.answer()
         seconds = time.monotonic() - started
         surveyed = time.monotonic()
         dirty = None if args.final else source.survey()
-        save_state(args.state, source.table)
         timing = {"seconds": round(seconds, 3), "survey_seconds": round(time.monotonic() - surveyed, 3)}
         return {**source.counts, **answer, **timing, "dirty_bytes": dirty}
     except BaseException:
