@@ -94,6 +94,34 @@ class EngineContract:
         engine.remove_volume(name)
         assert engine.discover_volume(name) == NodeVolumeState(name, exists=False)
 
+    def test_a_retirement_made_ahead_marks_nothing_until_the_copy_is_retired(self, subject: Subject) -> None:
+        """A move makes the source's retirement marker before its downtime: no mark until
+        ``retire_volume`` makes it the one; unused, it goes with ``forget_retirement``, with
+        ``make_live`` or with its volume."""
+        engine, name = subject.engine, f"{subject.prefix}-data"
+        labels = L.owner_labels(subject.owner("data"), L.KIND_VOLUME)
+        live, retired = NodeVolumeState(name, exists=True), NodeVolumeState(name, exists=True, retired=True)
+        engine.create_volume(name, labels)
+        engine.prepare_retirement(name, subject.image, labels)
+        engine.prepare_retirement(name, subject.image, labels)  # made already: nothing to do
+        assert engine.discover_volume(name) == live
+        engine.forget_retirement(name)
+        engine.forget_retirement(name)
+        assert engine.discover_volume(name) == live
+        engine.prepare_retirement(name, subject.image, labels)
+        engine.retire_volume(name, subject.image, labels)
+        engine.retire_volume(name, subject.image, labels)
+        engine.forget_retirement(name)  # used: nothing is left to forget
+        engine.prepare_retirement(name, subject.image, labels)  # retired already: nothing to make
+        assert engine.discover_volume(name) == retired
+        engine.make_live(name)
+        assert engine.discover_volume(name) == live
+        engine.prepare_retirement(name, subject.image, labels)
+        engine.make_live(name)
+        engine.prepare_retirement(name, subject.image, labels)
+        engine.remove_volume(name)  # it mounts the volume: it goes first
+        assert engine.discover_volume(name) == NodeVolumeState(name, exists=False)
+
     def test_a_volume_we_did_not_create_is_refused_and_left_alone(self, subject: Subject) -> None:
         engine, name = subject.engine, f"{subject.prefix}-theirs"
         subject.foreign_volume(name)

@@ -86,6 +86,11 @@ class FakeContainer:
         self.stop()
         del self.host.containers[self.name]
 
+    def rename(self, name: str) -> None:
+        assert name not in self.host.containers, f"Docker refuses a second container named {name}"
+        self.host.containers[name] = self.host.containers.pop(self.name)
+        self.name = name
+
     def reload(self) -> None:
         pass
 

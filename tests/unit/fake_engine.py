@@ -56,9 +56,8 @@ class FakeEngine:
         if not L.is_ours(self.volumes[name]):
             raise NotOurs(f"a volume named {name} exists that flocker-pulumi did not create", node=self.node.name)
         markers = self._markers(name)
-        return NodeVolumeState(
-            name, exists=True, retired=any(L.RETIRED in m for m in markers), partial=any(L.PARTIAL in m for m in markers)
-        )
+        retired = L.retirement(name) in markers and L.RETIRED in markers[L.retirement(name)]
+        return NodeVolumeState(name, exists=True, retired=retired, partial=any(L.PARTIAL in m for m in markers.values()))
 
     def volume_owner_is(self, name: str, owner: Owner) -> bool:
         return L.same_owner(self.volumes.get(name), owner)
@@ -72,16 +71,27 @@ class FakeEngine:
             self.make_live(name)
             del self.volumes[name]
 
-    def _markers(self, volume: str) -> list[dict[str, str]]:
-        return [c.labels for c in self.containers.values() if c.spec is None and c.labels.get(L.VOLUME) == volume]
+    def _markers(self, volume: str) -> dict[str, dict[str, str]]:
+        return {name: c.labels for name, c in self.containers.items() if c.spec is None and c.labels.get(L.VOLUME) == volume}
 
     def retire_volume(self, volume: str, image: str, labels: dict[str, str]) -> None:
-        if not any(L.RETIRED in m for m in self._markers(volume)):
+        if self.discover_volume(volume).retired:
+            return
+        prepared = self.containers.pop(L.prepared_retirement(volume), None)
+        marker = {**labels, L.KIND: "retired-copy", L.RETIRED: "true", L.VOLUME: volume}
+        self.containers[L.retirement(volume)] = prepared or _Container(labels=marker, volume=volume)
+
+    def prepare_retirement(self, volume: str, image: str, labels: dict[str, str]) -> None:
+        if not {L.retirement(volume), L.prepared_retirement(volume)} & set(self._markers(volume)):
             marker = {**labels, L.KIND: "retired-copy", L.RETIRED: "true", L.VOLUME: volume}
-            self.containers[f"{volume}-retired"] = _Container(labels=marker, volume=volume)
+            self.containers[L.prepared_retirement(volume)] = _Container(labels=marker, volume=volume)
+
+    def forget_retirement(self, volume: str) -> None:
+        if L.prepared_retirement(volume) in self._markers(volume):
+            del self.containers[L.prepared_retirement(volume)]
 
     def mark_partial(self, volume: str, image: str, labels: dict[str, str]) -> None:
-        if not any(L.PARTIAL in m for m in self._markers(volume)):
+        if not any(L.PARTIAL in m for m in self._markers(volume).values()):
             marker = {**labels, L.KIND: "partial-copy", L.PARTIAL: "true", L.VOLUME: volume}
             self.containers[f"{volume}.partial"] = _Container(labels=marker, volume=volume)
 

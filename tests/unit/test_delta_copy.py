@@ -273,13 +273,14 @@ def test_a_big_file_is_read_in_parts_by_both_readers_and_stays_exact(pair, monke
     truncation come out exact, and only the changed pages are sent."""
     source, destination, run = pair
     monkeypatch.setattr(delta_copy, "PARALLEL_BYTES", 4 * BLOCK)
+    monkeypatch.setattr(delta_copy, "PART_BYTES", 4 * BLOCK)
     big = source / "base" / "16397"
     write(big, os.urandom(10 * BLOCK + 3 * PAGE))
     write(source / "small", b"small")
     assert run("send")["files_read"] == 2
-    rewrite_pages(big, [0, 9, 41, 71, 82])  # in the first part, in the second, the last page
+    rewrite_pages(big, [0, 9, 41, 71, 82])  # in the first part, in the second, in the third, the last page
     delta = run("send")
-    assert (delta["readers"], delta["parts"], delta["files_read"], delta["pages_sent"]) == (2, 2, 1, 5), delta
+    assert (delta["readers"], delta["parts"], delta["files_read"], delta["pages_sent"]) == (2, 3, 1, 5), delta
     assert tree(destination) == tree(source)
     with big.open("r+b") as file:  # extended: a hole, then pages of data
         file.truncate(14 * BLOCK)
@@ -291,8 +292,57 @@ def test_a_big_file_is_read_in_parts_by_both_readers_and_stays_exact(pair, monke
     with big.open("r+b") as file:
         file.truncate(6 * BLOCK + 100)
     rewrite_pages(big, [2])
-    run("send", "--final")
+    final = run("send", "--final")
+    assert "error" not in final, final
     assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
+def test_a_part_s_pages_that_did_not_land_as_sent_fail_the_round_and_the_next_repairs_it(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part of a big file is read back by the destination at the part's own end: a page
+    written wrong there fails the round, and the next round (which asks what the destination
+    holds) sends it again."""
+    source, destination, run = pair
+    monkeypatch.setattr(delta_copy, "PARALLEL_BYTES", 4 * BLOCK)
+    monkeypatch.setattr(delta_copy, "PART_BYTES", 4 * BLOCK)
+    big = source / "base" / "16397"
+    write(big, os.urandom(12 * BLOCK))
+    run("send")
+    rewrite_pages(big, [1, 90])  # in the first part and in the last
+    pwrite = os.pwrite
+
+    def lands_wrong(fd: int, data: Any, offset: int) -> int:
+        return pwrite(fd, bytes(len(data)) if offset == 90 * PAGE else data, offset)
+
+    monkeypatch.setattr(delta_copy.os, "pwrite", lands_wrong)
+    assert f"the page at {90 * PAGE} differs from the source's after writing it" in run("send", "--final")["error"]
+    monkeypatch.setattr(delta_copy.os, "pwrite", pwrite)
+    again = run("send", "--final")
+    assert again["pages_sent"] >= 1 and "error" not in again, again
+    assert tree(destination) == tree(source)
+    assert run("verify")["equal"]
+
+
+def test_a_file_where_most_blocks_changed_is_hashed_by_page_and_stays_exact(pair) -> None:
+    """A checkpoint writes pages all over a table: past the first blocks, pages are hashed
+    first and a changed block's digest is left unknown. Only the changed pages are sent, in
+    the final round and the rounds before it, and the rounds after still find what changed."""
+    source, destination, run = pair
+    table = source / "base" / "16384"
+    write(table, os.urandom(64 * BLOCK + 3 * PAGE))
+    run("send")
+    rng = random.Random(5)
+    dirty = [block * 8 + rng.randrange(8) for block in rng.sample(range(64), 48)] + [64 * 8 + 2]
+    rewrite_pages(table, dirty)
+    delta = run("send")
+    assert delta["pages_sent"] == len(dirty), delta
+    assert tree(destination) == tree(source)
+    again = sorted(set(rng.sample(dirty, 10) + [3, 8 * 20]))  # pages of blocks whose digests are unknown now, and others
+    rewrite_pages(table, again)
+    delta = run("send", "--final")
+    assert delta["pages_sent"] == len(again), delta
+    assert tree(destination) == tree(source)
+    assert run("send")["pages_sent"] == 0
     assert run("verify")["equal"]
 
 

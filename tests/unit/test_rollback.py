@@ -88,3 +88,37 @@ def test_the_handoff_makes_the_copy_live(monkeypatch: pytest.MonkeyPatch) -> Non
     VolumeProvider().update("flocker-s-data", data(N1), data(N2))
     assert [name for name in hosts[N2].containers if name.startswith("flocker-s-data")] == []
     assert L.RETIRED in hosts[N1].containers["flocker-s-data-retired"].labels
+
+
+def test_the_handoff_renames_the_retirement_marker_made_before_the_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = fake_nodes(monkeypatch, NODES)
+    for step in ("push", "verify"):
+        monkeypatch.setattr(migration.TransferChannel, step, lambda channel, *_: [])
+    made: list[set[str]] = []
+
+    def arm(channel: migration.TransferChannel) -> None:  # the copy's programs aside
+        channel.prepare_handoff()
+        made.append(set(hosts[N1].containers))
+
+    monkeypatch.setattr(migration.TransferChannel, "arm", arm)
+    VolumeProvider().create(data(N1))
+    VolumeProvider().update("flocker-s-data", data(N1), data(N2))
+    assert "flocker-s-data.retiring" in made[0] and "flocker-s-data-retired" not in made[0]
+    assert "flocker-s-data.retiring" not in hosts[N1].containers
+    assert L.RETIRED in hosts[N1].containers["flocker-s-data-retired"].labels
+
+
+def test_a_retirement_marker_made_for_a_move_that_failed_goes_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = fake_nodes(monkeypatch, NODES)
+    monkeypatch.setattr(migration.TransferChannel, "push", lambda channel, final, timeout: [])
+    monkeypatch.setattr(migration.TransferChannel, "arm", migration.TransferChannel.prepare_handoff)
+
+    def differs(channel: migration.TransferChannel, timeout: float) -> None:
+        assert "flocker-s-data.retiring" in hosts[N1].containers
+        raise errors.MoveFailed("the copy differs from the source: ./a: size", node="node2")
+
+    monkeypatch.setattr(migration.TransferChannel, "verify", differs)
+    VolumeProvider().create(data(N1))
+    with pytest.raises(errors.ProviderError):
+        VolumeProvider().update("flocker-s-data", data(N1), data(N2))
+    assert [name for name in hosts[N1].containers if name.startswith("flocker-s-data")] == []

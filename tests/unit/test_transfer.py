@@ -10,12 +10,13 @@ import pytest
 
 from flocker_provider import on_node
 from flocker_provider.execution import transfer
-from flocker_provider.execution.migration import stream_progress_line
+from flocker_provider.execution.migration import TransferChannel, stream_progress_line
 from flocker_provider.execution.transfer import (
     DeltaFailed,
     StallWatch,
     delta_progress,
     delta_result,
+    delta_said,
     delta_send_command,
     parse_stream_progress,
     parse_stream_total,
@@ -25,6 +26,7 @@ from flocker_provider.execution.transfer import (
     stream_receiver_command,
     stream_sender_command,
 )
+from flocker_provider.planning.models import Node
 
 
 def test_the_programs_run_from_the_files_put_into_the_helper() -> None:
@@ -65,6 +67,43 @@ def test_a_round_s_result_and_progress_are_read_from_its_output() -> None:
         delta_result('flocker-delta-result {"error": "the destination failed: disk full"}\n')
     with pytest.raises(DeltaFailed, match="no result: Traceback"):
         delta_result("Traceback (most recent call last):\n")
+
+
+def test_a_round_has_said_all_once_its_result_line_is_there() -> None:
+    assert not delta_said("flocker-delta armed\nflocker-delta-progress 1 2\n")
+    assert not delta_said('flocker-delta-result {"bytes_re')  # not all of it yet
+    assert delta_said('flocker-delta armed\nflocker-delta-result {"bytes_read": 7}\n')
+
+
+class _SaysAllThenLingers:
+    """An armed command that prints its result, then takes its time to exit."""
+
+    def __init__(self) -> None:
+        self.exited = threading.Event()
+
+    def fire(self):  # noqa: ANN201 (a generator of output chunks)
+        yield b"flocker-delta armed\n"
+        yield b'flocker-delta-result {"bytes_read": 7}\n'
+        self.exited.wait(30)
+
+    def exit_code(self) -> int | None:
+        raise AssertionError("not asked for: the result said it all")
+
+    def close(self) -> None:
+        self.exited.set()
+
+
+def test_the_wait_for_a_round_ends_at_its_result_line_not_at_the_command_s_exit() -> None:
+    channel = TransferChannel.__new__(TransferChannel)  # what the wait uses of a channel, without its helpers
+    channel.source = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
+    channel.engines, channel.sender, channel.stall = {channel.source: None}, "helper", 30.0
+    lingering = _SaysAllThenLingers()
+    try:
+        code, output = channel._run_on_source("phase 2", [], {}, 60.0, lambda _: None, lingering, said=delta_said)
+        assert not lingering.exited.is_set()
+    finally:
+        lingering.close()
+    assert code is None and delta_result(output) == {"bytes_read": 7}
 
 
 def test_a_round_that_stalled_says_so() -> None:

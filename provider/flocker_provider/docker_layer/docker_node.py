@@ -201,9 +201,7 @@ class DockerNode(RouterLifecycle, TransferContainers):
         if not L.is_ours(labels):
             raise NotOurs(f"a volume named {name} exists that flocker-pulumi did not create", node=self.node.name)
         markers = self._markers(name)
-        return NodeVolumeState(
-            name, exists=True, retired=any(L.RETIRED in m.labels for m in markers), partial=any(L.PARTIAL in m.labels for m in markers)
-        )
+        return NodeVolumeState(name, exists=True, retired=_retired(name, markers), partial=any(L.PARTIAL in m.labels for m in markers))
 
     def container_owner_is(self, name: str, owner: Owner) -> bool:
         try:
@@ -231,15 +229,32 @@ class DockerNode(RouterLifecycle, TransferContainers):
 
     # A retired copy, and a move's copy not handed over yet (partial), are marked by a
     # never-started container that mounts it: Docker volume labels cannot change after
-    # creation, and the marker also keeps `docker volume prune` from deleting the copy.
+    # creation, and the marker also keeps `docker volume prune` from deleting the copy. A
+    # retirement marker counts under its own name only (``labels.retirement``): a move
+    # creates it ahead under another, and renames it at the handoff.
     def _markers(self, volume: str) -> list[docker.models.containers.Container]:
         # One list for both kinds (the handoff's is in the downtime); a move's helpers carry the volume's label too.
         found = self._containers(all=True, filters={"label": [f"{L.VOLUME}={volume}"]})
         return [c for c in found if L.RETIRED in c.labels or L.PARTIAL in c.labels]
 
     def retire_volume(self, volume: str, image: str, labels: dict[str, str]) -> None:
-        if not any(L.RETIRED in m.labels for m in self._markers(volume)):
-            self._mark(volume, image, f"{volume}-retired", {**labels, L.KIND: "retired-copy", L.RETIRED: "true"})
+        markers = self._markers(volume)
+        if _retired(volume, markers):
+            return
+        prepared = [m for m in markers if m.name == L.prepared_retirement(volume)]
+        if prepared:
+            prepared[0].rename(L.retirement(volume))
+        else:
+            self._mark(volume, image, L.retirement(volume), {**labels, L.KIND: "retired-copy", L.RETIRED: "true"})
+
+    def prepare_retirement(self, volume: str, image: str, labels: dict[str, str]) -> None:
+        if not any(m.name in (L.retirement(volume), L.prepared_retirement(volume)) for m in self._markers(volume)):
+            self._mark(volume, image, L.prepared_retirement(volume), {**labels, L.KIND: "retired-copy", L.RETIRED: "true"})
+
+    def forget_retirement(self, volume: str) -> None:
+        for marker in self._markers(volume):
+            if marker.name == L.prepared_retirement(volume):
+                marker.remove(force=True)
 
     def mark_partial(self, volume: str, image: str, labels: dict[str, str]) -> None:
         if not any(L.PARTIAL in m.labels for m in self._markers(volume)):
@@ -582,6 +597,10 @@ def _health(container: docker.models.containers.Container) -> str:
 
 def _nanoseconds(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
+
+
+def _retired(volume: str, markers: list[docker.models.containers.Container]) -> bool:
+    return any(L.RETIRED in m.labels and m.name == L.retirement(volume) for m in markers)
 
 
 def _spec(container: docker.models.containers.Container) -> ContainerSpec:

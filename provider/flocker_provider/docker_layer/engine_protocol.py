@@ -58,6 +58,13 @@ class VolumesAndContainers(Protocol):
 
     def mark_partial(self, volume: str, image: str, labels: dict[str, str]) -> None: ...
 
+    # The retirement made ahead, outside a move's downtime (a container's creation syncs the
+    # node's file system): a marker that means nothing until ``retire_volume`` renames it,
+    # and that ``forget_retirement`` removes when the move ends without its handoff.
+    def prepare_retirement(self, volume: str, image: str, labels: dict[str, str]) -> None: ...
+
+    def forget_retirement(self, volume: str) -> None: ...
+
     # The copy is the live one: neither retired nor partial.
     def make_live(self, volume: str) -> None: ...
 

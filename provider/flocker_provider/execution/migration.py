@@ -31,6 +31,7 @@ from flocker_provider.execution.transfer import (
     delta_progress,
     delta_receiver_command,
     delta_result,
+    delta_said,
     delta_send_command,
     delta_verify_command,
     heartbeat,
@@ -218,8 +219,9 @@ class TransferChannel:
         self.predicted: float | None = None
 
     def __enter__(self) -> TransferChannel:
-        for node in (self.source, self.destination):
+        for node in (self.source, self.destination):  # what a move cut short left
             self.engines[node].remove_transfer_containers(self.volume)
+            self.engines[node].forget_retirement(self.volume)
         destination = self.engines[self.destination]
         # The image first: a node without it fails the move before it changes anything.
         for node in (self.source, self.destination):
@@ -238,6 +240,8 @@ class TransferChannel:
         for node in (self.source, self.destination):
             with contextlib.suppress(Exception):  # a node that is down keeps its leftovers until the next move
                 self.engines[node].remove_transfer_containers(self.volume)
+                # Made ahead and not used: the move ended before its handoff.
+                self.engines[node].forget_retirement(self.volume)
 
     def _start_receiver(self, role: str, command: list[str], port: int, ready: bytes) -> tuple[str, int]:
         """A helper on the destination, published on an ephemeral port, once it listens."""
@@ -277,21 +281,34 @@ class TransferChannel:
         timeout: float,
         progress: Callable[[str], str | None],
         armed: ArmedCommand | None = None,
-    ) -> tuple[int, str]:
+        said: Callable[[str], bool] | None = None,
+    ) -> tuple[int | None, str]:
         """Run a sending command on the source (or fire the ``armed`` one) until it exits,
         reporting progress as it goes; one that shows no progress for the stall timeout is
-        ended, and so is one that failed after that long without any."""
+        ended, and so is one that failed after that long without any. A command whose output
+        has ``said`` all it will (a delta round's result line) is not waited for further:
+        its exit, and the engine's end of its output after it, took 10-20 ms of a move's
+        downtime, twice (phase 2, the verification); its exit code is None then."""
         engine = self.engines[self.source]
         helper = self._source_helper()
         running = armed or engine.exec_in_helper(helper, heartbeat(command), env)
         chunks: list[bytes] = []
         failed: list[BaseException] = []
+        over: list[str] = []  # "said", once the output said all it will; "ended", once it ended
+        waking = threading.Event()
 
         def read() -> None:
             try:
-                chunks.extend(running.fire())
+                for chunk in running.fire():
+                    chunks.append(chunk)
+                    if said is not None and b"\n" in chunk and said(b"".join(chunks).decode(errors="replace")):
+                        over.append("said")
+                        waking.set()
             except Exception as exc:  # handed to the waiting thread, which raises it
                 failed.append(exc)
+            finally:
+                over.append("ended")
+                waking.set()
 
         # The output stream ends when the command exits: no polling delay on the way out.
         reader = threading.Thread(target=read, daemon=True)
@@ -300,8 +317,7 @@ class TransferChannel:
         deadline, reported = started + timeout, started
         watch = StallWatch(self.stall, started)
         while True:
-            reader.join(STALL_POLL)
-            if not reader.is_alive():
+            if waking.wait(STALL_POLL):
                 break
             now = time.monotonic()
             watch.saw(b"".join(chunks).decode(errors="replace"), now)
@@ -316,6 +332,8 @@ class TransferChannel:
                 line = progress(b"".join(chunks[-20:]).decode(errors="replace"))
                 if line:
                     report(f"move {self.label}: {line}")
+        if over[0] == "said":
+            return None, b"".join(chunks).decode(errors="replace")
         if failed:
             raise failed[0]
         code = running.exit_code()
@@ -358,7 +376,8 @@ class TransferChannel:
         stall = node_stall(self.stall)
         command = delta_send_command(self.destination.address, self._delta_port(), self.total, final, armed=False, stall=stall)
         armed = self._armed.pop("phase 2", None) if final else None
-        _, output = self._run_on_source(phase, command, {"FLOCKER_SECRET": self.credentials.password}, timeout, progress, armed)
+        env = {"FLOCKER_SECRET": self.credentials.password}
+        _, output = self._run_on_source(phase, command, env, timeout, progress, armed, said=delta_said)
         try:
             return delta_result(output)
         except DeltaFailed as exc:
@@ -371,8 +390,10 @@ class TransferChannel:
         """Start phase 2's round and the verification now, connected and waiting for a line on
         stdin: both run while the application is stopped, and an exec's start (40-100 ms)
         plus Python's and the state's load would be part of it. A transport that cannot
-        hijack a connection runs them as plain execs then."""
+        hijack a connection runs them as plain execs then. The source's retirement marker
+        is made now too (``prepare_handoff``)."""
         self._disarm()
+        self.prepare_handoff()
         port = self._delta_port()
         engine, helper = self.engines[self.source], self._source_helper()
         env = {"FLOCKER_SECRET": self.credentials.password}
@@ -384,6 +405,14 @@ class TransferChannel:
             self._armed["verify"] = engine.arm_in_helper(helper, verify, env)
         except Exception:  # any failure to hijack a connection means the same: plain execs
             self._disarm()
+
+    def prepare_handoff(self) -> None:
+        """The source's retirement marker, made before the application stops, for the handoff
+        to rename. Creating a container syncs the node's file system (Docker mounts and
+        unmounts an overlay for it): in the handoff, with phase 2's pages dirty on a node
+        that shares it, that cost 0.03 s at 0.26 GB and 0.13 s at 2 GB of PostgreSQL here."""
+        with contextlib.suppress(Exception):  # any failure means the same: the handoff makes the marker itself
+            self.engines[self.source].prepare_retirement(self.volume, self.image, self.volume_labels)
 
     def _disarm(self) -> None:
         for armed in self._armed.values():
@@ -459,7 +488,7 @@ class TransferChannel:
         command = delta_verify_command(self.destination.address, self._delta_port(), armed=False, stall=node_stall(self.stall))
         armed = self._armed.pop("verify", None)
         env = {"FLOCKER_SECRET": self.credentials.password}
-        _, output = self._run_on_source("the verification", command, env, timeout, lambda _: None, armed)
+        _, output = self._run_on_source("the verification", command, env, timeout, lambda _: None, armed, said=delta_said)
         try:
             result = delta_result(output)
         except DeltaFailed as exc:

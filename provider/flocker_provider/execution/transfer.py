@@ -148,6 +148,11 @@ def delta_result(output: str) -> dict:
     return result
 
 
+def delta_said(output: str) -> bool:
+    """Whether a round's or a verification's output holds its result line: all it says."""
+    return re.search(rf"^{RESULT} .*\n", output, re.MULTILINE) is not None
+
+
 def delta_progress(output: str) -> tuple[int, int] | None:
     """(bytes read, total) from the newest progress line of a round."""
     matches = re.findall(rf"^{PROGRESS} (\d+) (\d+)$", output, re.MULTILINE)

@@ -51,6 +51,17 @@ def container_name(owner: Owner) -> str:
     return f"flocker-{owner.stack}-{owner.resource}"
 
 
+def retirement(volume: str) -> str:
+    """The marker that says this node's copy of ``volume`` is retired: it counts under this name only."""
+    return f"{volume}-retired"
+
+
+def prepared_retirement(volume: str) -> str:
+    """A move's retirement marker made ahead of its downtime, renamed to ``retirement`` at the
+    handoff (a dot, as in staged names: no application's container name has one)."""
+    return f"{volume}.retiring"
+
+
 def volume_name(owner: Owner) -> str:
     return f"flocker-{owner.stack}-{owner.resource}"
 

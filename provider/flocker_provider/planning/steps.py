@@ -136,7 +136,8 @@ class PushVolume:
 class ArmFinalCopy:
     """Start phase 2's round and the verification ahead, waiting to be fired by
     ``PushVolume(final=True)`` and ``VerifyVolume``: their execs' start and load are then
-    not paid while the application is stopped."""
+    not paid while the application is stopped. The source's retirement marker is made
+    then too, for ``HandoffVolume`` to rename."""
 
     source: Node
     destination: Node
