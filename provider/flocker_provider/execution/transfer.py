@@ -74,15 +74,17 @@ def stream_sender_command(address: str, port: int, timeout: float, stall: float)
     unanswered for ``stall`` seconds (see ``node_stall``)."""
     tar = f"tar -C {MOUNT} --numeric-owner --totals --checkpoint={TAR_CHECKPOINT} --checkpoint-action=echo=%u -cf - ."
     # Two-way socat: after tar's end it half-closes and keeps reading the answer for up to -t seconds.
-    # The answer is printed once tar has printed its totals: written as they arrive, the two
-    # interleaved mid-line ("Total bytes written: flocker-received 0 / 194560") and a good
-    # copy failed as unconfirmed (seen in CI, on a 190 KiB volume).
+    # The answer is printed once tar has printed its totals, and all of it goes to stdout
+    # (exec 2>&1): Docker copies an exec's stdout and stderr by separate readers, so tar's
+    # totals (stderr, written in pieces) and the answer (stdout) came out interleaved
+    # mid-line ("...149MiB/s)flocker-received 0") and a good copy failed as unconfirmed (seen
+    # in CI twice, on small volumes, with ten moves at once).
     # 6:18 is IPPROTO_TCP, TCP_USER_TIMEOUT (in ms); keepalive probes see a link cut while tar waits for the answer.
     liveness = f"connect-timeout={stall:g},keepalive,keepidle=1,keepintvl=1,sockopt-int=6:18:{int(stall * 1000)}"
     stream = f'{{ printf %s "$FLOCKER_SECRET"; {tar}; }} | socat -t {timeout:.0f} - TCP:{address}:{port},{liveness}'
     # When tar began, on this node's clock: the next round trusts files unchanged since then.
     started = f"date +%s%N > {STREAM_STARTED}"
-    return ["sh", "-c", f"{started}; answer=$({stream}); code=$?; printf '%s\\n' \"$answer\"; exit $code"]
+    return ["sh", "-c", f"exec 2>&1; {started}; answer=$({stream}); code=$?; printf '%s\\n' \"$answer\"; exit $code"]
 
 
 def stream_received(output: str) -> bool:
