@@ -24,7 +24,7 @@ from iptables_fake import FakeIptables
 from flocker_provider import on_node
 from flocker_provider.docker_layer import route_writer
 from flocker_provider.on_node.kernel_forwarding import KernelForwarding, rule_names
-from flocker_provider.on_node.router import PROBE_INTERVAL, PROBE_INTERVAL_MAX, WAKE_FILE, Router, probe_waits
+from flocker_provider.on_node.router import PROBE_INTERVAL, PROBE_INTERVAL_MAX, RETIRE_SIGNAL, WAKE_FILE, Router, probe_waits
 from flocker_provider.planning.containers import router_spec
 
 LOOPBACK = "127.0.0.1"
@@ -325,6 +325,37 @@ def test_deleting_the_route_closes_the_listener_but_not_open_connections(router:
 
         open_connection.sendall(b"y")
         assert recv_exactly(open_connection, 1) == b"y"
+
+
+def test_a_retiring_router_hands_its_ports_over_and_finishes_its_connections(
+    router: RouterProcess, servers: Callable[..., EchoServer]
+) -> None:
+    """What a take-over's predecessor gets instead of SIGKILL, which cut a forwarded connection in CI."""
+    server = servers()
+    port = router.add_route(server.address)
+    router.wait_stats(lambda stats: True)
+
+    def shared() -> dict[str, bytes]:
+        return {name: (router.routes.parent / name).read_bytes() for name in (WAKE_FILE, f"applied/{port}.json", "router-stats.json")}
+
+    with connect(port) as open_connection:
+        open_connection.sendall(b"x")
+        assert recv_exactly(open_connection, 1) == b"x"
+
+        router.process.send_signal(RETIRE_SIGNAL)
+        router.wait_log("retiring: 1 connections forwarded")
+        before = shared()
+        # The port is free for the successor at once...
+        socket.create_server((LOOPBACK, port)).close()
+        # ...while the connection it forwards goes on, and so does the router, for it.
+        time.sleep(0.2)
+        open_connection.sendall(b"y")
+        assert recv_exactly(open_connection, 1) == b"y"
+        assert router.process.poll() is None
+    router.wait_log("retired")
+    assert router.process.wait(5) == 0
+    # The routes volume is the successor's: its wake file, acknowledgements and stats stay as they were.
+    assert shared() == before
 
 
 def test_malformed_route_files_are_ignored(router: RouterProcess, servers: Callable[..., EchoServer]) -> None:

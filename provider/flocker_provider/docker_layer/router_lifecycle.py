@@ -23,7 +23,7 @@ from docker.models.containers import Container
 from flocker_provider import on_node
 from flocker_provider.docker_layer.route_writer import COMMAND, ROUTES_DIR, RouteSession, problems, route_lines
 from flocker_provider.errors import RoutingFailed
-from flocker_provider.on_node.router import TAKEOVER_FILE
+from flocker_provider.on_node.router import RETIRE_SECONDS, RETIRE_SIGNAL, TAKEOVER_FILE
 from flocker_provider.planning import labels as L
 from flocker_provider.planning.containers import MountedContainer, RouterSpec
 from flocker_provider.planning.models import Node
@@ -37,6 +37,11 @@ ROUTER_STOP_TIMEOUT = 10
 # one anyway, and how often it looks (an exec each).
 TAKEOVER_READY_SECONDS = 10
 TAKEOVER_POLL = 0.05
+# A router that retires on RETIRE_SIGNAL (on_node/router.py) says so by this label's value;
+# one without it (made by an older provider) is killed as before.
+RETIRES_ON = RETIRE_SIGNAL.name
+# How long past the router's own limit the provider waits for a retiring router to exit.
+RETIRE_MARGIN = 5.0
 # Several resources change routes at once (the engine runs up to 4 operations in
 # parallel): starting a router, writing its files and removing it with its last route
 # must not interleave, or a route could be written into a router that is going away.
@@ -199,7 +204,9 @@ class RouterLifecycle:
         """An older router replaced without refusing connections (see ``--take-over`` in
         on_node/router.py): the new one starts beside it, reads the routes and holds new
         connections at their SYN; then the old one goes (SIGKILL: its iptables rules, marked
-        like the new one's, are the new one's now) and the new one binds its ports."""
+        like the new one's, are the new one's now) and the new one binds its ports. An old one
+        that can retire is asked to (it closes its listeners and finishes its connections) rather
+        than killed."""
         old.rename(router.predecessor)
         token = secrets.token_hex(8)
         try:
@@ -215,8 +222,18 @@ class RouterLifecycle:
             if new.status != "running":
                 break  # the old one must go anyway: the new one restarts (restart policy) and binds then
             time.sleep(TAKEOVER_POLL)
+        if old.labels.get(L.RETIRES_ON) == RETIRES_ON:
+            self._retire(old)
         old.remove(force=True)
         return new
+
+    def _retire(self, old: Container) -> None:
+        try:
+            old.update(restart_policy={"Name": "no"})  # its exit is final
+            old.kill(signal=RETIRES_ON)
+            old.wait(timeout=RETIRE_SECONDS + RETIRE_MARGIN)
+        except (docker.errors.APIError, OSError):
+            pass  # gone already, or still draining past its limit: removed by force now
 
     def _run_router(self, router: RouterSpec, wanted: str, take_over: str | None = None) -> Container:
         self.ensure_image(router.image)
@@ -234,7 +251,7 @@ class RouterLifecycle:
             # iptables in the node's network namespace. Without it (some hosts do not grant it)
             # the router logs that once and proxies every connection.
             cap_add=["NET_ADMIN"],
-            labels={**dict(router.labels), L.CONFIG_HASH: wanted},
+            labels={**dict(router.labels), L.CONFIG_HASH: wanted, L.RETIRES_ON: RETIRES_ON},
             volumes={router.volume: {"bind": "/routes", "mode": "rw"}},
             restart_policy={"Name": "always"},
         )

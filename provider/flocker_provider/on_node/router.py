@@ -79,6 +79,13 @@ WAKE_FILE = "router.pid"
 TAKEOVER_FILE = "takeover.ready"
 TAKEOVER_BIND_RETRY = 0.01
 TAKEOVER_SECONDS = 10.0
+# The predecessor is not killed: the provider sends it RETIRE_SIGNAL (SIGKILL would cut the
+# connections it still forwards; a client saw one go in CI). A retiring router closes its
+# listeners at once (the successor binds them within TAKEOVER_BIND_RETRY), stops reading routes
+# and touching iptables (the rules are the successor's now), lets the connections it holds
+# finish for up to RETIRE_SECONDS, then exits leaving the routes volume as it is.
+RETIRE_SIGNAL = signal.SIGUSR2
+RETIRE_SECONDS = 5.0
 RETRY_INTERVAL = 0.01
 BIND_RETRY_INTERVAL = 0.1
 STATS_INTERVAL = 1.0
@@ -208,6 +215,7 @@ class Router:
         self._dir_error: str | None = None
         self._stats_error: str | None = None
         self._stats_written: str | None = None
+        self.retiring = False
 
     # Route files
 
@@ -596,16 +604,43 @@ class Router:
             await asyncio.sleep(STATS_INTERVAL)
             self.write_stats()
 
+    def _retire(self) -> None:
+        """Hands the ports to the successor (see RETIRE_SIGNAL): the listeners closed, the kernel's
+        rules and the routes volume left to it; what this router forwards or holds goes on."""
+        self.retiring = True
+        kernel, self.kernel = self.kernel, None
+        if kernel is not None:
+            kernel.enabled = False  # nothing of ours touches the rules from now on
+        for route in self.routes.values():
+            for task in (route.bind_task, route.watch_task):
+                if task is not None and not task.done():
+                    task.cancel()
+            self._close_listener(route)
+        log(f"retiring: {len(self.connections)} connections forwarded and {len(self._waiting)} waiting finish first")
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + RETIRE_SECONDS
+        while (self.connections or self._waiting) and time.monotonic() < deadline:
+            await asyncio.sleep(RETRY_INTERVAL)
+        left = len(self.connections) + len(self._waiting)
+        log(f"retired ({left} connections cut after {RETIRE_SECONDS:g} s)" if left else "retired")
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
-        nudge = asyncio.Event()  # set by a stop or a writer's SIGUSR1: poll now
+        retire = asyncio.Event()
+        nudge = asyncio.Event()  # set by a stop, a retirement or a writer's SIGUSR1: poll now
 
         async def relay_stop() -> None:
             await stop.wait()
             nudge.set()
 
-        for signum, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set), (signal.SIGUSR1, nudge.set)):
+        def retire_now() -> None:
+            retire.set()
+            nudge.set()
+
+        signals = ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set), (signal.SIGUSR1, nudge.set), (RETIRE_SIGNAL, retire_now))
+        for signum, handler in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, handler)
         loop.set_exception_handler(_log_loop_exception)
@@ -620,6 +655,11 @@ class Router:
         self.spawn(relay_stop())
         try:
             while not stop.is_set():
+                if retire.is_set():
+                    stats_task.cancel()  # the stats file is the successor's too
+                    self._retire()
+                    await self._drain()
+                    return
                 nudge.clear()
                 self.poll()
                 if self.taking_over_until is not None and time.monotonic() > self.taking_over_until:
@@ -627,11 +667,12 @@ class Router:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(nudge.wait(), POLL_INTERVAL)
         finally:
-            with contextlib.suppress(OSError):
-                self.wake_path.unlink()
             stats_task.cancel()
-            for port in list(self.routes):
-                self._remove(port)
+            if not self.retiring:
+                with contextlib.suppress(OSError):
+                    self.wake_path.unlink()
+                for port in list(self.routes):
+                    self._remove(port)
             for task in list(self._tasks):
                 task.cancel()
             for connection in list(self.connections):
@@ -640,8 +681,9 @@ class Router:
             await asyncio.sleep(0)
             if self.kernel is not None:
                 self.kernel.stop()
-            self.write_stats()
-            log("stopped")
+            if not self.retiring:
+                self.write_stats()
+                log("stopped")
 
 
 def probe_waits() -> Iterator[float]:

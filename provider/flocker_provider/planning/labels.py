@@ -15,6 +15,7 @@ SPEC = f"{PREFIX}.spec"
 VOLUME = f"{PREFIX}.volume"
 RETIRED = f"{PREFIX}.retired"
 PARTIAL = f"{PREFIX}.partial"
+RETIRES_ON = f"{PREFIX}.retires-on"  # a router's: the signal that has it hand its ports over
 
 KIND_APPLICATION = "application"
 KIND_VOLUME = "volume"
