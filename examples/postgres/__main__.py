@@ -3,9 +3,10 @@
     pulumi config set node node2 && pulumi up      # moves it, with every committed transaction
 
 A move copies the volume while the database serves (pre-copy rounds send the pages it wrote
-since the last round), stops it with SIGINT (a fast shutdown: it waits for no client), sends
-what its shutdown checkpoint wrote, and starts it on the new node; clients of any node's
-port 5432 are held meanwhile, then reach it there.
+since the last round), has it write its dirty pages (CHECKPOINT, the flush command) and copies
+them too, stops it with SIGINT (a fast shutdown: it waits for no client), sends what its
+shutdown checkpoint wrote since, and starts it on the new node; clients of any node's port
+5432 are held meanwhile, then reach it there.
 """
 
 import pulumi
@@ -22,6 +23,9 @@ database = FlockerApplication(
     command=["postgres", *[arg for key, value in settings.items() if value for arg in ("-c", f"{key}={value}")]],
     ports=[{"internal": 5432, "external": 5432}],
     volume={"mountpoint": "/var/lib/postgresql/data"},
+    # A checkpoint while it still serves: its shutdown then writes (and the move copies) only
+    # what changed since, not every dirty page of shared_buffers.
+    flush_command=["psql", "-U", "postgres", "-c", "CHECKPOINT"],
 )
 pulumi.export("node", database.node)
 pulumi.export("addresses", database.addresses)

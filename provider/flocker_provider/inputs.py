@@ -401,12 +401,12 @@ def _volume(raw: Any, failures: list[Failure]) -> tuple[VolumeMount | None, str 
     return VolumeMount(volume=str(name), mountpoint=mountpoint), node
 
 
-def _command(raw: Any, failures: list[Failure]) -> tuple[str, ...] | None:
+def _command(raw: Any, failures: list[Failure], prop: str = "command") -> tuple[str, ...] | None:
     if not raw:
         return None
     # A string would run as one argument per character.
     if not isinstance(raw, list) or not all(isinstance(arg, str) and "\x00" not in arg for arg in raw):
-        failures.append(("command", f"expected a list of arguments (strings), got {raw!r}"))
+        failures.append((prop, f"expected a list of arguments (strings), got {raw!r}"))
         return None
     return tuple(raw)
 
@@ -434,6 +434,7 @@ def parse_application(props: dict) -> ApplicationInputs:
         restart_policy=_restart_policy(props.get("restart_policy"), failures),
         command=_command(props.get("command"), failures),
         health_check=_health_check(props.get("health_check"), failures),
+        flush_command=_command(props.get("flush_command"), failures, "flush_command"),
     )
     wait_timeout = _timeout(props.get("wait_timeout"), "wait_timeout", failures, 120.0)
     if volume_node and props.get("node") and volume_node != props.get("node"):

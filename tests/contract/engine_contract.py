@@ -158,6 +158,19 @@ class EngineContract:
         engine.wait_running(spec.name, timeout=30)
         assert engine.discover_application(spec.name) == RunningContainer(spec.name, container_id, True, spec.config_hash())
 
+    def test_a_command_runs_in_a_running_container_and_tells_its_status(self, subject: Subject) -> None:
+        engine, spec = subject.engine, subject.spec("web")
+        engine.start_container(spec)
+        engine.wait_running(spec.name, timeout=30)
+        assert engine.run_in_container(spec.name, ("true",), timeout=30)[0] == 0
+        assert engine.run_in_container(spec.name, ("false",), timeout=30)[0] == 1
+        engine.stop_container(spec.name, timeout=5)
+        with pytest.raises(ContainerFailed, match="is not running") as failed:
+            engine.run_in_container(spec.name, ("true",), timeout=30)
+        assert failed.value.node == engine.node.name
+        with pytest.raises(ContainerFailed, match="is not running"):
+            engine.run_in_container(f"{subject.prefix}-absent", ("true",), timeout=30)
+
     def test_a_container_stopped_for_good_is_kept_stopped_with_the_volume_it_mounts(self, subject: Subject) -> None:
         engine, volume = subject.engine, f"{subject.prefix}-data"
         engine.create_volume(volume, L.owner_labels(subject.owner("data"), L.KIND_VOLUME))
@@ -191,6 +204,7 @@ class EngineContract:
             lambda: engine.stop_container(name, timeout=5),
             lambda: engine.stop_for_good(name, timeout=5),
             lambda: engine.remove_container(name, timeout=5),
+            lambda: engine.run_in_container(name, ("true",), timeout=5),
         ):
             with pytest.raises(NotOurs) as refused:
                 touch()

@@ -39,6 +39,9 @@ class FakeEngine:
         self.containers: dict[str, _Container] = {}
         # External port -> the route last written for it, on any router.
         self.routes: dict[int, dict] = {}
+        # Commands run in containers, in order, and what a test has one answer.
+        self.commands: list[tuple[str, tuple[str, ...]]] = []
+        self.answers: dict[tuple[str, ...], tuple[int | None, str]] = {}
 
     # -- what only a test does: objects of our names that flocker-pulumi did not create
 
@@ -142,6 +145,14 @@ class FakeEngine:
         self._find(name)
         # In memory nothing ends on its own: no watch, as over a transport that cannot hijack.
         return None
+
+    def run_in_container(self, name: str, command: tuple[str, ...], timeout: float) -> tuple[int | None, str]:
+        container = self._find(name)
+        if container is None or not container.running:
+            raise ContainerFailed(f"{name} is not running", node=self.node.name)
+        self.commands.append((name, command))
+        # Nothing runs in memory: a test says what a command answers; true and false answer as they do.
+        return self.answers.get(command, (1, "") if command == ("false",) else (0, ""))
 
     def stop_container(self, name: str, timeout: int = 10) -> None:
         container = self._find(name)

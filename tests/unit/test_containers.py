@@ -161,7 +161,7 @@ def test_a_container_labelled_before_secrets_were_sealed_keeps_its_hash() -> Non
     once (its label names the secret, or a plain hash of it)."""
     spec = container_spec(APP, OWNER, "v")
     body = dataclasses.asdict(spec)
-    del body["sealed"]
+    del body["sealed"], body["flush_command"]
     body["environment"] = [name for name, _ in spec.environment]
     before = {**dict(spec.labels), L.SPEC: json.dumps(body, sort_keys=True), L.CONFIG_HASH: spec.config_hash()}
     assert before == spec.recorded()[0]
@@ -175,3 +175,15 @@ def test_a_secret_image_is_not_named_by_the_lines_of_a_move() -> None:
     # A move's lines and report are its volume's, which does not know the application's secrets.
     spec = container_spec(SECRET_APP, OWNER, "v", ("image",))
     assert spec.shown_image == "[secret]" and container_spec(SECRET_APP, OWNER, "v").shown_image == SECRET_APP.image
+
+
+def test_a_flush_command_is_recorded_read_back_and_part_of_the_hash() -> None:
+    flushed = container_spec(dataclasses.replace(APP, flush_command=("psql", "-c", "CHECKPOINT")), OWNER, "v")
+    labels, _ = flushed.recorded()
+    assert ContainerSpec.from_json(labels[L.SPEC], ["LEVEL=info"]) == flushed
+    assert flushed.config_hash() != container_spec(APP, OWNER, "v").config_hash()
+    # Secret, it is kept out of the label, as every sealed field.
+    sealed = container_spec(dataclasses.replace(APP, flush_command=("psql", "-c", "CHECKPOINT")), OWNER, "v", ("flush_command",))
+    labels, ours = sealed.recorded()
+    assert "CHECKPOINT" not in labels[L.SPEC]
+    assert ContainerSpec.from_json(labels[L.SPEC], ["LEVEL=info", *(f"{k}={v}" for k, v in ours.items())]) == sealed

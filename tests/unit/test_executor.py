@@ -15,7 +15,7 @@ from flocker_provider.execution.move_context import MoveContext, MoveReport, Sto
 from flocker_provider.planning import labels as L
 from flocker_provider.planning.containers import ContainerSpec, RouterSpec, router_spec
 from flocker_provider.planning.models import Node, Port
-from flocker_provider.planning.steps import InParallel, PointRoutes, RemoveVolume, Routes, Step, describe
+from flocker_provider.planning.steps import FlushApplication, InParallel, PointRoutes, RemoveVolume, Routes, Step, describe
 
 NODES = tuple(Node(f"node{i}", f"10.0.0.{i}", f"tcp://10.0.0.{i}:2375") for i in (1, 2, 3))
 N1, N2, N3 = NODES
@@ -160,6 +160,7 @@ def example(kind: type) -> Step:
         bool: False,
         float: 1.0,
         tuple[int, ...]: (9200,),
+        tuple[str, ...]: ("true",),
         tuple[tuple[str, str], ...]: ((L.MANAGED, "true"),),
     }
     return kind(**{name: values[hint] for name, hint in typing.get_type_hints(kind).items()})
@@ -170,6 +171,7 @@ def test_every_kind_of_step_is_run_by_the_executor_in_a_move(kind: type) -> None
     """Its match names every kind: none reaches the end of it ("no way to run")."""
     engine = mock.MagicMock()
     engine.published_ports.return_value = {9200: 20001}
+    engine.run_in_container.return_value = (0, "")
     channel = mock.MagicMock(predicted=None)
     channel.push.return_value = ()
 
@@ -184,3 +186,43 @@ def test_every_kind_of_step_is_run_by_the_executor_in_a_move(kind: type) -> None
         run_change(InParallel((step, step)), Run(engines, 1.0, move))
         move.stops.close()
     assert describe(step)
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ((0, "CHECKPOINT\n"), "move es: flushed flocker-dev-es in "),
+        (
+            (1, "psql: error: connection refused\n"),
+            "move es: warning: the flush command of flocker-dev-es exited 1: psql: error: connection",
+        ),
+        ((None, ""), "move es: warning: the flush command of flocker-dev-es still running after 60s (left to end); the move goes on"),
+    ],
+    ids=["done", "failed", "too long"],
+)
+def test_a_flush_is_run_in_the_container_and_told_and_its_failure_is_not_the_moves(
+    answer: tuple[int | None, str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes = {n: FakeEngine(n) for n in NODES}
+    running_es(fakes, N1)
+    command = ("psql", "-c", "CHECKPOINT")
+    fakes[N1].answers[command] = answer
+    channel = mock.MagicMock(label="es")
+    with engines_of(fakes) as engines:
+        move = MoveContext(channel, Stops(engines), MoveReport("node1", "node2"))
+        execute((FlushApplication(N1, ES.name, command, "psql -c CHECKPOINT"),), engines, move=move)
+        move.stops.close()
+    assert fakes[N1].commands == [(ES.name, command)]
+    assert said in capsys.readouterr().out
+
+
+def test_a_flush_of_a_secret_command_tells_its_status_and_not_its_output(capsys: pytest.CaptureFixture[str]) -> None:
+    fakes = {n: FakeEngine(n) for n in NODES}
+    running_es(fakes, N1)
+    fakes[N1].answers[("flush", "hunter2")] = (2, "wrong password hunter2\n")
+    with engines_of(fakes) as engines:
+        move = MoveContext(mock.MagicMock(label="es"), Stops(engines), MoveReport("node1", "node2"))
+        execute((FlushApplication(N1, ES.name, ("flush", "hunter2"), "[secret]"),), engines, move=move)
+        move.stops.close()
+    out = capsys.readouterr().out
+    assert "flush flocker-dev-es on node1: [secret]" in out and "exited 2; the move goes on" in out and "hunter2" not in out

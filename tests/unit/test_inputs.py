@@ -95,6 +95,10 @@ def test_valid_application_has_no_failures() -> None:
                 ("health_check.retries", "expected a number 1-1000, got 0"),
             ],
         ),
+        (
+            {"flush_command": "psql -c CHECKPOINT"},
+            [("flush_command", "expected a list of arguments (strings), got 'psql -c CHECKPOINT'")],
+        ),
     ],
 )
 def test_bad_application_inputs_are_check_failures(changes: dict, expected: list) -> None:

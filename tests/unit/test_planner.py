@@ -1,5 +1,7 @@
 """The planner is pure: every test states a whole expected plan and compares with ==."""
 
+import dataclasses
+
 import pytest
 
 from flocker_provider.planning.containers import ContainerSpec, MountedContainer, router_spec
@@ -20,6 +22,7 @@ from flocker_provider.planning.steps import (
     ConfirmApplication,
     CreateVolume,
     FinishStop,
+    FlushApplication,
     HandoffVolume,
     InParallel,
     PointRoutes,
@@ -38,6 +41,7 @@ from flocker_provider.planning.steps import (
     VerifyVolume,
     WaitForApplication,
     WatchExit,
+    describe,
 )
 
 N1 = Node("node1", "10.0.0.1", "tcp://10.0.0.1:2375")
@@ -254,6 +258,25 @@ def two_phase_push(*before_staging: object) -> tuple:
 
 def test_two_phase_push_holds_connections_from_stop_until_up_on_the_destination() -> None:
     assert plan_move("v", LABELS, N1, N2, move_state(), ROUTING) == two_phase_push()
+
+
+def test_an_application_with_a_flush_command_is_flushed_and_copied_once_more_before_it_stops() -> None:
+    flushed = dataclasses.replace(SPEC, flush_command=("psql", "-c", "CHECKPOINT"))
+    state = move_state(source_containers=(MountedContainer(SPEC.name, flushed, running=True),))
+    expected = two_phase_push()
+    phase_1 = expected.index(PushVolume(N1, N2, "v", final=False))
+    flush = FlushApplication(N1, SPEC.name, ("psql", "-c", "CHECKPOINT"), "psql -c CHECKPOINT")
+    moved = tuple(dataclasses.replace(step, spec=flushed) if getattr(step, "spec", None) == SPEC else step for step in expected)
+    assert plan_move("v", LABELS, N1, N2, state, ROUTING) == (
+        *moved[: phase_1 + 1],
+        flush,
+        PushVolume(N1, N2, "v", final=False),
+        *moved[phase_1 + 1 :],
+    )
+    # A secret command is not shown.
+    sealed = dataclasses.replace(flushed, sealed=("flush_command",))
+    state = move_state(source_containers=(MountedContainer(SPEC.name, sealed, running=True),))
+    assert describe(plan_move("v", LABELS, N1, N2, state, ROUTING)[2]) == f"flush {SPEC.name} on node1: [secret]"
 
 
 def test_standalone_volume_moves_without_applications() -> None:

@@ -557,6 +557,28 @@ class DockerNode(RouterLifecycle, TransferContainers):
         except Exception:  # a transport that cannot hijack: the stop is waited for instead
             return None
 
+    def run_in_container(self, name: str, command: tuple[str, ...], timeout: float) -> tuple[int | None, str]:
+        container = self.find_container(name)
+        if container is None or container.status != "running":
+            raise ContainerFailed(f"{name} is not running", node=self.node.name)
+        ended: list[tuple[int | None, str]] = []
+        failed: list[Exception] = []
+
+        def run() -> None:
+            try:
+                result = container.exec_run(list(command))
+                ended.append((result.exit_code, result.output.decode(errors="replace")))
+            except Exception as exc:  # raised in the caller's thread below
+                failed.append(exc)
+
+        # exec_run has no timeout of its own: a thread, abandoned when it runs too long.
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if failed:
+            raise failed[0]
+        return ended[0] if ended else (None, "")
+
     def stop_container(self, name: str, timeout: int = 10) -> None:
         container = self.find_container(name)
         if container is not None and container.status == "running":

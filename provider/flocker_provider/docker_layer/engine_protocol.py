@@ -82,6 +82,11 @@ class VolumesAndContainers(Protocol):
 
     def watch_exit(self, name: str) -> ExitWatcher | None: ...
 
+    def run_in_container(self, name: str, command: tuple[str, ...], timeout: float) -> tuple[int | None, str]:
+        """``command`` run in the running container ``name``: its exit status (None: still
+        running after ``timeout`` seconds, left to end on its own) and its output."""
+        ...
+
     def stop_container(self, name: str, timeout: int = 10) -> None: ...
 
     # Stopped, and not started again by its restart policy, not even when the engine restarts.

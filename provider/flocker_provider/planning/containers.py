@@ -26,6 +26,7 @@ SEALED_BY_INPUT = {
     "command": "command",
     "links": "links",
     "health_check": "health_check",
+    "flush_command": "flush_command",
 }
 # The container's environment entry that holds its sealed fields (see ContainerSpec.recorded).
 SEALED_VARIABLE = "FLOCKER_PULUMI_SEALED"
@@ -50,6 +51,8 @@ class ContainerSpec:
     health_check: HealthCheck | None = None
     # Fields given as secrets (sorted): kept out of the labels (see recorded).
     sealed: tuple[str, ...] = ()
+    # Run in the container by a move before its last pre-copy round (steps.FlushApplication).
+    flush_command: tuple[str, ...] | None = None
 
     @property
     def shown_image(self) -> str:
@@ -61,10 +64,10 @@ class ContainerSpec:
         """Of every value, the sealed ones too; written as it is only for a spec with none sealed."""
         body = asdict(self)
         body["labels"] = [kv for kv in self.labels if kv[0] not in (L.CONFIG_HASH, L.SPEC)]
-        # Containers started before health checks, or secrets, existed keep their hash: no
-        # restart on upgrade. A field made a secret, or no longer one, changes it: the
-        # container is started again, labelled the new way.
-        for optional in ("health_check", "sealed"):
+        # Containers started before health checks, secrets or flush commands existed keep
+        # their hash: no restart on upgrade. A field made a secret, or no longer one, changes
+        # it: the container is started again, labelled the new way.
+        for optional in ("health_check", "sealed", "flush_command"):
             if not body[optional]:
                 del body[optional]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -114,6 +117,8 @@ class ContainerSpec:
                 del body[field]
         if not self.sealed:
             del body["sealed"]  # the label of a spec without secrets is the one of before
+        if body.get("flush_command", ()) is None:
+            del body["flush_command"]  # nor is the one of a spec without a flush command
         return json.dumps(body, sort_keys=True)
 
     @staticmethod
@@ -138,6 +143,7 @@ class ContainerSpec:
             labels=tuple(tuple(kv) for kv in raw["labels"]),
             health_check=_health_check_from_json(raw.get("health_check")),
             sealed=tuple(raw.get("sealed", ())),
+            flush_command=tuple(raw["flush_command"]) if raw.get("flush_command") is not None else None,
         )
 
 
@@ -232,6 +238,7 @@ def container_spec(app: Application, owner: Owner, volume_name: str | None, secr
         restart_policy=app.restart_policy,
         command=app.command,
         health_check=app.health_check,
+        flush_command=app.flush_command,
         links=tuple(sorted(app.links, key=lambda link: (link.alias, link.local_port, link.remote_port))),
         labels=tuple(sorted(L.owner_labels(owner, L.KIND_APPLICATION).items())),
         sealed=tuple(sorted(field for key, field in SEALED_BY_INPUT.items() if key in secret_inputs)),

@@ -92,6 +92,7 @@ class Application:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     command: tuple[str, ...] | None = None
     health_check: HealthCheck | None = None
+    flush_command: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

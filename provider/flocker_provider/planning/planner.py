@@ -16,6 +16,7 @@ from flocker_provider.planning.steps import (
     ConfirmApplication,
     CreateVolume,
     FinishStop,
+    FlushApplication,
     HandoffVolume,
     Plan,
     PointRoutes,
@@ -37,6 +38,7 @@ from flocker_provider.planning.steps import (
     at_once,
     steps_of,
 )
+from flocker_provider.secret_values import SHOWN_AS
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,12 @@ def plan_move(
     _refuse_strays(volume, destination, state.destination_containers)
     running = [c for c in state.source_containers if c.running]
     arm = ArmFinalCopy(source, destination, volume)
-    steps = [PushVolume(source, destination, volume, final=False), arm]
+    steps = [PushVolume(source, destination, volume, final=False)]
+    flushes = [_flush(source, c) for c in running if c.spec.flush_command]
+    if flushes:
+        # Another round after the flush copies what it wrote while the application serves.
+        steps += [*flushes, PushVolume(source, destination, volume, final=False)]
+    steps.append(arm)
     steps += [WatchExit(source, c.name) for c in running]
     for c in running:
         steps += [*_stale(destination, c, state.destination_containers), StageApplication(destination, c.spec)]
@@ -219,6 +226,12 @@ def plan_move(
         # The engine's own end of a stop goes on in the background until here (move_context.Stops).
         steps += [*([FinishStop(source, c.name)] if c.running else []), RemoveApplication(source, c.name)]
     return _routes_prepared(routing, steps)
+
+
+def _flush(node: Node, container: MountedContainer) -> FlushApplication:
+    command = container.spec.flush_command or ()
+    shown = SHOWN_AS if "flush_command" in container.spec.sealed else shlex.join(command)
+    return FlushApplication(node, container.name, command, shown)
 
 
 def _refuse_strays(volume: str, destination: Node, present: tuple[MountedContainer, ...]) -> None:
