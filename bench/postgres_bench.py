@@ -125,6 +125,7 @@ def run_case(nodes: list[ClusterNode], label: str, workdir: Path) -> dict[str, A
         last_move = db.outputs()["last_move"]
         downtime, other = gaps_around(committer.served, stop_returned_at(last_move))
         phase2_step = next(s for s in last_move["steps"] if s["step"].startswith("phase 2"))
+        flush = next((s["seconds"] for s in last_move["steps"] if s["step"].startswith("flush ")), None)
         phase2 = next(r for r in last_move["rounds"] if r["final"])
         log(f"{label}: move downtime {downtime:.2f} s, phase 2 {phase2_step['seconds']:.2f} s; restart baseline on node2")
         restart = restart_downtime(destination, container, committer)
@@ -142,6 +143,7 @@ def run_case(nodes: list[ClusterNode], label: str, workdir: Path) -> dict[str, A
                 "client_downtime_seconds": downtime,
                 "client_longest_other_pause_seconds": other,
                 "phase2_seconds": phase2_step["seconds"],
+                "flush_seconds": flush,  # the example's CHECKPOINT before the last phase-1 round
                 "phase2_round": phase2,
                 "phase1_rounds": [r for r in last_move["rounds"] if not r["final"]],
                 "predicted_phase2_seconds": next(
