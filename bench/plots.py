@@ -102,9 +102,10 @@ def standin(document: dict[str, Any]) -> Workload:
 def postgres(document: dict[str, Any]) -> Workload:
     workload = Workload("PostgreSQL", "docker restart")
     for case in document["cases"].values():
-        move, size = case["move"], case["database_bytes"]
-        workload.sizes.append(Size(size, move["client_downtime_seconds"], case["restart"]["client_downtime_seconds"]))
-        workload.moves.append(Move(size, move["phase2_seconds"], move["phase2_round"]["bytes_sent"], move.get("client_timeline")))
+        size = case["database_bytes"]
+        workload.sizes.append(Size(size, case["downtime_seconds"], case["restart"]["client_downtime_seconds"]))
+        for move in case["moves"]:
+            workload.moves.append(Move(size, move["phase2_seconds"], move["phase2_round"]["bytes_sent"], move.get("client_timeline")))
         workload.cat_s[size] = case["cat_seconds"]
     return workload
 

@@ -58,7 +58,13 @@ def standin_case(size: int, downtime: float, naive: float | None) -> dict[str, A
 
 def postgres_case(size: int, downtime: float, restart: float) -> dict[str, Any]:
     move = {"client_downtime_seconds": downtime, "phase2_seconds": 0.5, "phase2_round": {"bytes_sent": 100_000_000}}
-    return {"database_bytes": size, "cat_seconds": 0.25, "move": move, "restart": {"client_downtime_seconds": restart}}
+    return {
+        "database_bytes": size,
+        "cat_seconds": 0.25,
+        "moves": [move, move],
+        "downtime_seconds": downtime,
+        "restart": {"client_downtime_seconds": restart},
+    }
 
 
 def write(results: Path, name: str, document: dict[str, Any]) -> None:
