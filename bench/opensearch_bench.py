@@ -49,7 +49,7 @@ from tests.integration.harness import (  # noqa: E402
     http_ndjson,
     load_nodes,
     make,
-    missing_documents,
+    missing_writes,
     stop_returned_at,
 )
 
@@ -155,7 +155,7 @@ def run_case(nodes: list[ClusterNode], label: str, workdir: Path) -> dict[str, A
         last_move = store.outputs()["last_move"]
         downtime, other = gaps_around(writer.served, stop_returned_at(last_move))
         timeline = client_timeline(writer.served, last_move)
-        lost = missing_documents(destination.address, "moved", writer.acknowledged)
+        lost = missing_writes(destination.address, writer)
         acknowledged = len(writer.acknowledged)
         raw.append(raw_copy(destination, source, volume))
 
@@ -167,7 +167,7 @@ def run_case(nodes: list[ClusterNode], label: str, workdir: Path) -> dict[str, A
         writer_finished(writer, restarted)
         restart_downtime, _ = gaps_around(writer.served, (restart_began + restarted) / 2)
         eventually(lambda: healthy(destination), timeout=300, what="OpenSearch green after the restart")
-        lost += missing_documents(destination.address, "restarted", writer.acknowledged)
+        lost += missing_writes(destination.address, writer)
         acknowledged += len(writer.acknowledged)
 
         first = last_move["rounds"][0]

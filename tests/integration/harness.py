@@ -361,6 +361,15 @@ def missing_documents(address: str, index: str, ids: list[int]) -> list[int]:
     return missing
 
 
+def missing_writes(address: str, writer: Writer) -> list[int]:
+    """Which of the writer's acknowledged writes the OpenSearch at ``address`` does not have,
+    asked by id in each index the writer spread them over."""
+    pages: dict[int, list[int]] = {}
+    for i in writer.acknowledged:
+        pages.setdefault(i // writer.PAGE, []).append(i)
+    return [i for page, ids in sorted(pages.items()) for i in missing_documents(address, f"{writer.index}-{page}", ids)]
+
+
 def stop_returned_at(last_move: dict[str, Any]) -> float:
     """When a move's stop of the application returned, on this process's monotonic clock: it
     no longer answers on the source then, and not yet on the destination (a write in flight
