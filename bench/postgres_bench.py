@@ -36,7 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the cluster harness lives with the integration tests
 
 from bench.report import client_timeline, parse_sizes, ratio_table, write_results  # noqa: E402
-from tests.integration.harness import ClusterNode, by_name, eventually, gaps_around, load_nodes, make, stop_returned_at  # noqa: E402
+from tests.integration.harness import (  # noqa: E402
+    ClusterNode,
+    Pulumi,
+    by_name,
+    eventually,
+    gaps_around,
+    load_nodes,
+    make,
+    stop_returned_at,
+)
 from tests.integration.postgres_workload import (  # noqa: E402
     Committer,
     Updater,
@@ -97,7 +106,7 @@ def restart_downtime(node: ClusterNode, container: str, committer: Committer) ->
     return {"client_downtime_seconds": downtime, "restart_seconds": round(restarted - started, 3)}
 
 
-def measured_move(db: Any, to: ClusterNode, committer: Committer, label: str) -> dict[str, Any]:
+def measured_move(db: Pulumi, to: ClusterNode, committer: Committer, label: str) -> dict[str, Any]:
     """`pulumi up` moving the database to ``to``, the clients going on: what the committer saw and what the move reported."""
     db.config({"node": to.name})
     started = time.monotonic()
@@ -215,7 +224,7 @@ def markdown(result: dict[str, Any]) -> str:
     for case in result["cases"].values():
         moves = case["moves"]
         downtimes = " / ".join(f"{m['client_downtime_seconds']:.2f}" for m in moves)
-        phase2 = " / ".join(f"{m['phase2_seconds']:.2f} ({m['predicted_phase2_seconds']})" for m in moves)
+        phase2 = " / ".join(f"{m['phase2_seconds']:.2f} ({m['predicted_phase2_seconds'] or '?'})" for m in moves)
         read_sent = " / ".join(f"{m['phase2_round']['bytes_read'] / 1e6:.0f}/{m['phase2_round']['bytes_sent'] / 1e6:.1f}" for m in moves)
         rounds = " / ".join(str(len(m["phase1_rounds"])) for m in moves)
         lines.append(
