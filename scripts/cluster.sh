@@ -29,6 +29,11 @@
 # on a filesystem of M MB of their own, so that a test can fill the disk a copy writes to
 # (images stay on the shared disk: they would not fit). The node file says so
 # ("volumes_mb"); it stays that way for the node's life, until `down`.
+#
+# Otherwise each node's Docker volumes live on a btrfs of their own (a sparse loop image;
+# the node file says "volumes_fs": "btrfs"): there a move's copy rounds reread only the
+# extents a database rewrote (provider/flocker_provider/on_node/btrfs_extents.py).
+# FLOCKER_VOLUMES_FS=host (at `up`) leaves them on this machine's disk, as before.
 set -euo pipefail
 
 CLUSTER="${FLOCKER_CLUSTER:-0}"
@@ -69,7 +74,7 @@ ensure_packages() {
   local missing=() pair
   for pair in unshare:util-linux dockerd:docker.io containerd:containerd runc:runc docker-proxy:docker.io \
               ip:iproute2 iptables:iptables nsenter:util-linux setsid:util-linux flock:util-linux \
-              openssl:openssl; do
+              openssl:openssl mkfs.btrfs:btrfs-progs; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -270,13 +275,17 @@ ensure_certificates() {   # node numbers...
 # ---------------------------------------------------------------------------- engines
 
 volumes_image() { echo "$(node_lib "$1")/volumes.img"; }
+btrfs_image() { echo "$(node_lib "$1")/volumes.btrfs"; }
+# Sparse: it takes only what the volumes use of this machine's disk.
+BTRFS_IMAGE_SIZE=64G
 
-# A loop-mounted ext4 image, not a tmpfs: the volumes outlive `stop-node`, as on a real disk.
-mount_small_disk() {   # i; before its dockerd starts
+# A loop-mounted image, not a tmpfs: the volumes outlive `stop-node`, as on a real disk. An ext4
+# of FLOCKER_NODE<I>_DISK_MB, or else a btrfs (mount_btrfs_volumes).
+mount_volumes_disk() {   # i; before its dockerd starts
   local i="$1" var="FLOCKER_NODE${1}_DISK_MB" mb image dir
   image="$(volumes_image "$i")"; dir="$(node_lib "$i")/docker/volumes"; mb="${!var:-}"
   if [ ! -e "$image" ]; then
-    [ -n "$mb" ] || return 0
+    if [ -z "$mb" ]; then mount_btrfs_volumes "$i"; return 0; fi
     [[ "$mb" =~ ^[0-9]+$ ]] && [ "$mb" -ge 16 ] || die "$var must be a size in MB, 16 or more, got '$mb'"
     # Over volumes already there it would hide them, as a disk swapped under a running node would.
     [ -z "$(ls -A "$dir" 2>/dev/null)" ] || die "node$i has volumes already: $var applies to a node that does not exist yet"
@@ -291,6 +300,25 @@ mount_small_disk() {   # i; before its dockerd starts
   mount -o loop "$image" "$dir"
   # Docker takes every directory there for a volume.
   rmdir "$dir/lost+found" 2>/dev/null || true
+}
+
+mount_btrfs_volumes() {   # i; before its dockerd starts
+  local i="$1" image dir
+  image="$(btrfs_image "$i")"; dir="$(node_lib "$i")/docker/volumes"
+  if [ ! -e "$image" ]; then
+    case "${FLOCKER_VOLUMES_FS:-btrfs}" in
+      host) return 0 ;;
+      btrfs) ;;
+      *) die "FLOCKER_VOLUMES_FS must be btrfs or host, got '$FLOCKER_VOLUMES_FS'" ;;
+    esac
+    [ -z "$(ls -A "$dir" 2>/dev/null)" ] || return 0   # a node made before: its volumes stay where they are
+    truncate -s "$BTRFS_IMAGE_SIZE" "$image"
+    mkfs.btrfs -q -f "$image" >/dev/null
+  fi
+  mkdir -p "$dir"
+  mountpoint -q "$dir" && return 0
+  mountpoint -q "$(node_lib "$i")/docker" || mount --bind "$(node_lib "$i")/docker" "$(node_lib "$i")/docker"
+  mount -o loop "$image" "$dir"
 }
 
 start_engine() {   # i
@@ -338,7 +366,7 @@ EOF
   fi
 
   if ! dockerd_pid "$run" >/dev/null; then
-    mount_small_disk "$i"
+    mount_volumes_disk "$i"
     rm -f "$run/docker.pid"   # dockerd refuses to start while a (stale) pidfile names a live pid
     # Our own daemon config, so a host /etc/docker/daemon.json cannot change the nodes.
     # deprecated-key-path exists in 20.10's config file only (not as a flag).
@@ -434,6 +462,7 @@ write_nodes_file() {
       printf '{"name": "node%s", "address": "%s", "docker_host": "%s", "tls": "%s", "engine_socket": "%s/docker.sock", "netns": "%s"' \
         "$i" "$(node_addr "$i")" "$(engine_url "$i")" "$CLIENT_TLS" "$(node_run "$i")" "$(ns_name "$i")"
       [ -e "$(volumes_image "$i")" ] && printf ', "volumes_mb": %s' "$(( $(stat -c %s "$(volumes_image "$i")") >> 20 ))"
+      [ -e "$(btrfs_image "$i")" ] && printf ', "volumes_fs": "btrfs"'
       printf '}'
     done
     printf ']}\n'
@@ -482,7 +511,7 @@ cmd_down() {
     [ -d "$(node_lib "$i")" ] || continue
     umount_under "$(node_lib "$i")"
     rm -rf "$(node_lib "$i")/containerd"
-    [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$(node_lib "$i")/docker" "$(volumes_image "$i")"
+    [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$(node_lib "$i")/docker" "$(volumes_image "$i")" "$(btrfs_image "$i")"
     rmdir "$(node_lib "$i")" 2>/dev/null || true
   done
   rm -rf "$TLS"

@@ -15,6 +15,7 @@ command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)   # scripts/cluster.sh makes the cluster's CA and certificates
 command -v curl >/dev/null || need+=(curl)         # a Go toolchain, when one must be fetched
 command -v iptables >/dev/null || need+=(iptables)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)   # the cluster's volumes; the delta copy's tests
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v ssh >/dev/null || need+=(openssh-client)   # ssh:// nodes
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)       # the SSH test's servers

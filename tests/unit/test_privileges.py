@@ -1,6 +1,7 @@
 """What each container we create may do (docs/architecture.md, "What our containers may do"):
-the routers get the node's network and NET_ADMIN, the only privilege asked for anywhere;
-applications and a move's helpers get nothing beyond Docker's defaults.
+the routers get the node's network and NET_ADMIN; a move's source helper, whose volume is
+mounted read-only, gets SYS_ADMIN (btrfs's extent search wants it); applications and the other
+helpers get nothing beyond Docker's defaults.
 
 Each node is a stand-in engine (docker_fakes.py) under the real DockerNode; what the Docker
 layer asks `containers.create` for is recorded."""
@@ -37,7 +38,7 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
     return found
 
 
-def test_only_routers_get_the_node_network_and_net_admin(monkeypatch: pytest.MonkeyPatch, asked: dict[str, dict]) -> None:
+def test_routers_get_net_admin_the_source_helper_sys_admin(monkeypatch: pytest.MonkeyPatch, asked: dict[str, dict]) -> None:
     fake_nodes(monkeypatch, NODES)
     props = {
         "name": "web",
@@ -54,7 +55,9 @@ def test_only_routers_get_the_node_network_and_net_admin(monkeypatch: pytest.Mon
     ApplicationProvider().create(props)
     engine = DockerNode(NODES[1], FakeClient(FakeHost()))  # type: ignore[arg-type]
     engine.run_helper("flocker/base:local", "v-receive-1", ["true"], {}, "v", {"FLOCKER_SECRET": "x"}, 8730)
+    engine.run_helper("flocker/base:local", "v-send-1", ["true"], {}, "v", read_only=True, searches_extents=True)
     routers = {name: options for name, options in asked.items() if name.endswith(".router")}
     assert routers
     assert all(options == {"network_mode": "host", "cap_add": ["NET_ADMIN"]} for options in routers.values()), routers
     assert asked["flocker-s-web"] == {} and asked["v-receive-1"] == {}, asked
+    assert asked["v-send-1"] == {"cap_add": ["SYS_ADMIN"]}, asked

@@ -35,7 +35,7 @@ def test_the_programs_run_from_the_files_put_into_the_helper() -> None:
     archive = on_node.archive(on_node.MOVE_HELPERS)
     names = subprocess.run(["tar", "-t"], input=archive, capture_output=True, check=True).stdout.decode().split()
     package = f"{on_node.DIRECTORY.lstrip('/')}/on_node"
-    assert sorted(names) == [f"{package}/{name}.py" for name in ("__init__", "delta_copy", "stream_receive")]
+    assert sorted(names) == [f"{package}/{name}.py" for name in ("__init__", "btrfs_extents", "delta_copy", "stream_receive")]
 
 
 def test_an_armed_phase_2_round_says_so() -> None:

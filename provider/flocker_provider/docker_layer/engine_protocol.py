@@ -134,6 +134,7 @@ class Engine(VolumesAndContainers, Protocol):
         environment: dict[str, str] | None = None,
         port: int | None = None,
         read_only: bool = False,
+        searches_extents: bool = False,
     ) -> str: ...
 
     def wait_for_helper_port(self, helper: str, port: int, ready: bytes, role: str) -> int: ...

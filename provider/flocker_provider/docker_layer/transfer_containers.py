@@ -42,9 +42,12 @@ class TransferContainers:
         environment: dict[str, str] | None = None,
         port: int | None = None,
         read_only: bool = False,
+        searches_extents: bool = False,
     ) -> str:
         """A move's helper, by id: the volume at the transfer mountpoint, the programs that run
-        on the nodes in its own layer, ``port`` published on an ephemeral one."""
+        on the nodes in its own layer, ``port`` published on an ephemeral one. One that
+        ``searches_extents`` may read btrfs's extent items (on_node/btrfs_extents.py): the
+        ioctl wants CAP_SYS_ADMIN, which it has no other use for."""
         container = self._started_with(
             on_node.MOVE_HELPERS,
             image,
@@ -54,6 +57,7 @@ class TransferContainers:
             labels=labels,
             volumes={volume: {"bind": MOUNT, "mode": "ro" if read_only else "rw"}},
             ports={f"{port}/tcp": None} if port else {},
+            cap_add=["SYS_ADMIN"] if searches_extents else [],
         )
         return container.id
 

@@ -24,7 +24,7 @@ PACKAGE = _HERE.name
 # What each program imports of this package, itself last. A router's hash is of its own
 # modules only: a change to a move helper's must not replace every router.
 ROUTER = ("router_log", "routes", "kernel_forwarding", "splicing", "router")
-MOVE_HELPERS = ("delta_copy", "stream_receive")
+MOVE_HELPERS = ("btrfs_extents", "delta_copy", "stream_receive")
 
 
 @functools.cache

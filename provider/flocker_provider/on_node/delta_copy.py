@@ -48,6 +48,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import btrfs_extents
+
 try:
     import xxhash
 
@@ -762,8 +764,13 @@ class Source:
         stable: bool = False,
         stall: float = STALL,
         total: int | None = None,
+        extents: bool = False,
     ) -> None:
         self.root = root
+        # The volume is on btrfs and its extent items can be searched: a file read before is
+        # reread only where its extents changed (btrfs_extents), its map taken before the read.
+        self.extents = extents
+        self.maps: dict[str, bytes | None] = {}
         # The application is stopped (phase 2): nothing writes the files while they are read.
         self.stable = stable
         self.wire = wire
@@ -783,6 +790,7 @@ class Source:
             "total_size": 0,
             "readers": 1,
             "parts": 0,  # of big files, read by different readers
+            "files_mapped": 0,  # reread where their extents changed, not whole
         }
         self._last_progress = time.monotonic()
         # Progress lines come at least four times per stall timeout: the host's watch takes a
@@ -908,9 +916,11 @@ class Source:
             split = []
             for item in pending:
                 size = item[2].st_size
-                if size <= PART_BYTES:
+                if size <= PART_BYTES or self._mappable(item):
                     units.append((item, None))
                     continue
+                if self.extents:  # its parts are read whole: the next round compares with this map
+                    self.maps[item[0]] = btrfs_extents.extent_map(item[1])
                 split.append(item)
                 units += [(item, (start, min(start + PART_BYTES, size))) for start in range(0, size, PART_BYTES)]
             units.sort(key=lambda unit: unit[0][2].st_size if unit[1] is None else unit[1][1] - unit[1][0], reverse=True)
@@ -1025,7 +1035,11 @@ class Source:
         (path, full, info, meta, old), span = unit
         if span is None:
             self.send(b"F", packed({"p": path}))
-            digests, pages, size = self._changed_pages(full, info, old, 0, info.st_size)
+            only = None
+            if self.extents:
+                self.maps[path] = btrfs_extents.extent_map(full)
+                only = self._changed_blocks(info, old, self.maps[path])
+            digests, pages, size = self._changed_pages(full, info, old, 0, info.st_size, only)
             self.send(b"E", packed({**meta, "z": size, "p": path}))
             self._done(path, full, info, meta, digests, pages, size)
             return
@@ -1064,80 +1078,150 @@ class Source:
         # Changed while it was read, or racily clean: read again next round, whatever its stat says then.
         racy = after != stat_key(info) or time.time_ns() - info.st_ctime_ns < RACY_NS
         self.table[path] = {**meta, "z": size, "d": digests, "q": pages, "s": stat_key(info), "racy": racy}
+        if self.maps.get(path) is not None:
+            self.table[path]["x"] = self.maps[path]
+
+    def _mappable(self, item: tuple[str, str, os.stat_result, dict[str, Any], dict[str, Any] | None]) -> bool:
+        """Whether the file will be reread where its extents changed: read whole by one reader."""
+        old = item[4]
+        return self.extents and old is not None and "x" in old and bool(old.get("s"))
+
+    def _changed_blocks(self, info: os.stat_result, old: dict[str, Any] | None, now: bytes | None) -> list[int] | None:
+        """The blocks to read again of a file whose extent map was taken before it was last
+        read, or None: read it all (no maps, or most of it changed)."""
+        if now is None or old is None or "x" not in old or not old.get("s"):
+            return None
+        # The old last block (it may have grown) and any new ones are read whatever their extents.
+        known = min(old["z"], info.st_size) // BLOCK
+        total = -(-info.st_size // BLOCK)
+        changed = set(range(known, total))
+        for start, end in btrfs_extents.changed_spans(old["x"], now):
+            changed.update(range(start // BLOCK, min(-(-end // BLOCK), known)))
+        if len(changed) * 4 > total > DENSE_AFTER:
+            return None  # one pass over a mapping costs less than that many small reads
+        self.counts["files_mapped"] += 1
+        return sorted(changed)
 
     def _changed_pages(
-        self, full: str, info: os.stat_result, old: dict[str, Any] | None, start: int, end: int
+        self, full: str, info: os.stat_result, old: dict[str, Any] | None, start: int, end: int, only: list[int] | None = None
     ) -> tuple[array.array, array.array, int]:
         """Send the pages of bytes [start, end) of a file that differ from what the destination
-        holds; the block and page digests of that span and the end of what was read."""
+        holds; the block and page digests of that span and the end of what was read. With
+        ``only``, just those blocks are read (the others hold what they held)."""
         old_digests, old_pages = (old or {}).get("d") or Digests(), (old or {}).get("q") or Digests()
         old_blocks, old_count = len(old_digests), len(old_pages)
         digests, pages = Digests(), Digests()
         size = start
         sending = Pages(self)
+        seen = changed_blocks = 0
+
+        def compare(offset: int, block: memoryview, copied: bool) -> None:
+            """One block: its digests kept, its changed pages sent."""
+            nonlocal seen, changed_blocks, size
+            self.progress()
+            index = offset // BLOCK
+            size = offset + len(block)
+            first = index * PAGES
+            count = -(-len(block) // PAGE)
+            known = old_pages[first : first + PAGES]
+            comparable = index < old_blocks and min(old_count - first, PAGES) == count
+            seen += 1
+            if dense(seen, changed_blocks):
+                if not copied:
+                    block = memoryview(bytes(block))  # what is hashed is what is sent (below)
+                fresh = page_digests(block)
+                if comparable and fresh == known.tolist():
+                    digests.append(old_digests[index])
+                    pages.extend(known)
+                    return
+                digests.append(0)
+            else:
+                digest = _hash(block)
+                if comparable and old_digests[index] == digest:
+                    digests.append(digest)
+                    pages.extend(known)
+                    return
+                if not copied:
+                    # A copy, hashed again: the application may write the block between our
+                    # hash of the mapping and the send, and what is kept and sent must be what
+                    # the digests say (the destination checks; a block digest of the mapping
+                    # with pages of the copy would hide a later return to the mapping's
+                    # contents). A change after the copy shows in the file's stat: read again.
+                    block = memoryview(bytes(block))
+                    digest = _hash(block)
+                digests.append(digest)
+                fresh = page_digests(block)
+            changed_blocks += 1
+            pages.extend(fresh)
+            changed = [
+                number
+                for number, page_digest in enumerate(fresh)
+                if not (number < len(known) and known[number] == page_digest)
+                # past the old end, zeros are left to the truncate: holes stay holes
+                and not (first + number >= old_count and page_digest == zero_digest(len(block) - number * PAGE))
+            ]
+            # Changed pages next to each other go in one piece.
+            while changed:
+                adjacent = 1
+                while adjacent < len(changed) and changed[adjacent] == changed[0] + adjacent:
+                    adjacent += 1
+                low, high = changed[0], changed[adjacent - 1] + 1
+                sending.add(offset + low * PAGE, block[low * PAGE : high * PAGE], fresh[low:high])
+                del changed[:adjacent]
 
         def unmapping() -> None:  # the pages waiting to be sent are views of the window
             sending.send()
             self.flush()
 
-        seen = changed_blocks = 0
         try:
-            for offset, block in blocks(full, end, start, unmapping):
-                self.progress()
-                index = offset // BLOCK
-                size = offset + len(block)
-                first = index * PAGES
-                count = -(-len(block) // PAGE)
-                known = old_pages[first : first + PAGES]
-                comparable = index < old_blocks and min(old_count - first, PAGES) == count
-                seen += 1
-                if dense(seen, changed_blocks):
-                    if not self.stable:
-                        block = memoryview(bytes(block))  # what is hashed is what is sent (below)
-                    fresh = page_digests(block)
-                    if comparable and fresh == known.tolist():
-                        digests.append(old_digests[index])
-                        pages.extend(known)
-                        continue
-                    digests.append(0)
-                else:
-                    digest = _hash(block)
-                    if comparable and old_digests[index] == digest:
-                        digests.append(digest)
-                        pages.extend(known)
-                        continue
-                    if not self.stable:
-                        # A copy, hashed again: the application may write the block between our
-                        # hash of the mapping and the send, and what is kept and sent must be what
-                        # the digests say (the destination checks; a block digest of the mapping
-                        # with pages of the copy would hide a later return to the mapping's
-                        # contents). A change after the copy shows in the file's stat: read again.
-                        block = memoryview(bytes(block))
-                        digest = _hash(block)
-                    digests.append(digest)
-                    fresh = page_digests(block)
-                changed_blocks += 1
-                pages.extend(fresh)
-                changed = [
-                    number
-                    for number, page_digest in enumerate(fresh)
-                    if not (number < len(known) and known[number] == page_digest)
-                    # past the old end, zeros are left to the truncate: holes stay holes
-                    and not (first + number >= old_count and page_digest == zero_digest(len(block) - number * PAGE))
-                ]
-                # Changed pages next to each other go in one piece.
-                while changed:
-                    adjacent = 1
-                    while adjacent < len(changed) and changed[adjacent] == changed[0] + adjacent:
-                        adjacent += 1
-                    low, high = changed[0], changed[adjacent - 1] + 1
-                    sending.add(offset + low * PAGE, block[low * PAGE : high * PAGE], fresh[low:high])
-                    del changed[:adjacent]
+            if only is None:
+                for offset, block in blocks(full, end, start, unmapping):
+                    compare(offset, block, self.stable)
+            else:
+                size = self._read_blocks(full, start, end, only, old_digests, old_pages, digests, pages, compare)
         except FileNotFoundError:
             pass  # removed while read: sent as it was, deleted next round
         sending.send()
-        self.counts["bytes_read"] += size - start
+        self.counts["bytes_read"] += size - start if only is None else seen * BLOCK
         return digests, pages, size
+
+    def _read_blocks(
+        self,
+        full: str,
+        start: int,
+        end: int,
+        only: list[int],
+        old_digests: array.array,
+        old_pages: array.array,
+        digests: array.array,
+        pages: array.array,
+        compare: Callable[[int, memoryview, bool], None],
+    ) -> int:
+        """Blocks ``only`` of bytes [start, end), each read on its own (a copy, so the same
+        bytes are hashed and sent); the digests of the others are the old ones. Where reading ended."""
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            end = min(end, os.fstat(fd).st_size)
+            at, last = start // BLOCK, -(-end // BLOCK)
+            for index in only:
+                if index < at or index >= last:
+                    continue
+                digests.extend(old_digests[at:index])
+                pages.extend(old_pages[at * PAGES : index * PAGES])
+                block = os.pread(fd, min(BLOCK, end - index * BLOCK), index * BLOCK)
+                if not block:
+                    return index * BLOCK  # shrunk since its stat: the rest is gone
+                compare(index * BLOCK, memoryview(block), True)
+                at = index + 1
+                if len(block) < BLOCK:
+                    return index * BLOCK + len(block)
+            digests.extend(old_digests[at:last])
+            pages.extend(old_pages[at * PAGES : last * PAGES])
+            return end
+        except OSError as exc:
+            raise CopyError(f"reading {full}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def survey(self) -> int:
         """Bytes of the files the next round will read again: changed since this one read them."""
@@ -1225,7 +1309,8 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
             wait_for_go()
         started = time.monotonic()
         streamed = streamed_after(args.streamed) if table is None else None
-        source = Source(args.root, wire, table or {}, streamed, stable=args.final, stall=args.stall, total=args.total)
+        extents = btrfs_extents.available(args.root)
+        source = Source(args.root, wire, table or {}, streamed, stable=args.final, stall=args.stall, total=args.total, extents=extents)
         source.spares = spares
         if table is None:
             # A copy this program did not write (the first stream, an earlier move's): what
