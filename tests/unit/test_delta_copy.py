@@ -62,6 +62,8 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
     # Files written just before a round are read again by the next one (racily clean), as
     # they should be; the tests wait that long, not a second.
     monkeypatch.setattr(delta_copy, "RACY_NS", 50_000_000)
+    # The tests' files are small: on btrfs they are mapped from two blocks on, not sixteen.
+    monkeypatch.setattr(delta_copy, "MAPPED_FROM", 2 * BLOCK)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -55,6 +55,7 @@ class DeltaRound:
     dirty_bytes: int | None
     readers: int | None
     parts: int | None  # of big files, read by different readers
+    files_mapped: int | None  # reread only where their extents changed (a volume on btrfs)
     predicted_phase2_seconds: float | None = None
 
     @classmethod

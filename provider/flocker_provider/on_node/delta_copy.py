@@ -73,6 +73,9 @@ PAGE = 8 * 1024
 PAGES = BLOCK // PAGE
 WINDOW = 1024 * BLOCK  # mmap'ed at once: 64 MiB
 ZERO = bytes(BLOCK)
+# On btrfs, files from this size are reread where their extents changed: below it, a map (an
+# fsync and a search, ~0.1 ms) costs about what reading the whole file does.
+MAPPED_FROM = 16 * BLOCK
 ZERO_PAGE = _hash(ZERO[:PAGE])
 # A file modified this close to when its stat was taken may change again within the same
 # timestamp tick without its stat showing it ("racy clean" in git's words): reread it anyway.
@@ -1036,7 +1039,7 @@ class Source:
         if span is None:
             self.send(b"F", packed({"p": path}))
             only = None
-            if self.extents:
+            if self.extents and info.st_size >= MAPPED_FROM:
                 self.maps[path] = btrfs_extents.extent_map(full)
                 only = self._changed_blocks(info, old, self.maps[path])
             digests, pages, size = self._changed_pages(full, info, old, 0, info.st_size, only)
@@ -1084,7 +1087,7 @@ class Source:
     def _mappable(self, item: tuple[str, str, os.stat_result, dict[str, Any], dict[str, Any] | None]) -> bool:
         """Whether the file will be reread where its extents changed: read whole by one reader."""
         old = item[4]
-        return self.extents and old is not None and "x" in old and bool(old.get("s"))
+        return self.extents and item[2].st_size >= MAPPED_FROM and old is not None and "x" in old and bool(old.get("s"))
 
     def _changed_blocks(self, info: os.stat_result, old: dict[str, Any] | None, now: bytes | None) -> list[int] | None:
         """The blocks to read again of a file whose extent map was taken before it was last
