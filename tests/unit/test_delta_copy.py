@@ -542,3 +542,18 @@ def test_many_rounds_of_random_changes_stay_exact(pair) -> None:
         assert "error" not in result, result
         assert tree(destination) == tree(source)
         assert run("verify")["equal"]
+
+
+def test_the_survey_counts_what_the_next_round_will_read(pair, tmp_path: Path) -> None:
+    """The prediction of phase 2 rests on the survey: on btrfs a changed file counts for the
+    blocks whose extents changed (a prediction of the whole file was 30-75 s for a 0.15 s
+    phase 2 at 2 GB of PostgreSQL), elsewhere for all of it."""
+    source, _, run = pair
+    write(source / "table", os.urandom(64 * BLOCK))
+    run("send")
+    run("send")
+    rewrite_pages(source / "table", [3, 200])
+    table = delta_copy.load_state(str(tmp_path / "state"))
+    assert table is not None
+    surveyed = delta_copy.Source(str(source), None, table, extents=run.mapped).survey()  # type: ignore[arg-type]
+    assert surveyed == (2 * BLOCK if run.mapped else 64 * BLOCK)

@@ -919,7 +919,7 @@ class Source:
             split = []
             for item in pending:
                 size = item[2].st_size
-                if size <= PART_BYTES or self._mappable(item):
+                if size <= PART_BYTES or self._mappable(item[2], item[4]):
                     units.append((item, None))
                     continue
                 if self.extents:  # its parts are read whole: the next round compares with this map
@@ -1042,6 +1042,7 @@ class Source:
             if self.extents and info.st_size >= MAPPED_FROM:
                 self.maps[path] = btrfs_extents.extent_map(full)
                 only = self._changed_blocks(info, old, self.maps[path])
+                self.counts["files_mapped"] += only is not None
             digests, pages, size = self._changed_pages(full, info, old, 0, info.st_size, only)
             self.send(b"E", packed({**meta, "z": size, "p": path}))
             self._done(path, full, info, meta, digests, pages, size)
@@ -1084,15 +1085,14 @@ class Source:
         if self.maps.get(path) is not None:
             self.table[path]["x"] = self.maps[path]
 
-    def _mappable(self, item: tuple[str, str, os.stat_result, dict[str, Any], dict[str, Any] | None]) -> bool:
-        """Whether the file will be reread where its extents changed: read whole by one reader."""
-        old = item[4]
-        return self.extents and item[2].st_size >= MAPPED_FROM and old is not None and "x" in old and bool(old.get("s"))
+    def _mappable(self, info: os.stat_result, old: dict[str, Any] | None) -> bool:
+        """Whether the file will be reread where its extents changed (then by one reader)."""
+        return self.extents and info.st_size >= MAPPED_FROM and old is not None and "x" in old and bool(old.get("s"))
 
     def _changed_blocks(self, info: os.stat_result, old: dict[str, Any] | None, now: bytes | None) -> list[int] | None:
         """The blocks to read again of a file whose extent map was taken before it was last
         read, or None: read it all (no maps, or most of it changed)."""
-        if now is None or old is None or "x" not in old or not old.get("s"):
+        if now is None or old is None or not self._mappable(info, old):
             return None
         # The old last block (it may have grown) and any new ones are read whatever their extents.
         known = min(old["z"], info.st_size) // BLOCK
@@ -1102,7 +1102,6 @@ class Source:
             changed.update(range(start // BLOCK, min(-(-end // BLOCK), known)))
         if len(changed) * 4 > total > DENSE_AFTER:
             return None  # one pass over a mapping costs less than that many small reads
-        self.counts["files_mapped"] += 1
         return sorted(changed)
 
     def _changed_pages(
@@ -1227,14 +1226,18 @@ class Source:
             os.close(fd)
 
     def survey(self) -> int:
-        """Bytes of the files the next round will read again: changed since this one read them."""
+        """Bytes the next round will read again: of the files changed since this one read
+        them, where their extents changed (on btrfs: the map is taken, and thrown away), or all."""
         dirty = 0
         for path, info in walk(self.root):
             self.progress()
             old = self.table.get(path)
             if stat.S_ISREG(info.st_mode) and (old is None or "link" not in old):
                 if old is None or old.get("s") != stat_key(info) or old.get("racy"):
-                    dirty += info.st_size
+                    mapped = None
+                    if self._mappable(info, old):
+                        mapped = self._changed_blocks(info, old, btrfs_extents.extent_map(os.path.join(self.root, path)))
+                    dirty += info.st_size if mapped is None else len(mapped) * BLOCK
         return dirty
 
     def changed_since_last_round(self) -> str | None:
