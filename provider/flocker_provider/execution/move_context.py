@@ -56,6 +56,7 @@ class DeltaRound:
     readers: int | None
     parts: int | None  # of big files, read by different readers
     files_mapped: int | None  # reread only where their extents changed (a volume on btrfs)
+    map_seconds: float | None  # of it, taking the extent maps (their fsyncs), summed over readers
     predicted_phase2_seconds: float | None = None
 
     @classmethod

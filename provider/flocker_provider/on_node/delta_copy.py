@@ -794,6 +794,7 @@ class Source:
             "readers": 1,
             "parts": 0,  # of big files, read by different readers
             "files_mapped": 0,  # reread where their extents changed, not whole
+            "map_seconds": 0.0,  # taking extent maps, summed over the readers
         }
         self._last_progress = time.monotonic()
         # Progress lines come at least four times per stall timeout: the host's watch takes a
@@ -923,7 +924,7 @@ class Source:
                     units.append((item, None))
                     continue
                 if self.extents:  # its parts are read whole: the next round compares with this map
-                    self.maps[item[0]] = btrfs_extents.extent_map(item[1])
+                    self.maps[item[0]] = self._extent_map(item[1])
                 split.append(item)
                 units += [(item, (start, min(start + PART_BYTES, size))) for start in range(0, size, PART_BYTES)]
             units.sort(key=lambda unit: unit[0][2].st_size if unit[1] is None else unit[1][1] - unit[1][0], reverse=True)
@@ -1040,7 +1041,7 @@ class Source:
             self.send(b"F", packed({"p": path}))
             only = None
             if self.extents and info.st_size >= MAPPED_FROM:
-                self.maps[path] = btrfs_extents.extent_map(full)
+                self.maps[path] = self._extent_map(full)
                 only = self._changed_blocks(info, old, self.maps[path])
                 self.counts["files_mapped"] += only is not None
             digests, pages, size = self._changed_pages(full, info, old, 0, info.st_size, only)
@@ -1084,6 +1085,14 @@ class Source:
         self.table[path] = {**meta, "z": size, "d": digests, "q": pages, "s": stat_key(info), "racy": racy}
         if self.maps.get(path) is not None:
             self.table[path]["x"] = self.maps[path]
+
+    def _extent_map(self, full: str) -> bytes | None:
+        """The file's extent map, its time (the fsync before the search is most of it) counted."""
+        started = time.monotonic()
+        try:
+            return btrfs_extents.extent_map(full)
+        finally:
+            self.counts["map_seconds"] += time.monotonic() - started
 
     def _mappable(self, info: os.stat_result, old: dict[str, Any] | None) -> bool:
         """Whether the file will be reread where its extents changed (then by one reader)."""
@@ -1327,6 +1336,7 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
         save_state(args.state, source.table)
         answer = source.answer()
         seconds = time.monotonic() - started
+        source.counts["map_seconds"] = round(source.counts["map_seconds"], 3)
         surveyed = time.monotonic()
         dirty = None if args.final else source.survey()
         timing = {"seconds": round(seconds, 3), "survey_seconds": round(time.monotonic() - surveyed, 3)}
