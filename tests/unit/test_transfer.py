@@ -3,6 +3,7 @@
 import os
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -202,3 +203,34 @@ def test_stream_progress_line_says_share_rate_and_time_left() -> None:
     line = stream_progress_line(sent=300 * 2**20, total=1200 * 2**20, seconds=3.0)
     assert line == "phase 1 round 1 (stream): 300.0 MB of 1.2 GB (25%), 100.0 MB/s, 0:09 left"
     assert stream_progress_line(sent=2**20, total=None, seconds=1.0) == "phase 1 round 1 (stream): 1.0 MB, 1.0 MB/s"
+
+
+def test_the_stream_receiver_syncs_the_copy_before_it_answers(tmp_path: Path) -> None:
+    """A big stream left GBs dirty on the destination, whose writeback then slowed every fsync
+    of the application started there: the receiver syncs the volume first (a `sync` on PATH
+    that records its arguments stands in for coreutils')."""
+    source, copy, bin_dir = tmp_path / "source", tmp_path / "copy", tmp_path / "bin"
+    for directory in (source, copy, bin_dir):
+        directory.mkdir()
+    (source / "file").write_bytes(os.urandom(100_000))
+    (bin_dir / "sync").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/synced\n')
+    (bin_dir / "sync").chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FLOCKER_SECRET": "s", "FLOCKER_ALLOWED": "127.0.0.1"}
+    command = [sys.executable, "-m", "flocker_provider.on_node.stream_receive", str(port), str(copy), "flocker-received"]
+    receiver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None and "listening" in receiver.stdout.readline()
+        archive = subprocess.run(["tar", "-c", "-C", str(source), "."], capture_output=True, check=True).stdout
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"s" + archive)
+            conn.shutdown(socket.SHUT_WR)
+            answer = conn.makefile().readline()
+            synced = (tmp_path / "synced").read_text().split() if (tmp_path / "synced").exists() else None
+        assert answer == "flocker-received 0\n" and synced == ["--file-system", str(copy)], (answer, synced)
+        assert (copy / "file").read_bytes() == (source / "file").read_bytes()
+    finally:
+        receiver.kill()
+        receiver.wait()

@@ -4,7 +4,8 @@
 
 It takes one connection, from the source's address only, that must start with the move's
 password, and feeds the socket to `tar -x`; then it answers ``DONE <tar's status>``: the
-sender must wait for it, since its own exit proves nothing about the extraction.
+sender must wait for it, since its own exit proves nothing about the extraction. The copy
+is synced to disk before the answer.
 """
 
 import hmac
@@ -39,6 +40,12 @@ def main() -> int:
         conn.settimeout(None)
         tar = ["tar", "-x", "-p", "--numeric-owner", "-C", mount, "-f", "-"]
         code = subprocess.run(tar, stdin=conn.fileno()).returncode
+        if code == 0:
+            # The copy on this node's disk before the answer, while the application still
+            # serves on the source: left dirty (GBs after a big stream), its writeback slowed
+            # every fsync here when the application started on this node (a 4 GB move's
+            # downtime was 0.81-1.15 s there, 0.47-0.49 s on the way back).
+            subprocess.run(["sync", "--file-system", mount], check=False)
         conn.sendall(f"{done} {code}\n".encode())
         conn.close()
         return code
