@@ -352,6 +352,8 @@ def test_a_part_s_pages_that_did_not_land_as_sent_fail_the_round_and_the_next_re
 
     monkeypatch.setattr(delta_copy.os, "pwrite", lands_wrong)
     assert f"the page at {90 * PAGE} differs from the source's after writing it" in run("send", "--final")["error"]
+    # What the verification would compare with went with the state: not a round's before.
+    assert run("verify")["error"] == "nothing was copied by this move yet"
     monkeypatch.setattr(delta_copy.os, "pwrite", pwrite)
     again = run("send", "--final")
     assert again["pages_sent"] >= 1 and "error" not in again, again

@@ -1281,6 +1281,15 @@ def save_state(path: str, table: dict[str, dict[str, Any]]) -> None:
     os.replace(path + ".new", path)
 
 
+# What the verification needs of an entry, saved apart after each round: the whole state (its
+# digests) took 10 ms to load for 4 GB in 1,030 files, this 1 ms.
+VERIFIED = ("k", "s", "link", "e")
+
+
+def verified(state: str) -> str:
+    return state + ".verify"
+
+
 def connect(to: str, stall: float) -> Wire:
     host, _, port = to.rpartition(":")
     try:
@@ -1332,8 +1341,15 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
             # the destination holds, hashed there. Its stats are of its own disk, not ours.
             source.table = {path: {**entry, "s": None} for path, entry in source.ask(b"T", timeout=10 * TIMEOUT).items()}
         source.round()
-        # Saved while the destination applies the end of the round (on a failure it is removed below).
+        # Saved while the destination applies the end of the round (on a failure it is removed below),
+        # with the verification's digest of each entry: made once per entry (14 ms for 1,030
+        # entries here), in phase 1 for nearly all, instead of by the verification after phase 2.
+        for entry in source.table.values():
+            entry_digest(entry)
         save_state(args.state, source.table)
+        save_state(
+            verified(args.state), {path: {key: entry[key] for key in VERIFIED if key in entry} for path, entry in source.table.items()}
+        )
         answer = source.answer()
         seconds = time.monotonic() - started
         source.counts["map_seconds"] = round(source.counts["map_seconds"], 3)
@@ -1343,8 +1359,9 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
         return {**source.counts, **answer, **timing, "dirty_bytes": dirty}
     except BaseException:
         # The destination may hold part of this round now: the next one asks it what it holds.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.state)
+        for state in (args.state, verified(args.state)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(state)
         raise
     finally:
         for connection in (wire, *spares):
@@ -1356,7 +1373,7 @@ def run_verify(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.armed:
             wait_for_go()
-        table = load_state(args.state)  # after the go: phase 2 has written it meanwhile
+        table = load_state(verified(args.state))  # after the go: phase 2 has written it meanwhile
         if table is None:
             raise CopyError("nothing was copied by this move yet")
         source = Source(args.root, wire, table, stall=args.stall)
