@@ -1323,7 +1323,9 @@ def streamed_after(path: str | None) -> int | None:
         return None
 
 
-def run_send(args: argparse.Namespace) -> dict[str, Any]:
+def run_send(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[], None] | None]:
+    """A round's result, and what is left to do once it is said (phase 2 saves its state then:
+    only the verification, which loads a state of its own, follows it; 9 ms at 4 GB)."""
     table = load_state(args.state)
     wire = connect(args.to, args.stall)
     # The other readers' connections too, before the work starts (armed, before the application stops).
@@ -1346,17 +1348,22 @@ def run_send(args: argparse.Namespace) -> dict[str, Any]:
         # entries here), in phase 1 for nearly all, instead of by the verification after phase 2.
         for entry in source.table.values():
             entry_digest(entry)
-        save_state(args.state, source.table)
         save_state(
             verified(args.state), {path: {key: entry[key] for key in VERIFIED if key in entry} for path, entry in source.table.items()}
         )
+
+        def keep() -> None:
+            save_state(args.state, source.table)
+
+        if not args.final:
+            keep()
         answer = source.answer()
         seconds = time.monotonic() - started
         source.counts["map_seconds"] = round(source.counts["map_seconds"], 3)
         surveyed = time.monotonic()
         dirty = None if args.final else source.survey()
         timing = {"seconds": round(seconds, 3), "survey_seconds": round(time.monotonic() - surveyed, 3)}
-        return {**source.counts, **answer, **timing, "dirty_bytes": dirty}
+        return {**source.counts, **answer, **timing, "dirty_bytes": dirty}, keep if args.final else None
     except BaseException:
         # The destination may hold part of this round now: the next one asks it what it holds.
         for state in (args.state, verified(args.state)):
@@ -1402,11 +1409,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "receive":
             serve(args.root, args.port)
             return 0
-        result = run_send(args) if args.role == "send" else run_verify(args)
+        result, after = run_send(args) if args.role == "send" else (run_verify(args), None)
     except (CopyError, OSError) as exc:
         print(f"{RESULT} {json.dumps({'error': str(exc), 'stalled': stalled(exc)})}", flush=True)
         return 1
     print(f"{RESULT} {json.dumps(result)}", flush=True)
+    if after is not None:
+        try:
+            after()
+        except OSError:  # a round after this one, if any, asks the destination what it holds
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.state)
     return 0
 
 
