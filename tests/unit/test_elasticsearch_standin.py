@@ -57,3 +57,18 @@ def test_a_volume_of_the_one_file_per_document_layout_is_taken_over(standin: Mod
     store = standin.Store(str(tmp_path))
     assert store.get("old", "1") == {"_source": {"n": 1}, "_version": 3, "_seq_no": 0}
     assert [p.name for p in index.iterdir()] == ["translog.jsonl"]
+
+
+def test_an_unreadable_line_is_skipped_and_the_rest_of_the_log_kept(standin: ModuleType, tmp_path: Path) -> None:
+    """The log is read as one JSON array first (fast); a line that spoils it sends the
+    replay back to reading line by line, which skips only that line."""
+    store = standin.Store(str(tmp_path))
+    for i in range(3):
+        store.put("acks", str(i), {"n": i})
+    store.close()
+    log = tmp_path / "indices" / "acks" / "translog.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(lines[0] + b"not json\n" + b'{"op": "put", "_id": "x", "_source": {}}\n' + b"".join(lines[1:]))
+    again = standin.Store(str(tmp_path))
+    assert sorted(again.indices["acks"]) == ["0", "1", "2"]
+    assert again.get("acks", "2") == {"_source": {"n": 2}, "_version": 1, "_seq_no": 2}
