@@ -456,9 +456,10 @@ write_nodes_file() {
     for i in $(existing_nodes); do
       [ $first = 1 ] || printf ', '
       first=0
-      # engine_socket, netns and volumes_mb are not read by the provider: the SSH test and the
-      # proxies of tests and benchmarks reach the engine through the first, the registry test
-      # runs a registry in the second, the full-disk test looks for the third.
+      # engine_socket, netns, volumes_mb and volumes_fs are not read by the provider: the SSH
+      # test and the proxies of tests and benchmarks reach the engine through the first, the
+      # registry test runs a registry in the second, the full-disk test looks for the third,
+      # the PostgreSQL move test for the fourth.
       printf '{"name": "node%s", "address": "%s", "docker_host": "%s", "tls": "%s", "engine_socket": "%s/docker.sock", "netns": "%s"' \
         "$i" "$(node_addr "$i")" "$(engine_url "$i")" "$CLIENT_TLS" "$(node_run "$i")" "$(ns_name "$i")"
       [ -e "$(volumes_image "$i")" ] && printf ', "volumes_mb": %s' "$(( $(stat -c %s "$(volumes_image "$i")") >> 20 ))"

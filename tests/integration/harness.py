@@ -62,6 +62,7 @@ class ClusterNode:
     engine_socket: str = ""  # the engine's unix socket on this machine
     netns: str = ""  # the node's network namespace
     volumes_mb: int = 0  # the size of a filesystem of its own under its volumes (FLOCKER_NODE<I>_DISK_MB), if any
+    volumes_fs: str = ""  # "btrfs" where its volumes are on a btrfs of their own (scripts/cluster.sh)
 
     def client(self) -> docker.DockerClient:
         """A client of the node's engine as the provider's connect() makes one: the API version
@@ -88,7 +89,7 @@ def load_nodes(path: str | os.PathLike[str] | None = None) -> list[ClusterNode] 
     if not path or not Path(path).exists():
         return None
     data = json.loads(Path(path).read_text())
-    keys = ("tls", "engine_socket", "netns", "volumes_mb")
+    keys = ("tls", "engine_socket", "netns", "volumes_mb", "volumes_fs")
     return [ClusterNode(n["name"], n["address"], n["docker_host"], **{k: n[k] for k in keys if k in n}) for n in data["nodes"]]
 
 

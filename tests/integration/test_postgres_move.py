@@ -63,6 +63,10 @@ def test_postgres_moves_with_every_acknowledged_commit_and_a_small_phase_2(
         # nearly all of them again); only the blocks PostgreSQL wrote since the last round go.
         assert phase2["files_read"] > 0 and phase2["bytes_sent"] < phase2["total_size"] / 4, (move["rounds"], moved.stdout)
         assert phase2["bytes_read"] <= phase2["total_size"], move
+        if by_name(nodes, "node1").volumes_fs == "btrfs":
+            # The source helper could search the extents, so changed files are reread only where
+            # they changed (whether a file was, depends on how much of it the checkpoint wrote).
+            assert all(r["extents"] for r in move["rounds"] if r["method"] == "delta"), move
     finally:
         for client in (committer, updater):
             client.stop.set()

@@ -147,6 +147,7 @@ def test_random_page_writes_send_only_their_blocks_and_reread_only_their_file(pa
     delta = run("send")
     # On btrfs only the blocks whose extents changed are read again.
     assert delta["files_read"] == 1 and delta["bytes_read"] == (20 * BLOCK if run.mapped else 256 * BLOCK), delta
+    assert delta["extents"] == run.mapped  # said, for the host's records
     # Only the rewritten pages travel, not the 64 KiB blocks around them.
     assert delta["pages_sent"] == 20 and delta["bytes_sent"] == 20 * PAGE
     assert tree(destination) == tree(source)

@@ -11,7 +11,7 @@ RESULT = {"seconds": 0.5, "bytes_sent": 10, "bytes_read": 20, "files_read": 3, "
 
 
 # What RESULT does not say of a round, as its output has it.
-UNSAID = dict.fromkeys(("bytes_written", "readers", "parts", "files_mapped", "map_seconds"))
+UNSAID = dict.fromkeys(("bytes_written", "readers", "parts", "files_mapped", "map_seconds", "extents"))
 
 
 def test_the_report_s_output_holds_every_round_step_and_time() -> None:

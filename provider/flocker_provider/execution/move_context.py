@@ -57,6 +57,7 @@ class DeltaRound:
     parts: int | None  # of big files, read by different readers
     files_mapped: int | None  # reread only where their extents changed (a volume on btrfs)
     map_seconds: float | None  # of it, taking the extent maps (their fsyncs), summed over readers
+    extents: bool | None  # the source's extent maps could be taken (btrfs, the search allowed)
     predicted_phase2_seconds: float | None = None
 
     @classmethod

@@ -1363,7 +1363,7 @@ def run_send(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[], Non
         surveyed = time.monotonic()
         dirty = None if args.final else source.survey()
         timing = {"seconds": round(seconds, 3), "survey_seconds": round(time.monotonic() - surveyed, 3)}
-        return {**source.counts, **answer, **timing, "dirty_bytes": dirty}, keep if args.final else None
+        return {**source.counts, **answer, **timing, "dirty_bytes": dirty, "extents": extents}, keep if args.final else None
     except BaseException:
         # The destination may hold part of this round now: the next one asks it what it holds.
         for state in (args.state, verified(args.state)):
