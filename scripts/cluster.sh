@@ -43,6 +43,11 @@ BRIDGE="flkbr$CLUSTER"
 PREFIX="172.16.$((255 - CLUSTER))"
 GATEWAY="$PREFIX.1"
 MAX_NODES=5
+VOLUMES_FS="${FLOCKER_VOLUMES_FS:-btrfs}"
+case "$VOLUMES_FS" in
+  btrfs|host) ;;
+  *) echo "cluster: FLOCKER_VOLUMES_FS must be btrfs or host, got '$VOLUMES_FS'" >&2; exit 2 ;;
+esac
 LIB="/var/lib/flocker-cluster$SUFFIX"
 RUN="/run/flocker-cluster$SUFFIX"
 LOGDIR="/var/log/flocker-cluster$SUFFIX"
@@ -280,7 +285,7 @@ btrfs_image() { echo "$(node_lib "$1")/volumes.btrfs"; }
 BTRFS_IMAGE_SIZE=64G
 
 # A loop-mounted image, not a tmpfs: the volumes outlive `stop-node`, as on a real disk. An ext4
-# of FLOCKER_NODE<I>_DISK_MB, or else a btrfs (mount_btrfs_volumes).
+# of FLOCKER_NODE<I>_DISK_MB, or else a btrfs (FLOCKER_VOLUMES_FS, checked at the top).
 mount_volumes_disk() {   # i; before its dockerd starts
   local i="$1" var="FLOCKER_NODE${1}_DISK_MB" mb image dir
   image="$(volumes_image "$i")"; dir="$(node_lib "$i")/docker/volumes"; mb="${!var:-}"
@@ -292,12 +297,7 @@ mount_volumes_disk() {   # i; before its dockerd starts
     truncate -s "${mb}M" "$image"
     mkfs.ext4 -q -F -m 0 "$image"
   fi
-  mkdir -p "$dir"
-  mountpoint -q "$dir" && return 0
-  # dockerd binds a data root that is no mount point onto itself (to make it shared), and
-  # that bind would hide the small disk beneath: a bind of its own first, dockerd keeps it.
-  mountpoint -q "$(node_lib "$i")/docker" || mount --bind "$(node_lib "$i")/docker" "$(node_lib "$i")/docker"
-  mount -o loop "$image" "$dir"
+  mount_at_volumes "$i" "$image" ext4
   # Docker takes every directory there for a volume.
   rmdir "$dir/lost+found" 2>/dev/null || true
 }
@@ -306,19 +306,26 @@ mount_btrfs_volumes() {   # i; before its dockerd starts
   local i="$1" image dir
   image="$(btrfs_image "$i")"; dir="$(node_lib "$i")/docker/volumes"
   if [ ! -e "$image" ]; then
-    case "${FLOCKER_VOLUMES_FS:-btrfs}" in
-      host) return 0 ;;
-      btrfs) ;;
-      *) die "FLOCKER_VOLUMES_FS must be btrfs or host, got '$FLOCKER_VOLUMES_FS'" ;;
-    esac
+    [ "$VOLUMES_FS" = btrfs ] || return 0
     [ -z "$(ls -A "$dir" 2>/dev/null)" ] || return 0   # a node made before: its volumes stay where they are
     truncate -s "$BTRFS_IMAGE_SIZE" "$image"
     mkfs.btrfs -q -f "$image" >/dev/null
   fi
+  mount_at_volumes "$i" "$image" btrfs
+}
+
+mount_at_volumes() {   # i image fs: the image at the node's Docker volumes directory
+  local i="$1" image="$2" fs="$3" dir
+  dir="$(node_lib "$i")/docker/volumes"
   mkdir -p "$dir"
   mountpoint -q "$dir" && return 0
+  # dockerd binds a data root that is no mount point onto itself (to make it shared), and
+  # that bind would hide the disk beneath: a bind of its own first, dockerd keeps it.
   mountpoint -q "$(node_lib "$i")/docker" || mount --bind "$(node_lib "$i")/docker" "$(node_lib "$i")/docker"
-  mount -o loop "$image" "$dir"
+  if ! mount -o loop "$image" "$dir"; then
+    [ "$fs" = btrfs ] && die "node$i: cannot mount a btrfs for its volumes (is btrfs in this kernel?); FLOCKER_VOLUMES_FS=host at the first up keeps them on this machine's disk"
+    die "node$i: cannot mount its $fs volumes image $image"
+  fi
 }
 
 start_engine() {   # i
